@@ -1,0 +1,31 @@
+# EchoLab: everything runs from a virtualenv in the checkout (.venv).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DATA ?= data/phantom_echonet
+DEMO_RUN ?= runs/quickstart
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	test -f $(DEMO_DATA)/FileList.csv || $(VENV)/bin/echolab phantom --format echonet --out $(DEMO_DATA) --num-videos 160 --seed 0
+	rm -rf $(DEMO_RUN)
+	$(VENV)/bin/echolab fit --config configs/quickstart.yaml --data.data_dir $(DEMO_DATA)
+	$(VENV)/bin/echolab test --config configs/quickstart.yaml --data.data_dir $(DEMO_DATA) --ckpt_path $(DEMO_RUN)/checkpoints/best.ckpt
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/data_loading.py
+
+clean:
+	rm -rf $(VENV) runs data

@@ -1,0 +1,112 @@
+"""The ``echolab`` command: LightningCLI (fit/validate/test/predict) for every method and dataset, plus ``phantom``.
+
+    echolab fit --config configs/coreecho/phantom.yaml [--config configs/trainer/ddp.yaml] [--key value ...]
+    echolab phantom --format echonet --out data/phantom --num-videos 100 --seed 0
+
+(The command is ``echolab``, not ``echo``: ``echo`` is a shell builtin that would only print its arguments.)
+A config error (unknown key, wrong type, unknown class, missing data_dir) stops before any work with one line on
+stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import netrc
+import os
+import sys
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+from datamodules.errors import ConfigError, DataError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def _wandb_offline_without_credentials() -> None:
+    """Run W&B offline (sync later with ``wandb sync``) unless the user has credentials or chose a mode."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return
+    try:
+        has_login = netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        has_login = False
+    if not has_login:
+        os.environ["WANDB_MODE"] = "offline"
+
+
+class EchoLabCLI(LightningCLI):
+    """LightningCLI in subclass mode: a config picks the method and the dataset by ``class_path``."""
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) < 600 else text[:600] + " ..."
+
+
+def run_cli(args: list[str] | None = None, run: bool = True) -> EchoLabCLI:
+    """Build (and by default run) the CLI; raises on config errors instead of printing usage."""
+    _wandb_offline_without_credentials()
+    return EchoLabCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=42,
+        parser_kwargs={"exit_on_error": False},
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+    )
+
+
+def phantom_main(args: list[str]) -> None:
+    """``echolab phantom``: write a phantom dataset in a real dataset's on-disk layout."""
+    parser = argparse.ArgumentParser(prog="echolab phantom", description=phantom_main.__doc__)
+    parser.add_argument("--format", choices=["echonet"], default="echonet", help="on-disk layout to write")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--num-videos", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=112, help="frame size in pixels")
+    options = parser.parse_args(args)
+    if options.num_videos < 3:
+        parser.error("--num-videos must be at least 3 (one per split)")
+    from datamodules.phantom.echonet_writer import write_echonet_dataset
+
+    out = write_echonet_dataset(options.out, num_videos=options.num_videos, seed=options.seed, size=options.size)
+    print(f"wrote {options.num_videos} phantom videos in the EchoNet-Dynamic layout to {out}")
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "phantom":
+        phantom_main(argv[1:])
+        return
+    try:
+        run_cli(args)
+    except (ConfigError, DataError) as error:
+        print(f"echolab: error: {_one_line(error)}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as error:
+        if _is_argument_error(error):
+            print(f"echolab: error: {_one_line(error)}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+def _is_argument_error(error: BaseException) -> bool:
+    """jsonargparse parse errors (unknown key, wrong type, unknown class) and instantiation config errors."""
+    import jsonargparse
+
+    kinds = tuple(k for k in (getattr(jsonargparse, "ArgumentError", None), argparse.ArgumentError) if k)
+    while error is not None:
+        if isinstance(error, kinds) or isinstance(error, ConfigError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""LightningDataModules, datasets, video IO, transforms and the echo phantom."""

@@ -1,0 +1,460 @@
+"""The parts every video DataModule shares: records, the clip dataset, the resumable sampler, collation, loaders.
+
+A dataset-specific DataModule only scans its on-disk layout into :class:`VideoRecord`s (``scan_records``); this base
+validates and caches the videos, computes normalisation statistics from the training split once, and builds loaders
+that are exact under DDP (evaluation sees every video once) and resumable mid-epoch (training).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data._utils.collate import default_collate
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from datamodules.errors import ConfigError, DataError
+from datamodules.tracings import mask_from_tracing
+from datamodules.transforms import apply_to_clip, resize_clip, resize_masks
+from datamodules.video import (
+    DecodedVideoCache,
+    VideoInfo,
+    clip_frame_indices,
+    default_cache_dir,
+    evaluation_clip_starts,
+    random_clip_start,
+    read_frames,
+)
+
+SPLITS = ("TRAIN", "VAL", "TEST")
+
+
+@dataclass
+class VideoRecord:
+    """One video and its annotations, independent of the dataset's layout."""
+
+    path: Path
+    filename: str
+    split: str
+    ef: float = math.nan
+    label: int = -1
+    fps: float = math.nan
+    ed_index: int = -1
+    es_index: int = -1
+    ed_tracing: np.ndarray | None = None  # EchoNet-style (21, 4) tracing rows X1, Y1, X2, Y2
+    es_tracing: np.ndarray | None = None
+    num_frames: int = 0
+    height: int = 0
+    width: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_tracings(self) -> bool:
+        return self.ed_tracing is not None and self.es_tracing is not None and self.ed_index >= 0 and self.es_index >= 0
+
+
+class VideoClipDataset(Dataset):
+    """Clips of videos as dicts of tensors in the EchoLab batch format.
+
+    Training items hold ``num_views`` random clips (``video``: ``(C, T, H, W)``, or ``(V, C, T, H, W)`` for several
+    views); evaluation items hold every (or ``num_eval_clips`` evenly spaced) clip: ``(N, C, T, H, W)``. Training
+    randomness is a pure function of ``(seed, epoch, index)``: the sampler passes ``(index, epoch)`` keys, so a
+    resumed run draws exactly the clips the uninterrupted run would have drawn, with any number of workers.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[VideoRecord],
+        cache: DecodedVideoCache,
+        *,
+        clip_length: int,
+        period: int,
+        frame_size: int,
+        channels: int,
+        mean: float,
+        std: float,
+        train: bool,
+        num_eval_clips: int | None = None,
+        num_views: int = 1,
+        transform: A.BaseCompose | None = None,
+        seed: int = 0,
+        read_from_cache: bool = True,
+    ) -> None:
+        self.records = list(records)
+        self.cache = cache
+        self.clip_length = clip_length
+        self.period = period
+        self.frame_size = frame_size
+        self.channels = channels
+        self.mean = mean
+        self.std = std
+        self.train = train
+        self.num_eval_clips = num_eval_clips
+        self.num_views = num_views
+        self.transform = transform
+        self.seed = seed
+        self.read_from_cache = read_from_cache
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _frames(self, record: VideoRecord, indices: np.ndarray) -> np.ndarray:
+        if self.read_from_cache:
+            return np.asarray(self.cache.frames(record.path)[indices])
+        unique, inverse = np.unique(indices, return_inverse=True)
+        return read_frames(record.path, unique)[inverse]
+
+    def _masks(self, record: VideoRecord) -> np.ndarray:
+        if not record.has_tracings:
+            return np.zeros((2, record.height, record.width), np.uint8)
+        return np.stack(
+            [mask_from_tracing(t, record.height, record.width) for t in (record.ed_tracing, record.es_tracing)]
+        ).astype(np.uint8)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        record = self.records[index]
+        if self.train:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            starts = [random_clip_start(record.num_frames, self.clip_length, self.period, rng) for _ in range(self.num_views)]
+            augment_seeds = [int(rng.integers(2**31 - 1)) for _ in starts]
+        else:
+            starts = list(evaluation_clip_starts(record.num_frames, self.clip_length, self.period, self.num_eval_clips))
+            augment_seeds = [None] * len(starts)
+        clip_indices, real = zip(*(clip_frame_indices(s, self.clip_length, self.period, record.num_frames) for s in starts))
+        frames = self._frames(record, np.concatenate(clip_indices))
+        frames = resize_clip(frames, self.frame_size)
+        masks = resize_masks(self._masks(record), self.frame_size)
+
+        clips, out_masks = [], masks
+        for number, seed in enumerate(augment_seeds):
+            clip = frames[number * self.clip_length : (number + 1) * self.clip_length]
+            if self.train and self.transform is not None:
+                clip, view_masks = apply_to_clip(self.transform, clip, masks, seed=seed)
+                if number == 0:
+                    out_masks = view_masks
+            clips.append(clip)
+        video = (torch.from_numpy(np.stack(clips)).float() - self.mean) / self.std  # (N, T, H, W)
+        frames_mask = torch.from_numpy(np.stack(real))  # (N, T)
+        video = video * frames_mask[..., None, None]  # padding is zero *after* normalisation (= the mean intensity)
+        video = video[:, None].expand(-1, self.channels, -1, -1, -1).contiguous()  # (N, C, T, H, W)
+        if self.train and self.num_views == 1:
+            video, frames_mask = video[0], frames_mask[0]
+        return {
+            "video": video,
+            "frames_mask": frames_mask,
+            "ef": torch.tensor(record.ef, dtype=torch.float32),
+            "label": torch.tensor(record.label, dtype=torch.long),
+            "filename": record.filename,
+            "fps": torch.tensor(record.fps, dtype=torch.float32),
+            "ed_index": torch.tensor(record.ed_index, dtype=torch.long),
+            "es_index": torch.tensor(record.es_index, dtype=torch.long),
+            "ed_mask": torch.from_numpy(out_masks[0].astype(np.int64)),
+            "es_mask": torch.from_numpy(out_masks[1].astype(np.int64)),
+            "has_masks": torch.tensor(record.has_tracings),
+        }
+
+
+def collate_clips(items: list[dict[str, Any]], concat_clips: bool = False) -> dict[str, Any]:
+    """Collate items; with ``concat_clips`` (evaluation) every item's clips are concatenated along the batch axis
+    and ``clip_owner[i]`` names the item clip ``i`` belongs to, so videos with different clip counts share a batch."""
+    videos = [item.pop("video") for item in items]
+    frames_masks = [item.pop("frames_mask") for item in items]
+    batch = default_collate(items)
+    if concat_clips:
+        counts = torch.tensor([len(v) for v in videos])
+        batch["video"] = torch.cat(videos)
+        batch["frames_mask"] = torch.cat(frames_masks)
+        batch["clip_owner"] = torch.repeat_interleave(torch.arange(len(videos)), counts)
+    else:
+        batch["video"] = torch.stack(videos)
+        batch["frames_mask"] = torch.stack(frames_masks)
+        batch["clip_owner"] = torch.arange(len(videos))
+    return batch
+
+
+def collate_eval_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return collate_clips(items, concat_clips=True)
+
+
+class EpochKeySampler(DistributedSampler):
+    """A DistributedSampler (one replica when not distributed) whose keys are ``(index, epoch)``.
+
+    Lightning keeps a DistributedSampler as it is and calls ``set_epoch`` on it; the epoch in the key makes clip
+    sampling and augmentation a pure function of the item and epoch.
+    """
+
+    def __init__(self, dataset: Dataset, shuffle: bool = True, seed: int = 0, drop_last: bool = False) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        super().__init__(
+            dataset,
+            num_replicas=dist.get_world_size() if distributed else 1,
+            rank=dist.get_rank() if distributed else 0,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((index, epoch) for index in super().__iter__())
+
+
+class VideoDataModule(L.LightningDataModule):
+    """Base of the video DataModules: subclasses implement :meth:`scan_records` for their layout."""
+
+    dataset_name = "video"
+
+    def __init__(
+        self,
+        data_dir: str,
+        clip_length: int = 32,
+        period: int = 2,
+        frame_size: int = 112,
+        channels: int = 3,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        num_eval_clips: int | None = None,
+        num_views: int = 1,
+        train_transforms: A.Compose | None = None,
+        on_bad_video: Literal["skip", "raise"] = "skip",
+        decode_cache: bool = True,
+        cache_dir: str | None = None,
+        mean: float | None = None,
+        std: float | None = None,
+        max_videos_per_split: int | None = None,
+        predict_split: Literal["TRAIN", "VAL", "TEST", "ALL"] = "TEST",
+        seed: int | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        """Args:
+        data_dir: root of the dataset in its published layout.
+        clip_length / period: frames per clip and the step between them (EchoNet: 32 every 2nd frame).
+        frame_size: frames (and masks) are resized to this square size.
+        channels: grey is repeated to this many channels (3 for Kinetics-pretrained backbones).
+        num_eval_clips: clips per video at evaluation (None = every possible start, as EchoNet-Dynamic's test).
+        num_views: random clips per video per training item (2 for contrastive methods).
+        on_bad_video: skip undecodable/truncated videos with a warning and a count, or raise naming the file.
+        decode_cache: keep decoded uint8 frames on disk (fast loading); off = decode clip frames per item.
+        mean / std: normalisation override; by default computed once from the training split and cached.
+        max_videos_per_split: use only the first N videos of each split (quick experiments).
+        seed: clip-sampling seed; defaults to the run's ``seed_everything`` value.
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["train_transforms"])
+        self.data_dir = Path(data_dir).expanduser()
+        if not self.data_dir.is_dir():
+            raise ConfigError(
+                f"data.data_dir '{data_dir}' does not exist: set --data.data_dir to your {self.dataset_name} download "
+                "(or write a phantom dataset with `echolab phantom`)"
+            )
+        if clip_length < 1 or period < 1:
+            raise ConfigError(f"clip_length ({clip_length}) and period ({period}) must be >= 1")
+        if num_views < 1:
+            raise ConfigError(f"num_views must be >= 1, got {num_views}")
+        self.clip_length = clip_length
+        self.period = period
+        self.frame_size = frame_size
+        self.channels = channels
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.num_eval_clips = num_eval_clips
+        self.num_views = num_views
+        self.train_transforms = train_transforms
+        self.on_bad_video = on_bad_video
+        self.decode_cache = decode_cache
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.data_dir)
+        self.mean = mean
+        self.std = std
+        self.max_videos_per_split = max_videos_per_split
+        self.predict_split = predict_split
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.records: dict[str, list[VideoRecord]] = {}
+        self.skipped: list[tuple[str, str]] = []
+        self._scanned: list[VideoRecord] | None = None
+
+    # ------------------------------------------------------------------ layout-specific
+
+    def scan_records(self) -> list[VideoRecord]:
+        """All usable rows of the dataset's index files, as records (subclasses implement)."""
+        raise NotImplementedError
+
+    def required_frames(self, record: VideoRecord) -> int:
+        """Frames a video must decode to be usable: enough to hold its annotated frames."""
+        return max(record.ed_index, record.es_index, 0) + 1
+
+    # ------------------------------------------------------------------ validation, caching, statistics
+
+    def _cache(self) -> DecodedVideoCache:
+        return DecodedVideoCache(self.cache_dir, store_frames=self.decode_cache)
+
+    def _selected_records(self) -> list[VideoRecord]:
+        """The scanned records (scanned once, so its warnings appear once), limited by ``max_videos_per_split``."""
+        if self._scanned is None:
+            self._scanned = self.scan_records()
+        records = self._scanned
+        if self.max_videos_per_split is None:
+            return records
+        chosen: list[VideoRecord] = []
+        for split in SPLITS:
+            chosen += [r for r in records if r.split == split][: self.max_videos_per_split]
+        return chosen
+
+    def prepare_data(self) -> None:
+        """Decode and validate every video once (rank 0 of each node); later calls read the cached manifest."""
+        cache = self._cache()
+        for record in self._selected_records():
+            cache.info(record.path)
+
+    def _validate(self, records: list[VideoRecord]) -> list[VideoRecord]:
+        cache = self._cache()
+        usable, skipped = [], []
+        for record in records:
+            info: VideoInfo = cache.info(record.path)
+            problem = info.error
+            if problem is None and info.num_frames < self.required_frames(record):
+                problem = f"decodes {info.num_frames} frames but its annotations need {self.required_frames(record)}"
+            if problem is not None:
+                if self.on_bad_video == "raise":
+                    raise DataError(f"{record.path}: {problem}")
+                skipped.append((str(record.path), problem))
+                continue
+            fps = record.fps if math.isfinite(record.fps) and record.fps > 0 else info.fps
+            usable.append(replace(record, num_frames=info.num_frames, height=info.height, width=info.width, fps=fps))
+        if skipped:
+            listed = "; ".join(f"{Path(p).name} ({why})" for p, why in skipped[:5])
+            more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+            rank_zero_warn(f"{self.dataset_name}: skipped {len(skipped)} of {len(records)} videos: {listed}{more}")
+        self.skipped = skipped
+        return usable
+
+    def _normalisation(self, train_records: list[VideoRecord]) -> tuple[float, float]:
+        if self.mean is not None and self.std is not None:
+            return self.mean, self.std
+        if not train_records:
+            raise DataError(f"{self.data_dir}: the training split is empty, cannot compute normalisation statistics")
+        names = "|".join(sorted(str(r.path) for r in train_records)) + f"|{self.frame_size}"
+        stats_path = self.cache_dir / f"normalisation-{hashlib.sha1(names.encode()).hexdigest()[:16]}.json"
+        if stats_path.is_file():
+            stats = json.loads(stats_path.read_text())
+            return stats["mean"], stats["std"]
+        rng = np.random.default_rng(0)
+        chosen = rng.choice(len(train_records), size=min(128, len(train_records)), replace=False)
+        cache = self._cache()
+        total = total_sq = count = 0.0
+        for index in sorted(chosen):
+            record = train_records[index]
+            if self.decode_cache:
+                frames = np.asarray(cache.frames(record.path))
+            else:
+                frames = read_frames(record.path, np.arange(record.num_frames))
+            frames = resize_clip(frames, self.frame_size).astype(np.float64)
+            total += frames.sum()
+            total_sq += np.square(frames).sum()
+            count += frames.size
+        mean = total / count
+        std = math.sqrt(max(total_sq / count - mean**2, 1e-12))
+        stats_path.write_text(json.dumps({"mean": mean, "std": std, "videos": int(len(chosen))}))
+        return mean, std
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.records:
+            return
+        records = self._validate(self._selected_records())
+        self.records = {split: [r for r in records if r.split == split] for split in SPLITS}
+        self.norm_mean, self.norm_std = self._normalisation(self.records["TRAIN"])
+
+    @property
+    def train_ef_mean(self) -> float:
+        """Mean EF of the training split: the constant predictor that every EF model must beat."""
+        values = [r.ef for r in self.records.get("TRAIN", []) if math.isfinite(r.ef)]
+        return float(np.mean(values)) if values else math.nan
+
+    # ------------------------------------------------------------------ datasets and loaders
+
+    def _seed(self) -> int:
+        if self.seed is not None:
+            return self.seed
+        import os
+
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def make_dataset(self, records: list[VideoRecord], train: bool) -> VideoClipDataset:
+        return VideoClipDataset(
+            records,
+            self._cache(),
+            clip_length=self.clip_length,
+            period=self.period,
+            frame_size=self.frame_size,
+            channels=self.channels,
+            mean=self.norm_mean,
+            std=self.norm_std,
+            train=train,
+            num_eval_clips=self.num_eval_clips,
+            num_views=self.num_views,
+            transform=self.train_transforms if train else None,
+            seed=self._seed(),
+            read_from_cache=self.decode_cache,
+        )
+
+    def _split_records(self, split: str) -> list[VideoRecord]:
+        if split == "ALL":
+            return [r for s in SPLITS for r in self.records[s]]
+        return self.records[split]
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        dataset = self.make_dataset(self.records["TRAIN"], train=True)
+        sampler = EpochKeySampler(dataset, shuffle=True, seed=self._seed())
+        if self.trainer is not None:  # a resumed run restores the epoch before asking for the loader
+            sampler.set_epoch(self.trainer.current_epoch)
+        return StatefulDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_clips,
+            pin_memory=self.pin_memory,
+            drop_last=len(dataset) > self.batch_size,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _eval_loader(self, records: list[VideoRecord]) -> DataLoader:
+        dataset = self.make_dataset(records, train=False)
+        sampler = None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # every video exactly once across ranks (DistributedSampler would pad with duplicates)
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate_eval_clips,
+            pin_memory=self.pin_memory,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.records["VAL"])
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.records["TEST"])
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._split_records(self.predict_split))

@@ -1,0 +1,151 @@
+"""EchoNet-Dynamic (and EchoNet-Pediatric, whose FileList differs) in the layout of the public release.
+
+``data_dir/FileList.csv``, ``data_dir/VolumeTracings.csv`` and ``data_dir/Videos/*.avi``. Quirks honoured:
+FileList's FileName has no extension while VolumeTracings' has ``.avi`` (Pediatric keeps it in both); Split is
+TRAIN/VAL/TEST in any case (Pediatric: an integer fold); the decoded frame count wins over NumberOfFrames; the two traced
+frames are told apart by traced area (ED is the larger), not by their order; rows may lack tracings or videos.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+from lightning.pytorch.utilities import rank_zero_warn
+
+from datamodules.base import SPLITS, VideoDataModule, VideoRecord
+from datamodules.errors import ConfigError, DataError
+from datamodules.tracings import tracing_area
+
+
+def read_volume_tracings(path: Path) -> dict[str, dict[int, np.ndarray]]:
+    """VolumeTracings.csv -> {video stem: {frame: (rows, 4) array X1, Y1, X2, Y2 in file order}}."""
+    table = pd.read_csv(path)
+    missing = {"FileName", "X1", "Y1", "X2", "Y2", "Frame"} - set(table.columns)
+    if missing:
+        raise DataError(f"{path}: missing columns {sorted(missing)}")
+    tracings: dict[str, dict[int, np.ndarray]] = {}
+    coords = table[["X1", "Y1", "X2", "Y2"]].to_numpy(np.float64)
+    for (name, frame), rows in table.groupby(["FileName", "Frame"], sort=False).indices.items():
+        tracings.setdefault(Path(str(name)).stem, {})[int(frame)] = coords[np.sort(rows)]
+    return tracings
+
+
+def ed_es_from_tracings(frames: dict[int, np.ndarray]) -> tuple[int, np.ndarray, int, np.ndarray] | None:
+    """(ed_index, ed_tracing, es_index, es_tracing): the largest traced area is ED, the smallest ES."""
+    usable = {frame: rows for frame, rows in frames.items() if len(rows) >= 3}
+    if len(usable) < 2:
+        return None
+    by_area = sorted(usable, key=lambda frame: tracing_area(usable[frame]))
+    es, ed = by_area[0], by_area[-1]
+    return ed, usable[ed], es, usable[es]
+
+
+class EchoNetDynamicDataModule(VideoDataModule):
+    """EchoNet-Dynamic: apical-4-chamber videos with EF and ED/ES LV tracings.
+
+    Batches follow DESIGN.md: ``video`` ``(B, C, T, H, W)`` normalised, ``ef`` in percent, ``ed_index``/``es_index``
+    and ``ed_mask``/``es_mask`` (label 1 = LV cavity) drawn from VolumeTracings.csv.
+    """
+
+    dataset_name = "EchoNet-Dynamic"
+
+    def __init__(
+        self,
+        data_dir: str,
+        clip_length: int = 32,
+        period: int = 2,
+        frame_size: int = 112,
+        channels: int = 3,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        num_eval_clips: int | None = None,
+        num_views: int = 1,
+        train_transforms: A.Compose | None = None,
+        on_bad_video: Literal["skip", "raise"] = "skip",
+        decode_cache: bool = True,
+        cache_dir: str | None = None,
+        mean: float | None = None,
+        std: float | None = None,
+        max_videos_per_split: int | None = None,
+        predict_split: Literal["TRAIN", "VAL", "TEST", "ALL"] = "TEST",
+        seed: int | None = None,
+        pin_memory: bool = False,
+        val_folds: list[int] | None = None,
+        test_folds: list[int] | None = None,
+    ) -> None:
+        """See :class:`datamodules.base.VideoDataModule` for the shared arguments.
+
+        val_folds / test_folds: for EchoNet-Pediatric, whose Split column is an integer fold 0-9
+        (default: fold 8 validation, fold 9 test, the rest training).
+        """
+        super().__init__(
+            data_dir, clip_length, period, frame_size, channels, batch_size, eval_batch_size, num_workers,
+            num_eval_clips, num_views, train_transforms, on_bad_video, decode_cache, cache_dir, mean, std,
+            max_videos_per_split, predict_split, seed, pin_memory,
+        )  # fmt: skip
+        self.file_list = self.data_dir / "FileList.csv"
+        if not self.file_list.is_file():
+            raise ConfigError(f"data.data_dir '{data_dir}' has no FileList.csv: is it an EchoNet-Dynamic folder?")
+        self.val_folds = val_folds if val_folds is not None else [8]
+        self.test_folds = test_folds if test_folds is not None else [9]
+
+    def _split_name(self, value: object) -> str:
+        text = str(value).strip().upper()
+        if text in SPLITS:
+            return text
+        try:
+            fold = int(float(text))
+        except ValueError as error:
+            raise DataError(f"{self.file_list}: unknown Split value '{value}' (expected TRAIN/VAL/TEST or a fold)") from error
+        return "VAL" if fold in self.val_folds else "TEST" if fold in self.test_folds else "TRAIN"
+
+    def _video_path(self, name: str) -> Path:
+        videos = (self.data_dir / "Videos").resolve()
+        path = (videos / name).resolve()
+        if not path.is_relative_to(videos):
+            raise DataError(f"{self.file_list}: FileName '{name}' resolves outside {videos}; refusing to read it")
+        return path
+
+    def scan_records(self) -> list[VideoRecord]:
+        table = pd.read_csv(self.file_list)
+        if "FileName" not in table.columns or "Split" not in table.columns:
+            raise DataError(f"{self.file_list}: needs FileName and Split columns, found {list(table.columns)}")
+        tracings_path = self.data_dir / "VolumeTracings.csv"
+        tracings = read_volume_tracings(tracings_path) if tracings_path.is_file() else {}
+        records: list[VideoRecord] = []
+        no_video: list[str] = []
+        outside: list[str] = []
+        for row in table.itertuples(index=False):
+            raw_name = str(row.FileName).strip()
+            stem = raw_name[:-4] if raw_name.lower().endswith(".avi") else raw_name
+            try:
+                path = self._video_path(stem + ".avi")
+            except DataError as error:
+                if self.on_bad_video == "raise":
+                    raise
+                outside.append(str(error))
+                continue
+            if not path.is_file():
+                no_video.append(stem)
+                continue
+            ef = float(getattr(row, "EF", math.nan))
+            fps = float(getattr(row, "FPS", math.nan))
+            record = VideoRecord(path=path, filename=stem, split=self._split_name(row.Split), ef=ef, fps=fps)
+            traced = ed_es_from_tracings(tracings.get(stem, {}))
+            if traced is not None:
+                record.ed_index, record.ed_tracing, record.es_index, record.es_tracing = traced
+            records.append(record)
+        if no_video:
+            rank_zero_warn(
+                f"{self.dataset_name}: {len(no_video)} FileList rows have no video in {self.data_dir / 'Videos'} "
+                f"(e.g. {', '.join(no_video[:3])}); they are left out"
+            )
+        if outside:
+            rank_zero_warn(f"{self.dataset_name}: rejected {len(outside)} rows: {outside[0]}")
+        return records

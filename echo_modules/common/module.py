@@ -1,0 +1,55 @@
+"""The base LightningModule of EchoLab methods and helpers for multi-clip evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+
+
+def average_clip_predictions(clip_values: torch.Tensor, clip_owner: torch.Tensor, num_videos: int) -> torch.Tensor:
+    """Average per-clip values ``(N, ...)`` into per-video values ``(num_videos, ...)`` using ``clip_owner`` (N,)."""
+    flat = clip_values.reshape(len(clip_values), -1).float()
+    sums = torch.zeros(num_videos, flat.shape[1], device=flat.device).index_add_(0, clip_owner, flat)
+    counts = torch.bincount(clip_owner, minlength=num_videos).clamp(min=1).unsqueeze(1)
+    return (sums / counts).reshape(num_videos, *clip_values.shape[1:])
+
+
+class EchoModule(L.LightningModule):
+    """LightningModule base that makes a resumed fit continue exactly where the interrupted one stopped.
+
+    Lightning restores weights, optimisers, loops and (with our stateful loaders) the data position, but not the
+    random number generators that dropout draws from. They are saved with each checkpoint and put back just before
+    the first training batch after a resume (not at load time: creating the data iterator consumes random numbers).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rng_states_to_restore: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = _collect_rng_states(include_cuda=torch.cuda.is_available())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_states_to_restore = checkpoint.get("rng_states")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng_states_to_restore is not None:
+            states = self._rng_states_to_restore
+            if not torch.cuda.is_available():
+                states = {k: v for k, v in states.items() if k != "torch.cuda"}
+            _set_rng_states(states)
+            self._rng_states_to_restore = None
+
+
+def gather_lists(values: list) -> list:
+    """Concatenate a per-rank Python list over all DDP ranks (identity when not distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(values)
+    gathered: list[list] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, list(values))
+    return [item for part in gathered for item in part]

@@ -1,0 +1,46 @@
+"""Figures the methods log (EF agreement) and a logger-agnostic way to log them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def ef_agreement_figure(predicted: np.ndarray, true: np.ndarray, title: str = "") -> plt.Figure:
+    """EF scatter (prediction vs truth) beside a Bland-Altman plot (difference vs mean, bias and 95% limits)."""
+    predicted, true = np.asarray(predicted, float), np.asarray(true, float)
+    figure, (scatter, bland_altman) = plt.subplots(1, 2, figsize=(9, 4))
+    low, high = float(min(true.min(), predicted.min())) - 2, float(max(true.max(), predicted.max())) + 2
+    scatter.scatter(true, predicted, s=8, alpha=0.7)
+    scatter.plot([low, high], [low, high], "k--", lw=1)
+    scatter.set(xlabel="true EF (%)", ylabel="predicted EF (%)", xlim=(low, high), ylim=(low, high), title=title)
+    difference, mean = predicted - true, (predicted + true) / 2
+    bias, spread = difference.mean(), 1.96 * difference.std()
+    bland_altman.scatter(mean, difference, s=8, alpha=0.7)
+    for value, style in ((bias, "-"), (bias + spread, "--"), (bias - spread, "--")):
+        bland_altman.axhline(value, color="k", ls=style, lw=1)
+    bland_altman.set(xlabel="mean of predicted and true EF (%)", ylabel="predicted - true (%)",
+                     title=f"bias {bias:.2f}, limits ±{spread:.2f}")
+    figure.tight_layout()
+    return figure
+
+
+def log_figure(module, key: str, figure: plt.Figure) -> None:
+    """Log a figure to W&B when the trainer has a WandbLogger; always also save a PNG into the run's log dir."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    trainer = module.trainer
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[figure], step=trainer.global_step)
+    log_dir = trainer.log_dir or trainer.default_root_dir
+    if log_dir and trainer.is_global_zero:
+        out = Path(log_dir) / "figures"
+        out.mkdir(parents=True, exist_ok=True)
+        figure.savefig(out / f"{key.replace('/', '_')}.png", dpi=100)
+    plt.close(figure)

@@ -1,0 +1,90 @@
+"""Test-only pieces used by the CLI subprocesses (importable as ``tests.helpers``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class KillAtStep(L.Callback):
+    """SIGKILL the process when training reaches ``step``: a crash that leaves no chance to save anything."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_echolab(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``cli.py`` in a fresh interpreter, as a user's ``echolab`` command would."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", WANDB_MODE="offline")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd or ROOT, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def tiny_ef_config(data_dir: Path, run_dir: Path, **overrides) -> dict:
+    """A small EFRegressor config on the phantom that trains in seconds on a CPU."""
+    config = {
+        "seed_everything": 7,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 2,
+            "default_root_dir": str(run_dir),
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "log_every_n_steps": 1,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run_dir), "name": "logs", "version": 0}},
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True, "every_n_train_steps": 3, "save_top_k": -1},
+                }
+            ],
+        },
+        "model": {
+            "class_path": "echo_modules.EFRegressor",
+            "init_args": {
+                "encoder": {"class_path": "echo_modules.common.TinyVideoEncoder", "init_args": {"in_channels": 1, "width": 8, "depth": 3}},
+                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3.0e-3}},
+            },
+        },
+        "data": {
+            "class_path": "datamodules.echonet_dynamic.EchoNetDynamicDataModule",
+            "init_args": {
+                "data_dir": str(data_dir),
+                "clip_length": 8,
+                "period": 4,
+                "frame_size": 32,
+                "channels": 1,
+                "batch_size": 4,
+                "num_workers": 0,
+                "num_eval_clips": 2,
+                "cache_dir": str(run_dir.parent / "cache"),
+            },
+        },
+    }
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config

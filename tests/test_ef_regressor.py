@@ -1,0 +1,126 @@
+"""EFRegressor in real Trainer runs on the phantom: it learns, DDP evaluates every video once, bf16 runs,
+a killed fit resumes to the same result, W&B writes an offline run, predict writes a CSV."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.helpers import run_echolab, tiny_ef_config, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def metrics_table(run_dir) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "logs" / "version_0" / "metrics.csv")
+
+
+def test_learns_ef_well_below_mean_predictor(phantom_echonet_train, tmp_path):
+    run_dir = tmp_path / "run"
+    config = tiny_ef_config(
+        phantom_echonet_train, run_dir, **{"trainer.max_epochs": 10, "data.init_args.frame_size": 48,
+                                           "data.init_args.clip_length": 16, "data.init_args.batch_size": 8,
+                                           "data.init_args.num_eval_clips": 4}
+    )
+    config["model"]["init_args"]["encoder"]["init_args"]["width"] = 16
+    config["trainer"]["callbacks"][0]["init_args"] = {"dirpath": str(run_dir / "checkpoints"), "filename": "best", "monitor": "val/mae", "save_last": True}
+    path = write_config(tmp_path / "fit.yaml", config)
+    fit = run_echolab("fit", "--config", str(path))
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    test = run_echolab("test", "--config", str(path), "--ckpt_path", str(run_dir / "checkpoints" / "best.ckpt"))
+    assert test.returncode == 0, test.stderr[-3000:]
+    summary = json.loads((run_dir / "logs" / "version_0" / "test_summary.json").read_text())
+    assert summary["ratio"] < 0.6, summary  # test EF MAE well below always predicting the training mean
+    assert (run_dir / "logs" / "version_0" / "figures" / "test_ef_agreement.png").is_file()
+
+
+def test_ddp_two_processes_validates_every_video_once(phantom_echonet, tmp_path):
+    run_dir = tmp_path / "ddp"
+    config = tiny_ef_config(phantom_echonet, run_dir, **{"trainer.max_epochs": 1})
+    config["trainer"].update(strategy="ddp", devices=2)
+    path = write_config(tmp_path / "ddp.yaml", config)
+    fit = run_echolab("fit", "--config", str(path))
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ddp_row = metrics_table(run_dir).dropna(subset=["val/mae"]).iloc[-1]
+    files = pd.read_csv(phantom_echonet / "FileList.csv")
+    num_val = int((files["Split"] == "VAL").sum())
+    assert num_val % 2 == 1  # an odd split: DistributedSampler would duplicate one video
+    assert ddp_row["val/num_videos"] == num_val
+    # the same checkpoint validated in one process gives the same MAE
+    single = tiny_ef_config(phantom_echonet, tmp_path / "single")
+    single_path = write_config(tmp_path / "single.yaml", single)
+    validate = run_echolab("validate", "--config", str(single_path), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"))
+    assert validate.returncode == 0, validate.stderr[-3000:]
+    single_row = metrics_table(tmp_path / "single").dropna(subset=["val/mae"]).iloc[-1]
+    assert single_row["val/mae"] == pytest.approx(ddp_row["val/mae"], rel=1e-5)
+
+
+def test_bf16_mixed_cpu_fit_runs(phantom_echonet, tmp_path):
+    run_dir = tmp_path / "bf16"
+    config = tiny_ef_config(phantom_echonet, run_dir, **{"trainer.max_epochs": 1})
+    config["trainer"]["precision"] = "bf16-mixed"
+    fit = run_echolab("fit", "--config", str(write_config(tmp_path / "bf16.yaml", config)))
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert metrics_table(run_dir)["val/mae"].notna().any()
+
+
+def test_killed_fit_resumes_to_identical_result(phantom_echonet, tmp_path):
+    results = {}
+    for name in ("uninterrupted", "killed"):
+        run_dir = tmp_path / name
+        config = tiny_ef_config(phantom_echonet, run_dir, **{"trainer.max_epochs": 3})
+        config["data"]["init_args"]["cache_dir"] = str(tmp_path / "cache")
+        if name == "killed":  # killed at step 16 of 3 epochs x 9 steps; the last checkpoint is mid-epoch 1 (step 15)
+            config["trainer"]["callbacks"].append({"class_path": "tests.helpers.KillAtStep", "init_args": {"step": 16}})
+        path = write_config(tmp_path / f"{name}.yaml", config)
+        first = run_echolab("fit", "--config", str(path))
+        if name == "killed":
+            assert first.returncode != 0
+            checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+            assert checkpoint["global_step"] == 15 and checkpoint["epoch"] == 1
+            del config["trainer"]["callbacks"][1]
+            write_config(path, config)
+            resumed = run_echolab("fit", "--config", str(path), "--ckpt_path", "last")
+            assert resumed.returncode == 0, resumed.stderr[-3000:]
+        else:
+            assert first.returncode == 0, first.stderr[-3000:]
+        final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+        results[name] = final
+    a, b = results["uninterrupted"], results["killed"]
+    assert a["global_step"] == b["global_step"] == 27
+    for key in a["state_dict"]:
+        assert torch.allclose(a["state_dict"][key].float(), b["state_dict"][key].float(), atol=1e-6), key
+    val_a = metrics_table(tmp_path / "uninterrupted").dropna(subset=["val/mae"])["val/mae"].iloc[-1]
+    val_b = metrics_table(tmp_path / "killed").dropna(subset=["val/mae"])["val/mae"].iloc[-1]
+    assert val_a == pytest.approx(val_b, abs=1e-6)
+
+
+def test_wandb_offline_run_has_metrics(phantom_echonet, tmp_path):
+    run_dir = tmp_path / "wandb_run"
+    config = tiny_ef_config(phantom_echonet, run_dir, **{"trainer.max_epochs": 1})
+    config["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "echolab-tests", "save_dir": str(run_dir)}}
+    fit = run_echolab("fit", "--config", str(write_config(tmp_path / "wandb.yaml", config)))
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    summary = json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
+    assert "val/mae" in summary and "train/loss" in summary
+
+
+def test_predict_writes_csv(phantom_echonet, tmp_path):
+    run_dir = tmp_path / "predict"
+    config = tiny_ef_config(phantom_echonet, run_dir, **{"trainer.max_epochs": 1})
+    path = write_config(tmp_path / "p.yaml", config)
+    assert run_echolab("fit", "--config", str(path)).returncode == 0
+    out = tmp_path / "predictions.csv"
+    result = run_echolab("predict", "--config", str(path), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
+                         "--model.init_args.predictions_csv", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(out)
+    files = pd.read_csv(phantom_echonet / "FileList.csv")
+    assert list(table.columns) == ["FileName", "EF_pred", "EF_true"]
+    assert sorted(table["FileName"]) == sorted(files.loc[files["Split"] == "TEST", "FileName"])
+    assert table["EF_pred"].between(0, 100).all()
