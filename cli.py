@@ -11,6 +11,7 @@ stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import netrc
 import os
 import sys
@@ -39,10 +40,33 @@ def _wandb_offline_without_credentials() -> None:
 class EchoLabCLI(LightningCLI):
     """LightningCLI in subclass mode: a config picks the method and the dataset by ``class_path``."""
 
+    def _set_seed(self) -> None:
+        """Seed as LightningCLI does, without its log line (the seed is in the saved config), so that a config
+        error that follows is the only line on stderr."""
+        seed_logger = logging.getLogger("lightning.fabric.utilities.seed")
+        level = seed_logger.level
+        seed_logger.setLevel(logging.WARNING)
+        try:
+            super()._set_seed()
+        finally:
+            seed_logger.setLevel(level)
+
 
 def _one_line(error: BaseException) -> str:
+    """The useful sentence of an error: our own ConfigError if one is in the chain, else jsonargparse's reason."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, (ConfigError, DataError)):
+            return " ".join(str(cause).split())
+        cause = cause.__cause__ or cause.__context__
     text = " ".join(str(error).split())
-    return text if len(text) < 600 else text[:600] + " ..."
+    if "Errors: - " in text:  # subclass-mode union errors: keep the reason, drop the NoneType alternative
+        key = text.split(":", 1)[0] + ": " if text.startswith("Parser key") else ""
+        reason = text.split("Errors: - ", 1)[1].split(" - Expected a <class 'NoneType'>", 1)[0]
+        if "data_dir" in reason and "does not exist" in reason:
+            return reason
+        text = key + reason
+    return text if len(text) < 400 else text[:400] + " ..."
 
 
 def run_cli(args: list[str] | None = None, run: bool = True) -> EchoLabCLI:

@@ -59,6 +59,7 @@ class VideoRecord:
     num_frames: int = 0
     height: int = 0
     width: int = 0
+    abnormal_region: np.ndarray | None = None  # (H, W) bool where a known abnormality lives (phantom ground truth)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -118,11 +119,15 @@ class VideoClipDataset(Dataset):
         return read_frames(record.path, unique)[inverse]
 
     def _masks(self, record: VideoRecord) -> np.ndarray:
-        if not record.has_tracings:
-            return np.zeros((2, record.height, record.width), np.uint8)
-        return np.stack(
-            [mask_from_tracing(t, record.height, record.width) for t in (record.ed_tracing, record.es_tracing)]
-        ).astype(np.uint8)
+        """(3, H, W) uint8: ED mask, ES mask (label 1 = LV cavity) and the abnormal region (zeros when unknown)."""
+        masks = np.zeros((3, record.height, record.width), np.uint8)
+        if record.has_tracings:
+            for slot, tracing in enumerate((record.ed_tracing, record.es_tracing)):
+                masks[slot] = mask_from_tracing(tracing, record.height, record.width)
+        if record.abnormal_region is not None:
+            region = np.asarray(record.abnormal_region, np.uint8)
+            masks[2] = region if region.shape == masks.shape[1:] else resize_masks(region[None], masks.shape[1])[0]
+        return masks
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
@@ -141,7 +146,7 @@ class VideoClipDataset(Dataset):
 
         clips, out_masks = [], masks
         for number, seed in enumerate(augment_seeds):
-            clip = frames[number * self.clip_length : (number + 1) * self.clip_length]
+            clip = frames[number * self.clip_length : (number + 1) * self.clip_length]  # (T, H, W)
             if self.train and self.transform is not None:
                 clip, view_masks = apply_to_clip(self.transform, clip, masks, seed=seed)
                 if number == 0:
@@ -165,12 +170,47 @@ class VideoClipDataset(Dataset):
             "ed_mask": torch.from_numpy(out_masks[0].astype(np.int64)),
             "es_mask": torch.from_numpy(out_masks[1].astype(np.int64)),
             "has_masks": torch.tensor(record.has_tracings),
+            "abnormal_region": torch.from_numpy(out_masks[2].astype(bool)),
+            "has_abnormal_region": torch.tensor(record.abnormal_region is not None),
         }
+
+
+class PairedClipDataset(Dataset):
+    """Training items that pair a normal (label 0) clip with an abnormal (label 1) clip.
+
+    An epoch walks the larger class once; each of its items gets a partner from the other class drawn as a pure
+    function of ``(seed, epoch, index)``. Keys are the clip dataset's, prefixed ``normal_`` and ``abnormal_``.
+    """
+
+    def __init__(self, clips: VideoClipDataset) -> None:
+        self.clips = clips
+        self.normal = [i for i, r in enumerate(clips.records) if r.label == 0]
+        self.abnormal = [i for i, r in enumerate(clips.records) if r.label == 1]
+        if not self.normal or not self.abnormal:
+            raise DataError(
+                f"paired training needs both classes in the training split, found {len(self.normal)} normal and "
+                f"{len(self.abnormal)} abnormal videos (labels come from the dataset or label_from_ef_below)"
+            )
+
+    def __len__(self) -> int:
+        return max(len(self.normal), len(self.abnormal))
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        rng = np.random.default_rng([self.clips.seed, epoch, index, 1])
+        pick = lambda group: group[index] if index < len(group) else group[int(rng.integers(len(group)))]  # noqa: E731
+        item: dict[str, Any] = {}
+        for name, group in (("normal", self.normal), ("abnormal", self.abnormal)):
+            for key_name, value in self.clips[(pick(group), epoch)].items():
+                item[f"{name}_{key_name}"] = value
+        return item
 
 
 def collate_clips(items: list[dict[str, Any]], concat_clips: bool = False) -> dict[str, Any]:
     """Collate items; with ``concat_clips`` (evaluation) every item's clips are concatenated along the batch axis
     and ``clip_owner[i]`` names the item clip ``i`` belongs to, so videos with different clip counts share a batch."""
+    if "video" not in items[0]:  # paired items: every tensor has a fixed shape
+        return default_collate(items)
     videos = [item.pop("video") for item in items]
     frames_masks = [item.pop("frames_mask") for item in items]
     batch = default_collate(items)
@@ -240,6 +280,8 @@ class VideoDataModule(L.LightningDataModule):
         predict_split: Literal["TRAIN", "VAL", "TEST", "ALL"] = "TEST",
         seed: int | None = None,
         pin_memory: bool = False,
+        label_from_ef_below: float | None = None,
+        paired: bool = False,
     ) -> None:
         """Args:
         data_dir: root of the dataset in its published layout.
@@ -253,6 +295,10 @@ class VideoDataModule(L.LightningDataModule):
         mean / std: normalisation override; by default computed once from the training split and cached.
         max_videos_per_split: use only the first N videos of each split (quick experiments).
         seed: clip-sampling seed; defaults to the run's ``seed_everything`` value.
+        label_from_ef_below: label a video abnormal (1) when its EF is below this (CardiacNet's public-dataset
+            setting: 50), normal (0) otherwise.
+        paired: training items pair one normal and one abnormal clip (``normal_video``, ``abnormal_video``) for
+            methods that translate between the classes; evaluation stays one labelled video per item.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["train_transforms"])
@@ -285,6 +331,8 @@ class VideoDataModule(L.LightningDataModule):
         self.predict_split = predict_split
         self.seed = seed
         self.pin_memory = pin_memory
+        self.label_from_ef_below = label_from_ef_below
+        self.paired = paired
         self.records: dict[str, list[VideoRecord]] = {}
         self.skipped: list[tuple[str, str]] = []
         self._scanned: list[VideoRecord] | None = None
@@ -308,6 +356,10 @@ class VideoDataModule(L.LightningDataModule):
         """The scanned records (scanned once, so its warnings appear once), limited by ``max_videos_per_split``."""
         if self._scanned is None:
             self._scanned = self.scan_records()
+            if self.label_from_ef_below is not None:
+                for record in self._scanned:
+                    if math.isfinite(record.ef):
+                        record.label = int(record.ef < self.label_from_ef_below)
         records = self._scanned
         if self.max_videos_per_split is None:
             return records
@@ -420,6 +472,8 @@ class VideoDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> StatefulDataLoader:
         dataset = self.make_dataset(self.records["TRAIN"], train=True)
+        if self.paired:
+            dataset = PairedClipDataset(dataset)
         sampler = EpochKeySampler(dataset, shuffle=True, seed=self._seed())
         if self.trainer is not None:  # a resumed run restores the epoch before asking for the loader
             sampler.set_epoch(self.trainer.current_epoch)

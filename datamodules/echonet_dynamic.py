@@ -76,6 +76,8 @@ class EchoNetDynamicDataModule(VideoDataModule):
         predict_split: Literal["TRAIN", "VAL", "TEST", "ALL"] = "TEST",
         seed: int | None = None,
         pin_memory: bool = False,
+        label_from_ef_below: float | None = None,
+        paired: bool = False,
         val_folds: list[int] | None = None,
         test_folds: list[int] | None = None,
     ) -> None:
@@ -87,7 +89,7 @@ class EchoNetDynamicDataModule(VideoDataModule):
         super().__init__(
             data_dir, clip_length, period, frame_size, channels, batch_size, eval_batch_size, num_workers,
             num_eval_clips, num_views, train_transforms, on_bad_video, decode_cache, cache_dir, mean, std,
-            max_videos_per_split, predict_split, seed, pin_memory,
+            max_videos_per_split, predict_split, seed, pin_memory, label_from_ef_below, paired,
         )  # fmt: skip
         self.file_list = self.data_dir / "FileList.csv"
         if not self.file_list.is_file():

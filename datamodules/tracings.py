@@ -19,7 +19,7 @@ def _check(tracing: np.ndarray) -> np.ndarray:
     tracing = np.asarray(tracing, dtype=np.float64)
     if tracing.ndim != 2 or tracing.shape[1] != 4 or tracing.shape[0] < 3:
         raise ValueError(
-            f"a tracing must be an (N + 1, 4) array of rows X1, Y1, X2, Y2 with N >= 2 chords, got shape {tracing.shape}"
+            f"a tracing must be an (N + 1, 4) array of rows X1, Y1, X2, Y2 with N >= 2 chords, not {tracing.shape}"
         )
     return tracing
 

@@ -36,9 +36,24 @@ def _open_reader(path: Path):
     return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
 
 
+NIFTI_SUFFIXES = (".nii", ".nii.gz", ".mhd")
+
+
+def is_volume_file(path: str | Path) -> bool:
+    """NIfTI / MetaImage sequences (CAMUS, CardiacNet) rather than video containers."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
 def decode_video(path: str | Path) -> tuple[np.ndarray, VideoInfo]:
-    """Decode a whole video to grey uint8 ``(T, H, W)``; on failure the info carries the error and frames decoded so far."""
+    """Decode a whole video to grey uint8 ``(T, H, W)``; on failure the info carries the error and frames decoded so far.
+
+    AVI/MP4 go through decord; NIfTI/MHD image sequences through :func:`datamodules.nifti.decode_image_sequence`.
+    """
     path = Path(path)
+    if is_volume_file(path):
+        from datamodules.nifti import decode_image_sequence
+
+        return decode_image_sequence(path)
     try:
         reader = _open_reader(path)
         declared = len(reader)
@@ -66,6 +81,8 @@ def decode_video(path: str | Path) -> tuple[np.ndarray, VideoInfo]:
 
 def read_frames(path: str | Path, indices: np.ndarray) -> np.ndarray:
     """Decode only the given frame indices (grey uint8 ``(len(indices), H, W)``); used when the decoded cache is off."""
+    if is_volume_file(path):
+        return decode_video(path)[0][np.asarray(indices, dtype=int)]
     try:
         reader = _open_reader(Path(path))
         return reader.get_batch(list(map(int, indices))).asnumpy()[..., 0]

@@ -86,7 +86,7 @@ def test_evaluation_clips_and_padding(phantom_echonet):
     loader = module.val_dataloader()
     batch = next(iter(loader))
     records = module.records["VAL"][: len(batch["ef"])]
-    expected_clips = [r.num_frames - 15 for r in records]  # every start whose clip fits
+    expected_clips = [r.num_frames - 14 for r in records]  # every start whose 15-frame span fits
     assert batch["video"].shape[0] == sum(expected_clips)
     assert torch.equal(torch.bincount(batch["clip_owner"]), torch.tensor(expected_clips))
     long_clip = make(phantom_echonet, clip_length=64, period=4, num_eval_clips=2)  # 253 frames > any video
@@ -107,7 +107,7 @@ def test_quirks_skip_and_report(quirky_echonet):
     assert quirky_echonet["truncated"] not in names
     assert quirky_echonet["missing_video"] not in names
     assert "outside" not in " ".join(names)
-    assert any("skipped 1 of" in m and quirky_echonet["truncated"] in m and "truncated" in m for m in messages)
+    assert any("skipped 1 of" in m and quirky_echonet["truncated"] in m and "frames" in m for m in messages)
     assert sum("have no video" in m for m in messages) == 1  # reported once, with the count
     assert any("resolves outside" in m for m in messages)
     no_tracings = [r for s in module.records.values() for r in s if r.filename == quirky_echonet["no_tracings"]]
@@ -120,8 +120,13 @@ def test_quirks_skip_and_report(quirky_echonet):
 
 
 def test_quirks_raise_names_the_file(quirky_echonet):
-    with pytest.raises(DataError, match=quirky_echonet["truncated"]):
-        make(quirky_echonet["root"], on_bad_video="raise")
+    root = quirky_echonet["root"]
+    with pytest.raises(DataError, match="outside.avi' resolves outside"):
+        make(root, on_bad_video="raise")
+    files = pd.read_csv(root / "FileList.csv")
+    files[~files["FileName"].str.contains("outside")].to_csv(root / "FileList.csv", index=False)
+    with pytest.raises(DataError, match=f"{quirky_echonet['truncated']}.avi: .*frames"):
+        make(root, on_bad_video="raise")
 
 
 def test_missing_data_dir_is_a_config_error(tmp_path):

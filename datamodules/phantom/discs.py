@@ -24,7 +24,9 @@ _STEP = 0.1  # sampling step (pixels) along the axis and the chords
 def _sample(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Bilinear mask value at (..., 2) points (x, y); 0 outside the image."""
     flat = points.reshape(-1, 2)
-    values = ndimage.map_coordinates(mask, [flat[:, 1], flat[:, 0]], order=1, mode="constant", cval=0.0, prefilter=False)
+    values = ndimage.map_coordinates(
+        mask, [flat[:, 1], flat[:, 0]], order=1, mode="constant", cval=0.0, prefilter=False
+    )
     return values.reshape(points.shape[:-1])
 
 
@@ -34,7 +36,7 @@ def _extreme_mean(points: np.ndarray, score: np.ndarray) -> np.ndarray:
 
 
 def disc_tracing(lv_mask: np.ndarray, num_discs: int = 20) -> np.ndarray:
-    """(num_discs + 1, 4) rows X1, Y1, X2, Y2: the long axis (apex, base midpoint), then the disc chords apex to base."""
+    """(num_discs + 1, 4) rows X1, Y1, X2, Y2: the long axis (apex, base midpoint), then the chords, apex to base."""
     mask = np.asarray(lv_mask) > 0
     if mask.ndim != 2:
         raise ValueError(f"lv_mask must be a 2D (H, W) mask, got shape {mask.shape}")
@@ -48,7 +50,8 @@ def disc_tracing(lv_mask: np.ndarray, num_discs: int = 20) -> np.ndarray:
 
     # principal direction, oriented toward the base (downward: apex at the top)
     centred = points - points.mean(axis=0)
-    _, vectors = np.linalg.eigh(centred.T @ centred)
+    sxx, syy, sxy = (centred[:, 0] ** 2).sum(), (centred[:, 1] ** 2).sum(), (centred[:, 0] * centred[:, 1]).sum()
+    _, vectors = np.linalg.eigh(np.array([[sxx, sxy], [sxy, syy]]))
     down = vectors[:, 1]
     if down[1] < 0 or (down[1] == 0 and down[0] < 0):
         down = -down
@@ -72,8 +75,11 @@ def disc_tracing(lv_mask: np.ndarray, num_discs: int = 20) -> np.ndarray:
     if inside.size == 0:
         raise ValueError("the long axis of lv_mask does not pass through the mask; is the mask upright and convex?")
     first, last = inside[0], inside[-1]
-    s_apex = s[first] - _STEP * (line[first] - 0.5) / max(line[first] - line[first - 1], 1e-12) if first > 0 else s[0]
-    s_base = s[last] + _STEP * (line[last] - 0.5) / max(line[last] - line[last + 1], 1e-12) if last + 1 < s.size else s[-1]
+    s_apex, s_base = s[0], s[-1]
+    if first > 0:
+        s_apex = s[first] - _STEP * (line[first] - 0.5) / max(line[first] - line[first - 1], 1e-12)
+    if last + 1 < s.size:
+        s_base = s[last] + _STEP * (line[last] - 0.5) / max(line[last] - line[last + 1], 1e-12)
     apex = base_mid + s_apex * axis
     base = base_mid + s_base * axis
 

@@ -46,11 +46,12 @@ def _conv_block(in_channels: int, out_channels: int, stride: tuple[int, int, int
 class TinyVideoEncoder(VideoEncoder):
     """A small 3D CNN for CPU runs (the phantom, tests, the demo).
 
-    Frames are reduced spatially while time is kept, then summarised over time by mean, max and min: EF is a ratio of
-    the largest and smallest cavity in a cycle, which average pooling alone would blur away.
+    Frames are reduced spatially while time is kept; a temporal convolution follows the per-frame features, which are
+    then summarised over time by mean, max and min and mixed by a small MLP. EF is a ratio of the largest and smallest
+    cavity of a cycle: average pooling alone would blur it away, and a ratio needs a non-linearity after pooling.
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 16, depth: int = 4) -> None:
+    def __init__(self, in_channels: int = 3, width: int = 16, depth: int = 4, out_features: int = 128) -> None:
         super().__init__()
         layers, channels = [], in_channels
         for level in range(depth):
@@ -58,8 +59,12 @@ class TinyVideoEncoder(VideoEncoder):
             layers.append(_conv_block(channels, out_channels, stride=(1, 2, 2)))
             channels = out_channels
         self.features = nn.Sequential(*layers)
-        self.out_features = 3 * channels
+        self.temporal = nn.Sequential(
+            nn.Conv1d(channels, channels, kernel_size=3, padding=1, bias=False), nn.BatchNorm1d(channels), nn.ReLU(inplace=True)
+        )
+        self.mix = nn.Sequential(nn.Linear(3 * channels, out_features), nn.ReLU(inplace=True))
+        self.out_features = out_features
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        per_frame = reduce(self.features(video), "b c t h w -> b c t", "mean")
-        return torch.cat([per_frame.mean(-1), per_frame.amax(-1), per_frame.amin(-1)], dim=1)
+        per_frame = self.temporal(reduce(self.features(video), "b c t h w -> b c t", "mean"))
+        return self.mix(torch.cat([per_frame.mean(-1), per_frame.amax(-1), per_frame.amin(-1)], dim=1))

@@ -30,10 +30,37 @@ class EchoModule(L.LightningModule):
         self._rng_states_to_restore: dict[str, Any] | None = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rng_states"] = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        name, keys, position, has_gauss, cached = states["numpy"]
+        # tensors and plain numbers only, so the checkpoint loads with torch.load(weights_only=True)
+        states["numpy"] = (name, torch.from_numpy(keys.astype("int64")), int(position), int(has_gauss), float(cached))
+        checkpoint["rng_states"] = states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._rng_states_to_restore = checkpoint.get("rng_states")
+        states = checkpoint.get("rng_states")
+        if states is not None:
+            name, keys, position, has_gauss, cached = states["numpy"]
+            states = {**states, "numpy": (name, keys.numpy().astype("uint32"), position, has_gauss, cached)}
+        self._rng_states_to_restore = states
+
+    def _broadcast_buffers(self) -> None:
+        """Give every rank rank 0's buffers (e.g. BatchNorm running statistics) before evaluating.
+
+        DDP broadcasts buffers at the start of each training forward, so after the last step rank 0's statistics
+        are one update ahead of the other ranks'; evaluating with them everywhere makes a DDP validation equal to a
+        single-process validation of the saved checkpoint.
+        """
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for buffer in self.buffers():
+                dist.broadcast(buffer.data, src=0)
+
+    def on_validation_start(self) -> None:
+        self._broadcast_buffers()
+
+    def on_test_start(self) -> None:
+        self._broadcast_buffers()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._rng_states_to_restore is not None:

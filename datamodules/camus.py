@@ -1,0 +1,645 @@
+"""CAMUS (2- and 4-chamber apical echo, ED/ES segmentations, EF) in the layouts of its 2023 NIfTI and 2019 MHD releases.
+
+    data_dir/[training/]patientXXXX/patientXXXX_{2CH,4CH}_{ED,ES,half_sequence}[_gt].nii.gz    (2023)
+    data_dir/[training/]patientXXXX/patientXXXX_{2CH,4CH}_{ED,ES,sequence}[_gt].mhd + .raw     (2019)
+    data_dir/[training/]patientXXXX/Info_{2CH,4CH}.cfg        "Key: value" lines, keys in any order
+    data_dir/database_split/subgroup_{training,validation,testing}.txt     one patient per line (2023, optional)
+
+Quirks honoured: the 2023 cfg keys are ED, ES, NbFrame, Sex, Age, ImageQuality, EF, FrameRate, the 2019 ones ED, ES,
+NbFrame, Sex, Age, ImageQuality, LVedv, LVesv, LVef (both accepted); ED and ES are 1-based; a half-sequence may hold
+one frame fewer than NbFrame says (the file wins, an index past its end is clamped to the last frame); some frames lack
+a ``_gt`` file; ImageQuality comes in any case. Arrays are stored (W, H[, T]): they are read upright (apex on top).
+Labels are CAMUS's own: 0 background, 1 LV cavity, 2 myocardium, 3 left atrium.
+
+One DataModule serves three tasks (``task``):
+
+* ``sequence``: half-sequences as clips in the video batch format of :mod:`datamodules.base` (``video``, ``ef``,
+  ``ed_index``/``es_index``, ``ed_mask``/``es_mask`` with labels 0-3; ``masks`` of the clip frames with
+  ``sequence_masks=True`` where a ``half_sequence_gt`` file exists), so EF methods run on it unchanged;
+* ``frames``: the segmented ED and ES frames, ``image`` ``(B, C, H, W)`` and ``mask`` ``(B, H, W)``, for 2D
+  segmentation and the anatomical VAE;
+* ``synthesis``: one clip per sequence starting at ED with its ``ed_mask`` (the semantic map a synthesizer is
+  conditioned on), in training and evaluation alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import albumentations as A
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.base import SPLITS, VideoClipDataset, VideoDataModule, VideoRecord, collate_clips
+from datamodules.errors import ConfigError, DataError
+from datamodules.nifti import read_label_map
+from datamodules.transforms import apply_to_clip, resize_clip, resize_masks
+from datamodules.video import clip_frame_indices, evaluation_clip_starts, random_clip_start
+
+VIEWS = ("2CH", "4CH")
+INSTANTS = ("ED", "ES")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mhd")
+SPLIT_FILES = {"TRAIN": "subgroup_training.txt", "VAL": "subgroup_validation.txt", "TEST": "subgroup_testing.txt"}
+
+
+# ---------------------------------------------------------------------------------------------------- splits
+
+
+def split_patients(
+    patients: Sequence[str],
+    fractions: Sequence[float],
+    seed: int,
+    strata: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """TRAIN/VAL/TEST per patient: a seeded permutation cut in the given proportions (largest remainders), done
+    within each stratum (e.g. the class) so every split keeps the class balance. A patient is one unit, so none of
+    its videos can land in two splits; the same patients and seed always give the same split."""
+    fractions_array = np.asarray(fractions, dtype=np.float64)
+    if fractions_array.shape != (3,) or (fractions_array < 0).any() or fractions_array.sum() <= 0:
+        raise ConfigError(f"split_fractions must be three non-negative numbers (train, val, test), got {list(fractions)}")
+    fractions_array = fractions_array / fractions_array.sum()
+    groups: dict[str, list[str]] = {}
+    for patient in sorted(set(patients)):
+        groups.setdefault(str(strata[patient]) if strata is not None else "", []).append(patient)
+    assignment: dict[str, str] = {}
+    for number, (_, members) in enumerate(sorted(groups.items())):
+        count = len(members)
+        counts = np.floor(fractions_array * count).astype(int)
+        for i in np.argsort(-(fractions_array * count - counts), kind="stable")[: count - counts.sum()]:
+            counts[i] += 1
+        order = np.random.default_rng([seed, number]).permutation(count)
+        labels = np.repeat(np.arange(3), counts)
+        for position, member in zip(order, members):
+            assignment[member] = SPLITS[labels[position]]
+    return assignment
+
+
+# ---------------------------------------------------------------------------------------------------- layout
+
+
+def read_info_cfg(path: Path) -> dict[str, str]:
+    """``Key: value`` lines of an Info cfg as a dict (keys in any order, blank lines ignored)."""
+    fields: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if ":" not in line:
+            raise DataError(f"{path}: line {number} {line.strip()[:40]!r} is not 'Key: value'")
+        key, value = line.split(":", 1)
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def _field(fields: Mapping[str, str], *names: str) -> str | None:
+    lowered = {key.lower(): value for key, value in fields.items()}
+    for name in names:
+        if name.lower() in lowered and lowered[name.lower()] != "":
+            return lowered[name.lower()]
+    return None
+
+
+def _number(path: Path, fields: Mapping[str, str], *names: str, required: bool = False) -> float:
+    text = _field(fields, *names)
+    if text is None:
+        if required:
+            raise DataError(f"{path}: has no {names[0]} entry (found keys {sorted(fields)})")
+        return math.nan
+    try:
+        return float(text)
+    except ValueError as error:
+        raise DataError(f"{path}: {names[0]} is {text!r}, not a number") from error
+
+
+def find_image(folder: Path, stem: str) -> Path | None:
+    """``folder/stem`` with the first image suffix that exists (.nii.gz, .nii, .mhd)."""
+    for suffix in IMAGE_SUFFIXES:
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_patient_dirs(data_dir: Path) -> list[Path]:
+    """``patient*`` folders directly under ``data_dir`` or one level down (the 2019 release's ``training/``)."""
+    found = sorted(p for p in data_dir.glob("patient*") if p.is_dir())
+    found += sorted(p for p in data_dir.glob("*/patient*") if p.is_dir() and not p.parent.name.startswith("."))
+    by_name: dict[str, Path] = {}
+    for path in found:
+        if path.name in by_name:
+            raise DataError(f"{data_dir}: patient {path.name} appears twice ({by_name[path.name]} and {path})")
+        by_name[path.name] = path
+    return [by_name[name] for name in sorted(by_name)]
+
+
+def read_official_split(data_dir: Path) -> dict[str, str] | None:
+    """Patient -> split from ``database_split/subgroup_*.txt``; None when the folder is absent."""
+    folder = data_dir / "database_split"
+    if not folder.is_dir():
+        return None
+    assignment: dict[str, str] = {}
+    for split, name in SPLIT_FILES.items():
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{folder}: {name} is missing (expected {', '.join(SPLIT_FILES.values())})")
+        for line in path.read_text().splitlines():
+            patient = line.strip()
+            if not patient:
+                continue
+            if patient in assignment and assignment[patient] != split:
+                raise DataError(f"{path}: patient {patient} is also listed for {assignment[patient]}")
+            assignment[patient] = split
+    return assignment
+
+
+# ---------------------------------------------------------------------------------------------------- datasets
+
+
+def _label_maps(cache, path: str | Path, read_from_cache: bool) -> np.ndarray:
+    """Segmentation ``(T, H, W)`` uint8 labels: from the decoded cache (validated in setup) or straight from the file."""
+    if read_from_cache:
+        return np.asarray(cache.frames(path))
+    try:
+        return read_label_map(path)
+    except ValueError as error:
+        raise DataError(str(error)) from error
+
+
+class CamusClipDataset(VideoClipDataset):
+    """Half-sequence clips in the base's batch format, with ED/ES masks from the ``_gt`` files (labels 0-3).
+
+    ``sequence_masks`` adds ``masks``: the label maps of the clip's frames (zeros where no ``half_sequence_gt``
+    exists or the frame is padding), shaped like ``video`` without the channel axis, transformed with the frames.
+    ``start_at_ed`` (synthesis) takes one clip starting at the ED frame, in training and evaluation alike.
+    """
+
+    def __init__(self, *args: Any, sequence_masks: bool = False, start_at_ed: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sequence_masks = sequence_masks
+        self.start_at_ed = start_at_ed
+
+    def _label_map(self, path: str, frame: int = 0) -> np.ndarray:
+        maps = _label_maps(self.cache, path, self.read_from_cache)
+        return np.asarray(maps[min(frame, len(maps) - 1)])
+
+    def _masks(self, record: VideoRecord) -> np.ndarray:
+        """(3, H, W) uint8: ED labels, ES labels, the abnormal region (zeros where unknown)."""
+        masks = np.zeros((3, record.height, record.width), np.uint8)
+        gt = record.extra.get("gt", {})
+        for slot, (instant, index) in enumerate((("ED", record.ed_index), ("ES", record.es_index))):
+            if instant in gt:
+                label = self._label_map(gt[instant])
+            elif "sequence" in gt and index >= 0:
+                label = self._label_map(gt["sequence"], index)
+            else:
+                continue
+            masks[slot] = label if label.shape == masks.shape[1:] else _resize_to(label, masks.shape[1:])
+        return masks
+
+    def _clip_masks(self, record: VideoRecord, indices: np.ndarray, real: np.ndarray) -> np.ndarray:
+        """(len(indices), H, W) labels of the given frames; zeros without a sequence ground truth or on padding."""
+        out = np.zeros((len(indices), record.height, record.width), np.uint8)
+        path = record.extra.get("gt", {}).get("sequence")
+        if path is None:
+            return out
+        maps = _label_maps(self.cache, path, self.read_from_cache)
+        usable = real & (indices < len(maps))
+        picked = np.asarray(maps[indices[usable]])
+        if picked.shape[1:] != out.shape[1:]:
+            picked = np.stack([_resize_to(m, out.shape[1:]) for m in picked]) if len(picked) else picked
+        out[usable] = picked
+        return out
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        record = self.records[index]
+        ed_start = max(record.ed_index, 0)
+        if self.train:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            starts = [
+                ed_start if self.start_at_ed else random_clip_start(record.num_frames, self.clip_length, self.period, rng)
+                for _ in range(self.num_views)
+            ]
+            augment_seeds: list[int | None] = [int(rng.integers(2**31 - 1)) for _ in starts]
+        else:
+            starts = (
+                [ed_start]
+                if self.start_at_ed
+                else list(evaluation_clip_starts(record.num_frames, self.clip_length, self.period, self.num_eval_clips))
+            )
+            augment_seeds = [None] * len(starts)
+        clip_indices, real = zip(*(clip_frame_indices(s, self.clip_length, self.period, record.num_frames) for s in starts))
+        frames = resize_clip(self._frames(record, np.concatenate(clip_indices)), self.frame_size)
+        key_masks = resize_masks(self._masks(record), self.frame_size)  # ED, ES, abnormal region
+        sequence_masks = None
+        if self.sequence_masks:
+            sequence_masks = resize_masks(
+                self._clip_masks(record, np.concatenate(clip_indices), np.concatenate(real)), self.frame_size
+            )
+
+        clips, clip_masks, out_masks = [], [], key_masks
+        for number, seed in enumerate(augment_seeds):
+            window = slice(number * self.clip_length, (number + 1) * self.clip_length)
+            clip = frames[window]
+            masks = key_masks if sequence_masks is None else np.concatenate([key_masks, sequence_masks[window]])
+            if self.train and self.transform is not None:
+                clip, masks = apply_to_clip(self.transform, clip, masks, seed=seed)
+            if number == 0:
+                out_masks = masks[:3]
+            clips.append(clip)
+            clip_masks.append(masks[3:])
+        video = (torch.from_numpy(np.stack(clips)).float() - self.mean) / self.std  # (N, T, H, W)
+        frames_mask = torch.from_numpy(np.stack(real))
+        video = video * frames_mask[..., None, None]  # padding is zero after normalisation, as in the base
+        video = video[:, None].expand(-1, self.channels, -1, -1, -1).contiguous()
+        gt = record.extra.get("gt", {})
+        has_ed = "ED" in gt or ("sequence" in gt and record.ed_index >= 0)
+        has_es = "ES" in gt or ("sequence" in gt and record.es_index >= 0)
+        item: dict[str, Any] = {
+            "video": video,
+            "frames_mask": frames_mask,
+            "ef": torch.tensor(record.ef, dtype=torch.float32),
+            "label": torch.tensor(record.label, dtype=torch.long),
+            "filename": record.filename,
+            "fps": torch.tensor(record.fps, dtype=torch.float32),
+            "ed_index": torch.tensor(record.ed_index, dtype=torch.long),
+            "es_index": torch.tensor(record.es_index, dtype=torch.long),
+            "ed_mask": torch.from_numpy(np.asarray(out_masks[0], np.int64)),
+            "es_mask": torch.from_numpy(np.asarray(out_masks[1], np.int64)),
+            "has_masks": torch.tensor(has_ed and has_es),
+            "abnormal_region": torch.from_numpy(np.asarray(out_masks[2]).astype(bool)),
+            "has_abnormal_region": torch.tensor(False),
+            "view": record.extra.get("view", ""),
+        }
+        if self.sequence_masks:
+            item["masks"] = torch.from_numpy(np.stack(clip_masks).astype(np.int64))  # (N, T, H, W)
+            item["has_sequence_masks"] = torch.tensor("sequence" in gt)
+        if self.train and self.num_views == 1:
+            item["video"], item["frames_mask"] = video[0], frames_mask[0]
+            if self.sequence_masks:
+                item["masks"] = item["masks"][0]
+        return item
+
+
+class CamusFrameDataset(Dataset):
+    """Segmented ED/ES frames: ``image`` ``(C, H, W)`` normalised, ``mask`` ``(H, W)`` labels 0-3.
+
+    Training augmentation is drawn as a pure function of ``(seed, epoch, index)`` like the clip datasets, so the
+    base's resumable sampler and loaders serve it unchanged.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[VideoRecord],
+        cache,
+        *,
+        frame_size: int,
+        channels: int,
+        mean: float,
+        std: float,
+        train: bool,
+        transform: A.BaseCompose | None = None,
+        seed: int = 0,
+        read_from_cache: bool = True,
+    ) -> None:
+        self.records = list(records)
+        self.cache = cache
+        self.frame_size = frame_size
+        self.channels = channels
+        self.mean = mean
+        self.std = std
+        self.train = train
+        self.transform = transform
+        self.seed = seed
+        self.read_from_cache = read_from_cache
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        record = self.records[index]
+        if self.read_from_cache:
+            image = np.asarray(self.cache.frames(record.path)[0])
+        else:
+            from datamodules.video import read_frames
+
+            image = read_frames(record.path, np.array([0]))[0]
+        label = np.asarray(_label_maps(self.cache, record.extra["gt"]["image"], self.read_from_cache)[0])
+        if label.shape != image.shape:
+            label = _resize_to(label, image.shape)
+        image = resize_clip(image[None], self.frame_size)
+        label = resize_masks(label[None], self.frame_size)
+        if self.train and self.transform is not None:
+            seed = int(np.random.default_rng([self.seed, epoch, index]).integers(2**31 - 1))
+            image, label = apply_to_clip(self.transform, image, label, seed=seed)
+        tensor = (torch.from_numpy(np.ascontiguousarray(image[0])).float() - self.mean) / self.std
+        return {
+            "image": tensor[None].expand(self.channels, -1, -1).contiguous(),
+            "mask": torch.from_numpy(np.asarray(label[0], np.int64)),
+            "filename": record.filename,
+            "view": record.extra["view"],
+            "instant": record.extra["instant"],
+            "ef": torch.tensor(record.ef, dtype=torch.float32),
+            "label": torch.tensor(record.label, dtype=torch.long),
+        }
+
+
+def _resize_to(label: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(np.ascontiguousarray(label), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def collate_with_sequence_masks(items: list[dict[str, Any]], concat_clips: bool = False) -> dict[str, Any]:
+    """:func:`datamodules.base.collate_clips` that also concatenates (evaluation) or stacks ``masks`` like ``video``."""
+    if "masks" not in items[0]:
+        return collate_clips(items, concat_clips)
+    masks = [item.pop("masks") for item in items]
+    batch = collate_clips(items, concat_clips)
+    batch["masks"] = torch.cat(masks) if concat_clips else torch.stack(masks)
+    return batch
+
+
+def collate_eval_with_sequence_masks(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return collate_with_sequence_masks(items, concat_clips=True)
+
+
+# ---------------------------------------------------------------------------------------------------- DataModule
+
+
+class CamusDataModule(VideoDataModule):
+    """CAMUS for EF (``task="sequence"``), segmentation (``"frames"``) and ED-conditioned synthesis (``"synthesis"``).
+
+    Splits are by patient: the official ``database_split`` files when present (and ``official_split``), else a
+    seeded split with ``split_fractions``; both views of a patient always share its split.
+    """
+
+    dataset_name = "CAMUS"
+
+    def __init__(
+        self,
+        data_dir: str,
+        clip_length: int = 16,
+        period: int = 1,
+        frame_size: int = 112,
+        channels: int = 3,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        num_eval_clips: int | None = None,
+        num_views: int = 1,
+        train_transforms: A.Compose | None = None,
+        on_bad_video: Literal["skip", "raise"] = "skip",
+        decode_cache: bool = True,
+        cache_dir: str | None = None,
+        mean: float | None = None,
+        std: float | None = None,
+        max_videos_per_split: int | None = None,
+        predict_split: Literal["TRAIN", "VAL", "TEST", "ALL"] = "TEST",
+        seed: int | None = None,
+        pin_memory: bool = False,
+        label_from_ef_below: float | None = None,
+        paired: bool = False,
+        task: Literal["sequence", "frames", "synthesis"] = "sequence",
+        views: Literal["2CH", "4CH", "both"] = "both",
+        exclude_quality: list[str] | None = None,
+        official_split: bool = True,
+        split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+        split_seed: int = 0,
+        sequence_masks: bool = False,
+    ) -> None:
+        """See :class:`datamodules.base.VideoDataModule` for the shared arguments (``on_bad_video`` also covers
+        missing or malformed Info cfgs and unreadable ``_gt`` files).
+
+        task: ``sequence`` (half-sequence clips, EF, ED/ES masks), ``frames`` (ED/ES image + mask items) or
+            ``synthesis`` (one clip from ED + ``ed_mask`` per sequence).
+        views: which apical views to use.
+        exclude_quality: ImageQuality values to leave out, any case (e.g. ``[poor]``).
+        official_split: use ``database_split/subgroup_*.txt`` when present.
+        split_fractions / split_seed: the seeded patient split used otherwise (train, val, test).
+        sequence_masks: add ``masks`` (labels of every clip frame) where ``half_sequence_gt`` files exist.
+        """
+        super().__init__(
+            data_dir, clip_length, period, frame_size, channels, batch_size, eval_batch_size, num_workers,
+            num_eval_clips, num_views, train_transforms, on_bad_video, decode_cache, cache_dir, mean, std,
+            max_videos_per_split, predict_split, seed, pin_memory, label_from_ef_below, paired,
+        )  # fmt: skip
+        if task not in ("sequence", "frames", "synthesis"):
+            raise ConfigError(f"data.task must be sequence, frames or synthesis, got {task!r}")
+        if views not in ("2CH", "4CH", "both"):
+            raise ConfigError(f"data.views must be 2CH, 4CH or both, got {views!r}")
+        self.task = task
+        self.views = VIEWS if views == "both" else (views,)
+        self.exclude_quality = {q.strip().lower() for q in (exclude_quality or [])}
+        self.official_split = official_split
+        self.split_fractions = tuple(split_fractions)
+        self.split_seed = split_seed
+        self.sequence_masks = sequence_masks
+        split_patients(["x"], self.split_fractions, split_seed)  # validates the fractions now, not at setup
+
+    # ------------------------------------------------------------------ scanning
+
+    def _patient_splits(self, patients: list[str]) -> dict[str, str]:
+        official = read_official_split(self.data_dir) if self.official_split else None
+        if official is None:
+            return split_patients(patients, self.split_fractions, self.split_seed)
+        unlisted = [p for p in patients if p not in official]
+        if unlisted:
+            rank_zero_warn(
+                f"{self.dataset_name}: {len(unlisted)} patients are in no database_split file and are left out "
+                f"(e.g. {', '.join(unlisted[:3])})"
+            )
+        return {p: official[p] for p in patients if p in official}
+
+    def _view_record(self, folder: Path, view: str, split: str) -> VideoRecord | None:
+        """The view's half-sequence record, or None (with the problem raised or recorded) when unusable."""
+        patient = folder.name
+        cfg = folder / f"Info_{view}.cfg"
+        if not cfg.is_file():
+            raise DataError(f"{cfg}: missing Info cfg for {patient} {view}")
+        fields = read_info_cfg(cfg)
+        ed = int(_number(cfg, fields, "ED", required=True))
+        es = int(_number(cfg, fields, "ES", required=True))
+        if ed < 1 or es < 1:
+            raise DataError(f"{cfg}: ED ({ed}) and ES ({es}) are 1-based frame numbers, they must be >= 1")
+        quality = (_field(fields, "ImageQuality") or "").strip()
+        sequence = find_image(folder, f"{patient}_{view}_half_sequence") or find_image(folder, f"{patient}_{view}_sequence")
+        if sequence is None and self.task != "frames":
+            raise DataError(f"{folder}: no {patient}_{view}_half_sequence (.nii.gz/.nii) or _sequence (.mhd) file")
+        gt: dict[str, str] = {}
+        for instant in INSTANTS:
+            path = find_image(folder, f"{patient}_{view}_{instant}_gt")
+            if path is not None:
+                gt[instant] = str(path)
+        if sequence is not None:
+            seq_gt = find_image(folder, f"{sequence.name.split('.')[0]}_gt")
+            if seq_gt is not None:
+                gt["sequence"] = str(seq_gt)
+        return VideoRecord(
+            path=sequence if sequence is not None else cfg,
+            filename=f"{patient}_{view}",
+            split=split,
+            ef=_number(cfg, fields, "EF", "LVef"),
+            fps=_number(cfg, fields, "FrameRate"),
+            ed_index=ed - 1,
+            es_index=es - 1,
+            extra={
+                "patient": patient,
+                "view": view,
+                "quality": quality,
+                "nb_frames": int(_number(cfg, fields, "NbFrame")) if _field(fields, "NbFrame") else -1,
+                "edv": _number(cfg, fields, "LVedv"),
+                "esv": _number(cfg, fields, "LVesv"),
+                "sex": _field(fields, "Sex") or "",
+                "age": _number(cfg, fields, "Age"),
+                "gt": gt,
+            },
+        )
+
+    def _frame_records(self, record: VideoRecord) -> tuple[list[VideoRecord], int]:
+        """The ED/ES frame items of a view record (those with an image and a ``_gt``) and how many lacked one."""
+        folder = record.path.parent
+        records, missing = [], 0
+        for instant in INSTANTS:
+            image = find_image(folder, f"{record.extra['patient']}_{record.extra['view']}_{instant}")
+            label = record.extra["gt"].get(instant)
+            if image is None or label is None:
+                missing += 1
+                continue
+            extra = dict(record.extra, instant=instant, gt={"image": label})
+            name = f"{record.filename}_{instant}"
+            records.append(replace(record, path=image, filename=name, ed_index=-1, es_index=-1, extra=extra))
+        return records, missing
+
+    def scan_records(self) -> list[VideoRecord]:
+        folders = find_patient_dirs(self.data_dir)
+        if not folders:
+            raise DataError(f"{self.data_dir}: no patientXXXX folders found (is it a CAMUS download?)")
+        splits = self._patient_splits([f.name for f in folders])
+        records: list[VideoRecord] = []
+        problems: list[str] = []
+        excluded = frames_without_gt = 0
+        for folder in folders:
+            if folder.name not in splits:
+                continue
+            for view in self.views:
+                try:
+                    record = self._view_record(folder, view, splits[folder.name])
+                except DataError as error:
+                    if self.on_bad_video == "raise":
+                        raise
+                    problems.append(str(error))
+                    continue
+                if record.extra["quality"].lower() in self.exclude_quality:
+                    excluded += 1
+                    continue
+                if self.task == "frames":
+                    frame_records, missing = self._frame_records(record)
+                    records += frame_records
+                    frames_without_gt += missing
+                else:
+                    records.append(record)
+        if problems:
+            more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+            rank_zero_warn(f"{self.dataset_name}: skipped {len(problems)} views: {problems[0]}{more}")
+        if frames_without_gt:
+            rank_zero_warn(f"{self.dataset_name}: {frames_without_gt} ED/ES frames have no image or _gt file and are left out")
+        self.excluded_by_quality = excluded
+        self.scan_problems = problems
+        return records
+
+    # ------------------------------------------------------------------ validation
+
+    def required_frames(self, record: VideoRecord) -> int:
+        """The file wins over the cfg: ED/ES past the end of a sequence are clamped after decoding, not rejected."""
+        return 1
+
+    def prepare_data(self) -> None:
+        super().prepare_data()
+        cache = self._cache()
+        for record in self._selected_records():
+            for path in record.extra.get("gt", {}).values():
+                cache.info(path)
+
+    def _validate(self, records: list[VideoRecord]) -> list[VideoRecord]:
+        usable = super()._validate(records)
+        cache = self._cache()
+        kept, bad_gt = [], []
+        for record in usable:
+            gt = dict(record.extra.get("gt", {}))
+            for name, path in list(gt.items()):
+                problem = cache.info(path).error
+                if problem is None:
+                    continue
+                if self.on_bad_video == "raise":
+                    raise DataError(f"{path}: {problem}")
+                bad_gt.append(f"{Path(path).name} ({problem})")
+                del gt[name]
+            if self.task == "frames" and "image" not in gt:
+                continue  # a frame item is nothing without its mask
+            last = record.num_frames - 1
+            kept.append(
+                replace(
+                    record,
+                    ed_index=min(record.ed_index, last),
+                    es_index=min(record.es_index, last),
+                    extra=dict(record.extra, gt=gt),
+                )
+            )
+        if bad_gt:
+            rank_zero_warn(f"{self.dataset_name}: {len(bad_gt)} ground-truth files are unreadable: {'; '.join(bad_gt[:3])}")
+            self.skipped = self.skipped + [(name, "unreadable ground truth") for name in bad_gt]
+        return kept
+
+    # ------------------------------------------------------------------ datasets and loaders
+
+    def make_dataset(self, records: list[VideoRecord], train: bool) -> Dataset:
+        if self.task == "frames":
+            return CamusFrameDataset(
+                records,
+                self._cache(),
+                frame_size=self.frame_size,
+                channels=self.channels,
+                mean=self.norm_mean,
+                std=self.norm_std,
+                train=train,
+                transform=self.train_transforms if train else None,
+                seed=self._seed(),
+                read_from_cache=self.decode_cache,
+            )
+        return CamusClipDataset(
+            records,
+            self._cache(),
+            clip_length=self.clip_length,
+            period=self.period,
+            frame_size=self.frame_size,
+            channels=self.channels,
+            mean=self.norm_mean,
+            std=self.norm_std,
+            train=train,
+            num_eval_clips=self.num_eval_clips,
+            num_views=self.num_views,
+            transform=self.train_transforms if train else None,
+            seed=self._seed(),
+            read_from_cache=self.decode_cache,
+            sequence_masks=self.sequence_masks,
+            start_at_ed=self.task == "synthesis",
+        )
+
+    def train_dataloader(self):
+        loader = super().train_dataloader()
+        if self.sequence_masks and self.task != "frames":
+            loader.collate_fn = collate_with_sequence_masks
+        return loader
+
+    def _eval_loader(self, records: list[VideoRecord]) -> DataLoader:
+        loader = super()._eval_loader(records)
+        if self.sequence_masks and self.task != "frames":
+            loader.collate_fn = collate_eval_with_sequence_masks
+        return loader

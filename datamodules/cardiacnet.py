@@ -1,0 +1,253 @@
+"""CardiacNet-PAH and CardiacNet-ASD (apical 4-chamber videos, normal vs abnormal) in the layout of their release.
+
+    data_dir/CardiacNet-PAH/{PAH,Non-PAH}/NNN_image.nii.gz   (+ NNN_label.nii.gz)
+    data_dir/CardiacNet-ASD/{ASD,Non-ASD}/NNN_image.nii.gz   (+ NNN_label.nii.gz)
+
+(``data_dir`` may also be the ``CardiacNet-PAH`` folder itself.) Videos are NIfTI ``(W, H, T)`` uint8 of varying
+length, around 720p with the sector inside a black frame. As xmed-lab/CardiacNet does, each video is cropped to the
+non-zero bounding box of its first frame; it is then resized to ``frame_size`` once, when it is decoded into the cache,
+so a 720p video costs a few MB on disk instead of ~100 MB. Labels: 1 for the disease folder, 0 for ``Non-*``.
+
+Splits are seeded and by patient (one file = one patient), stratified by class, with configurable fractions (the public
+loader's split trains on 10% of the data, a bug not copied here). Short videos are padded by the base. ``paired=True``
+gives training items of one normal and one abnormal clip for CardiacNet's two generators; otherwise items are plain
+labelled clips for classifiers. Phantom datasets carry ``NNN_abnormal.nii.gz``, the ``(W, H)`` mask of where the
+planted disease lives: it is cropped and resized like the video and reaches batches as ``abnormal_region``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Literal
+
+import albumentations as A
+import cv2
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_warn
+
+from datamodules.base import VideoClipDataset, VideoDataModule, VideoRecord
+from datamodules.camus import split_patients
+from datamodules.errors import ConfigError, DataError
+from datamodules.nifti import read_label_map
+from datamodules.video import DecodedVideoCache, VideoInfo, _atomic_save_npy, _atomic_write_text, decode_video
+
+Box = tuple[int, int, int, int]  # top, bottom, left, right (bottom/right exclusive)
+
+
+def content_box(frame: np.ndarray) -> Box:
+    """Bounding box of the non-zero pixels of a frame (the whole frame when it is all zero)."""
+    rows = np.flatnonzero(frame.any(axis=1))
+    cols = np.flatnonzero(frame.any(axis=0))
+    if len(rows) == 0:
+        return 0, frame.shape[0], 0, frame.shape[1]
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def crop_and_resize(frames: np.ndarray, box: Box, size: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+    """``(T, H, W)`` frames cut to ``box`` and resized to ``size x size``."""
+    top, bottom, left, right = box
+    cropped = frames[:, top:bottom, left:right]
+    return np.stack([cv2.resize(np.ascontiguousarray(f), (size, size), interpolation=interpolation) for f in cropped])
+
+
+def normalise_folder_name(name: str) -> str:
+    """``Non-PAH``, ``non_pah``, ``NonPAH`` -> ``nonpah``: class folders in any spelling."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+class CroppedVideoCache(DecodedVideoCache):
+    """A decoded-video cache that stores each video cropped to its content box and resized to ``size``.
+
+    The crop box (in the original frame) is kept next to the entry, so masks drawn on the original frames (the
+    phantom's abnormal region) can be cut the same way. Entries are keyed by file, crop setting and size.
+    """
+
+    def __init__(self, root: str | Path, size: int, crop: bool = True, store_frames: bool = True) -> None:
+        super().__init__(root, store_frames=store_frames)
+        self.size = size
+        self.crop = crop
+
+    def _key(self, path: Path) -> str:  # type: ignore[override]
+        return f"{DecodedVideoCache._key(path)}-{'crop' if self.crop else 'full'}{self.size}"
+
+    def _box_path(self, key: str) -> Path:
+        return self.root / f"{key}.box.json"
+
+    def info(self, path: str | Path) -> VideoInfo:
+        path = Path(path)
+        if not path.is_file():
+            return VideoInfo(0, 0, 0, 0.0, "file not found")
+        key = self._key(path)
+        info_path = self._info_path(key)
+        if info_path.is_file() and self._box_path(key).is_file() and (not self.store_frames or self._frames_path(key).is_file()):
+            return VideoInfo(**json.loads(info_path.read_text()))
+        frames, info = decode_video(path)
+        box: Box = (0, 0, 0, 0)
+        if info.error is None:
+            box = content_box(frames[0]) if self.crop else (0, frames.shape[1], 0, frames.shape[2])
+            frames = crop_and_resize(frames, box, self.size)
+            info = VideoInfo(len(frames), self.size, self.size, info.fps)
+            if self.store_frames:
+                _atomic_save_npy(self._frames_path(key), frames)
+        _atomic_write_text(self._box_path(key), json.dumps(list(box)))
+        _atomic_write_text(info_path, json.dumps(asdict(info)))
+        return info
+
+    def crop_box(self, path: str | Path) -> Box:
+        """The box the video was cropped to, in its original frame."""
+        key = self._key(Path(path))
+        if not self._box_path(key).is_file():
+            self.info(path)
+        return tuple(json.loads(self._box_path(key).read_text()))  # type: ignore[return-value]
+
+
+class CardiacNetClipDataset(VideoClipDataset):
+    """The base clip dataset; without the decoded cache, frames are cropped and resized per item like the cache."""
+
+    def _frames(self, record: VideoRecord, indices: np.ndarray) -> np.ndarray:
+        if self.read_from_cache:
+            return super()._frames(record, indices)
+        frames, info = decode_video(record.path)
+        if info.error is not None:
+            raise DataError(f"{record.path}: {info.error}")
+        return crop_and_resize(frames[np.asarray(indices, int)], self.cache.crop_box(record.path), self.frame_size)
+
+
+class CardiacNetDataModule(VideoDataModule):
+    """CardiacNet-PAH / -ASD: labelled clips (1 abnormal, 0 normal), or normal/abnormal pairs with ``paired=True``."""
+
+    dataset_name = "CardiacNet"
+
+    def __init__(
+        self,
+        data_dir: str,
+        clip_length: int = 16,
+        period: int = 2,
+        frame_size: int = 112,
+        channels: int = 3,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        num_eval_clips: int | None = 4,
+        num_views: int = 1,
+        train_transforms: A.Compose | None = None,
+        on_bad_video: Literal["skip", "raise"] = "skip",
+        decode_cache: bool = True,
+        cache_dir: str | None = None,
+        mean: float | None = None,
+        std: float | None = None,
+        max_videos_per_split: int | None = None,
+        predict_split: Literal["TRAIN", "VAL", "TEST", "ALL"] = "TEST",
+        seed: int | None = None,
+        pin_memory: bool = False,
+        label_from_ef_below: float | None = None,
+        paired: bool = False,
+        subset: Literal["PAH", "ASD"] = "PAH",
+        split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+        split_seed: int = 0,
+        crop_to_content: bool = True,
+    ) -> None:
+        """See :class:`datamodules.base.VideoDataModule` for the shared arguments.
+
+        subset: ``PAH`` (PAH vs Non-PAH) or ``ASD`` (ASD vs Non-ASD).
+        split_fractions / split_seed: the seeded, class-stratified patient split (train, val, test).
+        crop_to_content: crop each video to the non-zero bounding box of its first frame before resizing.
+        """
+        super().__init__(
+            data_dir, clip_length, period, frame_size, channels, batch_size, eval_batch_size, num_workers,
+            num_eval_clips, num_views, train_transforms, on_bad_video, decode_cache, cache_dir, mean, std,
+            max_videos_per_split, predict_split, seed, pin_memory, label_from_ef_below, paired,
+        )  # fmt: skip
+        if subset not in ("PAH", "ASD"):
+            raise ConfigError(f"data.subset must be PAH or ASD, got {subset!r}")
+        self.subset = subset
+        self.split_fractions = tuple(split_fractions)
+        self.split_seed = split_seed
+        self.crop_to_content = crop_to_content
+        split_patients(["x"], self.split_fractions, split_seed)  # validates the fractions now
+        self.subset_dir, self.class_dirs = self._find_class_dirs()
+
+    def _find_class_dirs(self) -> tuple[Path, dict[int, Path]]:
+        """The subset folder and its abnormal (1) / normal (0) class folders, in any spelling."""
+        wanted = {normalise_folder_name(self.subset): 1, normalise_folder_name(f"Non-{self.subset}"): 0}
+        for candidate in (self.data_dir / f"CardiacNet-{self.subset}", self.data_dir):
+            if not candidate.is_dir():
+                continue
+            found = {wanted[normalise_folder_name(p.name)]: p for p in candidate.iterdir()
+                     if p.is_dir() and normalise_folder_name(p.name) in wanted}  # fmt: skip
+            if len(found) == 2:
+                return candidate, found
+        raise ConfigError(
+            f"data.data_dir '{self.data_dir}' has no CardiacNet-{self.subset}/{{{self.subset},Non-{self.subset}}} "
+            f"folders: is it a CardiacNet download (or a phantom from `echolab phantom --format cardiacnet`)?"
+        )
+
+    def _cache(self) -> CroppedVideoCache:
+        return CroppedVideoCache(self.cache_dir, self.frame_size, crop=self.crop_to_content, store_frames=self.decode_cache)
+
+    def scan_records(self) -> list[VideoRecord]:
+        entries: list[tuple[str, Path, int]] = []
+        for label, folder in sorted(self.class_dirs.items()):
+            for path in sorted(folder.iterdir()):
+                name = path.name
+                if name.endswith(("_image.nii.gz", "_image.nii")):
+                    entries.append((f"{folder.name}/{name.split('_image')[0]}", path, label))
+        if not entries:
+            raise DataError(f"{self.subset_dir}: no NNN_image.nii.gz files in {', '.join(p.name for p in self.class_dirs.values())}")
+        labels = {patient: label for patient, _, label in entries}
+        splits = split_patients(list(labels), self.split_fractions, self.split_seed, strata=labels)
+        records = []
+        for patient, path, label in entries:
+            stem = path.name.split("_image")[0]
+            extra: dict[str, object] = {"patient": patient}
+            for kind in ("label", "abnormal"):
+                companion = path.parent / f"{stem}_{kind}.nii.gz"
+                if companion.is_file():
+                    extra[f"{kind}_path"] = str(companion)
+            records.append(VideoRecord(path=path, filename=patient, split=splits[patient], label=label, extra=extra))
+        return records
+
+    def required_frames(self, record: VideoRecord) -> int:
+        return 1  # no annotated frames: any decodable video is usable, short ones are padded
+
+    def _validate(self, records: list[VideoRecord]) -> list[VideoRecord]:
+        """The base's validation, then each phantom abnormal region cut with its video's crop box and resized."""
+        usable = super()._validate(records)
+        cache = self._cache()
+        out = []
+        for record in usable:
+            path = record.extra.get("abnormal_path")
+            if path is not None:
+                try:
+                    region = read_label_map(path)[0]
+                except ValueError as error:
+                    if self.on_bad_video == "raise":
+                        raise DataError(str(error)) from error
+                    rank_zero_warn(f"{self.dataset_name}: ignoring an unreadable abnormal region: {error}")
+                    out.append(record)
+                    continue
+                box = cache.crop_box(record.path)
+                resized = crop_and_resize(region[None], box, self.frame_size, cv2.INTER_NEAREST)[0]
+                record = replace(record, abnormal_region=resized > 0)
+            out.append(record)
+        return out
+
+    def make_dataset(self, records: list[VideoRecord], train: bool) -> CardiacNetClipDataset:
+        return CardiacNetClipDataset(
+            records,
+            self._cache(),
+            clip_length=self.clip_length,
+            period=self.period,
+            frame_size=self.frame_size,
+            channels=self.channels,
+            mean=self.norm_mean,
+            std=self.norm_std,
+            train=train,
+            num_eval_clips=self.num_eval_clips,
+            num_views=self.num_views,
+            transform=self.train_transforms if train else None,
+            seed=self._seed(),
+            read_from_cache=self.decode_cache,
+        )

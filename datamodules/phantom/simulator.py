@@ -1,0 +1,865 @@
+"""A procedural simulator of apical-view echocardiography videos with exact ground truth.
+
+The anatomy (LV cavity, myocardium, LA; RV, RA and the septa in the 4-chamber view) is defined analytically in
+*material* coordinates, the heart at end-diastole. Each frame is rendered by an inverse deformation that takes every
+pixel of the frame back to the material point that sits there at that instant; the tissue texture (speckle times
+echogenicity) and the label map are both looked up through that same deformation, so speckle moves with the tissue and
+the masks are exactly the anatomy that is drawn. The deformation is a composition of smooth, invertible maps driven by
+one contraction curve k(t) in [0, 1] (0 at end-diastole, 1 at end-systole):
+
+* longitudinal shortening: the mitral plane moves toward the (fixed) apex, the atria stretch behind it;
+* inward wall motion: at each level the LV cavity narrows toward the long axis (less at the annulus) and the
+  displacement fades outside the wall, so the myocardium thickens;
+* LA filling: an area-preserving radial map about the annulus midpoint expands the LA as the LV empties;
+* in 4CH, radial maps of the same kind for RV contraction and RA filling.
+
+To keep it fast, the deformation is evaluated on a coarse grid at a ladder of contraction levels and interpolated
+(bilinearly in space, linearly in k); the interpolated tables are what both the image and the labels are sampled
+through, so the ground truth stays exact.
+
+The contraction strength is calibrated per video so that the EF measured on the rendered masks by the method of discs
+is close to the requested EF; the EF reported is the measured one. Imaging effects are applied in scan coordinates: a
+75-degree sector with its apex at the top centre, depth attenuation, lateral fall-off, near-field clutter, thermal
+noise, log compression and a light blur.
+
+Disease variants change the anatomy or the motion of one region and report where, in `abnormal_region`:
+``wall_motion`` (an akinetic apical-lateral segment), ``septal_gap`` (a gap in the interatrial septum, 4CH) and
+``dilated_rv`` (an enlarged RV and RA with a flattened, shifted septum, 4CH).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from datamodules.phantom.discs import disc_tracing, ef_from_tracings
+from datamodules.tracings import volume_from_tracing
+
+View = Literal["4CH", "2CH"]
+Disease = Literal["normal", "wall_motion", "septal_gap", "dilated_rv"]
+VIEWS: tuple[str, ...] = ("4CH", "2CH")
+DISEASES: tuple[str, ...] = ("normal", "wall_motion", "septal_gap", "dilated_rv")
+FOUR_CHAMBER_ONLY: tuple[str, ...] = ("septal_gap", "dilated_rv")
+
+BACKGROUND, LV_CAVITY, MYOCARDIUM, LEFT_ATRIUM = 0, 1, 2, 3
+SECTOR_HALF_ANGLE_DEG = 37.5
+_DISEASE_BIT = 16  # bit set in the material label grid where the planted disease lives
+_GRID_UPSAMPLE = 2  # the material grids are sampled at twice the frame resolution
+_COARSE_STEP = 4  # the deformation is evaluated every 4 frame pixels (at 112 px) and interpolated
+_K_LEVELS = 17  # ... at this many contraction levels, blended linearly in between
+_LONGITUDINAL_SHARE = 0.4  # mitral-plane excursion / LV length, per unit of contraction strength
+
+# echogenicity (linear amplitude, before speckle and log compression)
+_ECHO_BLOOD = 0.012
+_ECHO_BACKGROUND = 0.15
+_ECHO_MYOCARDIUM = 0.36
+_ECHO_WALL = 0.50
+_ECHO_PERICARDIUM = 1.0
+_ECHO_ANNULUS = 0.8
+_ECHO_LEAFLET = 0.5
+_DYNAMIC_RANGE_DB = 34.0
+
+
+@dataclass(frozen=True)
+class PhantomParams:
+    """Everything that defines one phantom video (with the seed, which draws its speckle and noise).
+
+    Lengths are fractions of the frame size unless stated, so a video looks the same at any `size`.
+    """
+
+    ef: float  # target ejection fraction, percent; the measured EF (`PhantomVideo.ef`) is within about a point
+    heart_rate: float  # beats per minute
+    fps: float  # frames per second
+    num_frames: int
+    size: int = 112  # square frame size in pixels
+    view: View = "4CH"
+    disease: Disease = "normal"
+    phase: float = 0.0  # cardiac phase of the first frame in cycles, 0 = end-diastole (onset of ejection)
+    systole_fraction: float = 0.34  # ejection time as a fraction of the cycle
+    lv_length: float = 0.44  # LV cavity length (apex to mitral plane) at end-diastole
+    lv_width: float = 0.31  # LV cavity half-width at end-diastole, as a fraction of its length
+    myo_thickness: float = 0.055  # LV wall thickness
+    apex_depth: float = 0.09  # depth of the epicardial apex below the transducer
+    apex_shift: float = 0.02  # horizontal offset of the apex from the centre line (positive: right)
+    tilt_deg: float = 9.0  # angle of the long axis from vertical; positive puts the base right of the apex
+    la_size: float = 1.0  # LA scale
+    rv_size: float = 1.0  # RV and RA scale (4CH)
+    speckle_size: float = 1.0  # speckle grain scale
+    noise: float = 0.02  # thermal noise amplitude (relative to myocardium ~0.4)
+    attenuation: float = 0.6  # depth attenuation, nepers per frame height, partly compensated by TGC
+    gain_db: float = 0.0  # overall gain
+    depth_mm: float = 180.0  # imaging depth spanned by the frame height: pixel spacing = depth_mm / size
+
+    def __post_init__(self) -> None:
+        if self.view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {self.view!r}")
+        if self.disease not in DISEASES:
+            raise ValueError(f"disease must be one of {DISEASES}, got {self.disease!r}")
+        if self.disease in FOUR_CHAMBER_ONLY and self.view != "4CH":
+            raise ValueError(f"disease {self.disease!r} lives in the right heart / atrial septum: it needs view='4CH'")
+        if not 1.0 <= self.ef <= 90.0:
+            raise ValueError(f"ef must be in [1, 90] percent, got {self.ef}")
+        if self.heart_rate <= 0 or self.fps <= 0:
+            raise ValueError(f"heart_rate and fps must be positive, got {self.heart_rate} and {self.fps}")
+        if self.num_frames < 2 or self.size < 32:
+            raise ValueError(f"need num_frames >= 2 and size >= 32, got {self.num_frames} and {self.size}")
+        if not 0.15 <= self.systole_fraction <= 0.6:
+            raise ValueError(f"systole_fraction must be in [0.15, 0.6], got {self.systole_fraction}")
+
+    @property
+    def pixel_spacing_mm(self) -> float:
+        return self.depth_mm / self.size
+
+    @property
+    def cycle_s(self) -> float:
+        return 60.0 / self.heart_rate
+
+
+@dataclass
+class PhantomVideo:
+    """A simulated video with its ground truth. Masks use CAMUS labels: 0 background, 1 LV, 2 myocardium, 3 LA."""
+
+    frames: np.ndarray  # uint8 (T, H, W)
+    masks: np.ndarray  # uint8 (T, H, W)
+    ed_index: int  # end-diastolic frame: the largest LV area of its cycle
+    es_index: int  # the end-systolic frame that follows it: the smallest LV area
+    ef: float  # percent, from the masks at ed_index / es_index by the method of discs
+    edv: float  # mL
+    esv: float  # mL
+    fps: float
+    abnormal_region: np.ndarray  # bool (H, W): where the planted disease lives over the video (all False if normal)
+    params: PhantomParams
+    ed_tracing: np.ndarray | None = field(default=None, repr=False)  # (21, 4) EchoNet tracing of the ED LV mask
+    es_tracing: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def pixel_spacing_mm(self) -> float:
+        return self.params.pixel_spacing_mm
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# parameters
+
+
+def sample_params(
+    rng: np.random.Generator,
+    num_frames: int | None = None,
+    size: int = 112,
+    view: View = "4CH",
+    disease: Disease = "normal",
+    ef_range: tuple[float, float] = (20.0, 80.0),
+    heart_rate_range: tuple[float, float] = (50.0, 110.0),
+    fps_range: tuple[float, float] = (30.0, 60.0),
+    num_frames_range: tuple[int, int] = (64, 112),
+) -> PhantomParams:
+    """Random plausible parameters. The same draws are made whatever the view and disease, so one rng state gives
+    the same heart as a normal and as a diseased video. FPS is rounded to an integer, as in real files, and the cycle
+    phase is chosen so that an end-diastole and the end-systole after it fall inside the video."""
+    draws = rng.random(18)
+
+    def between(i: int, low: float, high: float) -> float:
+        return float(low + (high - low) * draws[i])
+
+    ef = between(0, *ef_range)
+    heart_rate = between(1, *heart_rate_range)
+    fps = float(max(1, round(between(2, *fps_range))))
+    if num_frames is None:
+        low, high = num_frames_range
+        num_frames = int(low + min(int(draws[3] * (high - low + 1)), high - low))
+    systole_fraction = float(np.clip(0.30 + 0.09 * (heart_rate - 50.0) / 60.0 + 0.04 * (draws[4] - 0.5), 0.26, 0.44))
+    cycle = 60.0 / heart_rate
+    duration = (num_frames - 1) / fps
+    latest_ed = min(cycle, duration - systole_fraction * cycle - 2.0 / fps)
+    first_ed = max(0.0, latest_ed) * draws[5]
+    phase = float((1.0 - first_ed / cycle) % 1.0)
+    four = view == "4CH"
+    return PhantomParams(
+        ef=ef,
+        heart_rate=heart_rate,
+        fps=fps,
+        num_frames=int(num_frames),
+        size=int(size),
+        view=view,
+        disease=disease,
+        phase=phase,
+        systole_fraction=systole_fraction,
+        lv_length=between(6, 0.40, 0.47),
+        lv_width=between(7, 0.27, 0.34),
+        myo_thickness=between(8, 0.048, 0.062),
+        apex_depth=between(9, 0.07, 0.11),
+        apex_shift=between(10, -0.01, 0.04) if four else between(10, -0.03, 0.03),
+        tilt_deg=between(11, 4.0, 13.0) if four else between(11, -6.0, 6.0),
+        la_size=between(12, 0.88, 1.08),
+        rv_size=between(13, 0.85, 1.15),
+        speckle_size=between(14, 0.85, 1.2),
+        noise=between(15, 0.01, 0.04),
+        attenuation=between(16, 0.3, 0.9),
+        gain_db=between(17, -2.5, 2.5),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the cardiac cycle
+
+
+def _contraction(phi: np.ndarray, systole_fraction: float) -> np.ndarray:
+    """LV contraction k(phase) in [0, 1]: cosine ejection, isovolumic relaxation, rapid filling, diastasis and the
+    atrial kick."""
+    phi = np.asarray(phi, dtype=np.float64) % 1.0
+    k = np.zeros_like(phi)
+    sys = phi < systole_fraction
+    k[sys] = 0.5 * (1.0 - np.cos(np.pi * phi[sys] / systole_fraction))
+    tau = (phi - systole_fraction) / (1.0 - systole_fraction)
+    relax = ~sys & (tau < 0.06)
+    k[relax] = 1.0
+    filling = ~sys & (tau >= 0.06) & (tau < 0.40)
+    k[filling] = 1.0 - 0.78 * 0.5 * (1.0 - np.cos(np.pi * (tau[filling] - 0.06) / 0.34))
+    diastasis = ~sys & (tau >= 0.40) & (tau < 0.75)
+    k[diastasis] = 0.22 - 0.06 * (tau[diastasis] - 0.40) / 0.35
+    kick = ~sys & (tau >= 0.75) & (tau < 0.95)
+    k[kick] = 0.16 * 0.5 * (1.0 + np.cos(np.pi * (tau[kick] - 0.75) / 0.20))
+    return k
+
+
+def _valve_opening(phi: np.ndarray, systole_fraction: float) -> np.ndarray:
+    """Atrioventricular valve opening in [0, 1]: closed in systole, open in rapid filling and the atrial kick."""
+    s = systole_fraction
+    d = 1.0 - s
+    knots = [0.0, s + 0.05 * d, s + 0.12 * d, s + 0.42 * d, s + 0.52 * d, s + 0.74 * d, s + 0.80 * d, s + 0.93 * d, 1.0]
+    values = [0.0, 0.0, 1.0, 1.0, 0.35, 0.35, 0.9, 0.0, 0.0]
+    return np.interp(np.asarray(phi) % 1.0, knots, values)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# anatomy
+
+
+def _smoothstep(x):
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+@dataclass
+class _Anatomy:
+    """Geometry in pixels. Heart frame: origin at the mitral-annulus midpoint, q toward the apex, p toward the LV
+    lateral wall (image right when the tilt is 0)."""
+
+    size: int
+    four_chamber: bool
+    disease: str
+    cx: float  # mitral-annulus midpoint in the image
+    cy: float
+    cos_t: float
+    sin_t: float
+    length: float  # LV cavity length
+    w_lat: float  # LV half-widths of the ellipse the cavity is cut from, lateral and septal sides
+    w_sept: float
+    n_sept: float  # super-ellipse exponent on the septal side (2 = ellipse, larger = flatter septum)
+    narrowing: float  # narrowing of the cavity toward the annulus
+    th_lat: float
+    th_sept: float
+    th_apex: float
+    la_a_lat: float  # LA ellipse half-widths, lateral and septal; its half-height and centre depth
+    la_a_sept: float
+    la_b: float
+    la_h: float
+    la_wall: float
+    ramp_below: float  # distance below the mitral plane over which longitudinal motion fades
+    rv_centre: tuple[float, float] = (0.0, 0.0)
+    rv_axes: tuple[float, float] = (1.0, 1.0)
+    rv_angle: float = 0.0
+    ra_centre: tuple[float, float] = (0.0, 0.0)
+    ra_axes: tuple[float, float] = (1.0, 1.0)
+    tricuspid_q: float = 0.0
+    rv_wall: float = 1.0
+    septum_th: float = 1.0  # interatrial septum thickness
+    eps_rv: float = 0.22
+    eps_ra: float = 0.14
+    gap_q: float = 0.0
+    gap_half: float = 0.0
+
+    # coordinate frames ------------------------------------------------------------------------------------------------
+    def to_heart(self, x, y):
+        dx, dy = x - self.cx, y - self.cy
+        return dx * self.cos_t - dy * self.sin_t, -dx * self.sin_t - dy * self.cos_t
+
+    def to_image(self, p, q):
+        return self.cx + p * self.cos_t - q * self.sin_t, self.cy - p * self.sin_t - q * self.cos_t
+
+    def direction_to_image(self, dp, dq):
+        return dp * self.cos_t - dq * self.sin_t, -dp * self.sin_t - dq * self.cos_t
+
+    # LV / LA shape in polar coordinates around the annulus midpoint ---------------------------------------------
+    def lv_la_radius(self, dp, dq):
+        """Material radius of the LV endocardium (dq >= 0) or of the LA (dq < 0) in direction (dp, dq)."""
+        dtype = np.result_type(dp, np.float32)
+        lateral = dp >= 0
+        adp = np.abs(dp)
+        w = np.where(lateral, dtype.type(self.w_lat), dtype.type(self.w_sept))
+        x, y = adp / w, np.abs(dq) * dtype.type(1.0 / self.length)
+        if self.n_sept == 2.0:
+            lv = 1.0 / np.sqrt(x * x + y * y + dtype.type(1e-12))
+        else:
+            n = np.where(lateral, dtype.type(2.0), dtype.type(self.n_sept))
+            lv = (x**n + y**n + dtype.type(1e-12)) ** (-1.0 / n)
+        adp2 = adp * adp
+        adp8 = adp2 * adp2
+        adp8 *= adp8
+        lv *= 1.0 - dtype.type(self.narrowing) * adp8
+        inv_a2 = np.where(lateral, dtype.type(1.0 / self.la_a_lat**2), dtype.type(1.0 / self.la_a_sept**2))
+        inv_b2 = 1.0 / self.la_b**2
+        alpha = adp2 * inv_a2 + dq * dq * dtype.type(inv_b2)
+        beta = dq * dtype.type(self.la_h * inv_b2)
+        gamma = dtype.type(self.la_h**2 * inv_b2 - 1.0)
+        la = (np.sqrt(np.maximum(beta * beta - alpha * gamma, 0.0)) - beta) / np.maximum(alpha, dtype.type(1e-12))
+        return np.where(dq >= 0, lv, la)
+
+    def myo_thickness(self, dp, dq):
+        dtype = np.result_type(dp, np.float32)
+        side = np.where(dp >= 0, dtype.type(self.th_lat), dtype.type(self.th_sept))
+        return self.th_apex + (side - dtype.type(self.th_apex)) * np.abs(dp)
+
+    def akinetic_weight(self, q):
+        """1 on the apical third of the lateral wall (the akinetic segment of `wall_motion`), by level q."""
+        if self.disease != "wall_motion":
+            return np.zeros_like(q)
+        length = self.length
+        return _smoothstep((q - 0.52 * length) * (1.0 / (0.1 * length)))
+
+    def squeeze(self, p, q, k, eps):
+        """Inverse of the LV's inward wall motion: at each level q the cavity's half-width shrinks by
+        delta = eps * k * e0(q) (70% of it at the annulus, fading into the LA); the cavity scales with it and the
+        displacement fades outside the wall over 1.4 half-widths, so the myocardium thickens."""
+        dtype = np.result_type(p, np.float32)
+        length = self.length
+        lateral = p >= 0
+        width = np.where(lateral, dtype.type(self.w_lat), dtype.type(self.w_sept))
+        above = q >= 0
+        level = np.clip(q * (1.0 / length), 0.0, 1.0)
+        profile = np.sqrt(1.0 - level * level) * (1.0 - self.narrowing * (1.0 - _smoothstep(level * (1.0 / 0.3))))
+        profile = np.where(above, profile, 1.0 - self.narrowing)
+        strain = np.where(
+            above,
+            0.7 + 0.3 * _smoothstep(level * (1.0 / 0.3)),
+            0.7 * (1.0 - _smoothstep(q * (-1.0 / (0.25 * length)))),
+        )
+        if self.disease == "wall_motion":
+            strain = strain * np.where(lateral, 1.0 - self.akinetic_weight(q), 1.0)
+        e0 = width * profile
+        delta = (k * dtype.type(eps)) * strain * e0
+        e = e0 - delta
+        ap = np.abs(p)
+        inside = ap < e
+        z = np.clip((ap - e) / (1.4 * width), 0.0, 1.0)
+        fade = (1.0 - z) * (1.0 - z)
+        moved = np.where(inside, ap * e0 / np.maximum(e, 1e-3), ap + delta * fade)
+        return np.where(lateral, moved, -moved)
+
+    def la_expansion(self, p, q, k, eps):
+        """Inverse of the LA filling: an area-preserving radial map about the annulus midpoint, below the mitral line,
+        that expands the LA by up to 0.25 * eps as the LV empties (identity above the mitral line)."""
+        r = np.sqrt(p * p + q * q) + 1e-6
+        dp, dq = p / r, q / r
+        e0 = self.lv_la_radius(dp, dq)
+        s = 1.0 + (k * np.result_type(p, np.float32).type(0.25 * eps)) * _smoothstep(dq * (-1.0 / 0.35))
+        e = e0 * s
+        r0 = np.where(r < e, r / s, np.sqrt(np.maximum(r * r + e0 * e0 - e * e, 0.0)))
+        return dp * r0, dq * r0
+
+    def ramp(self, q):
+        """Weight of the longitudinal displacement: 0 at and above the apex, 1 at the mitral plane, fading below."""
+        above = 1.0 - _smoothstep(q * (1.0 / self.length))
+        below = 1.0 - _smoothstep(q * (-1.0 / self.ramp_below))
+        return np.where(q >= 0, above, below)
+
+
+def _build_anatomy(params: PhantomParams) -> _Anatomy:
+    s = float(params.size)
+    dilated = params.disease == "dilated_rv"
+    four = params.view == "4CH"
+    length = params.lv_length * s
+    width = params.lv_width * length
+    th = params.myo_thickness * s
+    tilt = math.radians(params.tilt_deg)
+    sin_t, cos_t = math.sin(tilt), math.cos(tilt)
+    # the cavity apex hangs below the transducer; the mitral plane is one LV length further along the axis
+    apex_x = (s - 1.0) / 2.0 + params.apex_shift * s
+    apex_y = params.apex_depth * s + 0.8 * th
+    cx, cy = apex_x + length * sin_t, apex_y + length * cos_t
+    w_sept = width * (0.74 if dilated else 1.0)
+    narrowing = 0.14
+    kappa = 1.22 * params.la_size  # LA half-width / annulus half-width
+    la_b = 0.36 * length * params.la_size
+    la_h = la_b * math.sqrt(max(1.0 - 1.0 / kappa**2, 0.05))
+    anatomy = _Anatomy(
+        size=params.size,
+        four_chamber=four,
+        disease=params.disease,
+        cx=cx,
+        cy=cy,
+        cos_t=cos_t,
+        sin_t=sin_t,
+        length=length,
+        w_lat=width,
+        w_sept=w_sept,
+        n_sept=3.0 if dilated else 2.0,
+        narrowing=narrowing,
+        th_lat=th,
+        th_sept=th * (0.95 if dilated else 1.05),
+        th_apex=0.8 * th,
+        la_a_lat=kappa * width * (1.0 - narrowing),
+        la_a_sept=kappa * w_sept * (1.0 - narrowing),
+        la_b=la_b,
+        la_h=la_h,
+        la_wall=0.018 * s,
+        ramp_below=0.9 * length,
+    )
+    if four:
+        rv_scale = params.rv_size * (1.6 if dilated else 1.0)
+        a_rv = 0.62 * width * rv_scale
+        b_rv = 0.40 * length * params.rv_size * (1.2 if dilated else 1.0)
+        tricuspid_q = 0.06 * length
+        overlap = 0.35
+        septum_outer = w_sept + anatomy.th_sept
+        anatomy.rv_axes = (a_rv, b_rv)
+        anatomy.rv_centre = (-septum_outer - (1.0 - overlap) * a_rv, tricuspid_q + 0.72 * b_rv)
+        anatomy.rv_angle = math.radians(12.0)
+        anatomy.tricuspid_q = tricuspid_q
+        anatomy.rv_wall = 0.035 * s
+        anatomy.septum_th = 0.028 * s
+        ra_scale = params.rv_size * (1.3 if dilated else 1.0)
+        a_ra = 0.95 * anatomy.la_a_sept * ra_scale
+        b_ra = 0.92 * la_b * (1.12 if dilated else 1.0) * params.rv_size
+        anatomy.ra_axes = (a_ra, b_ra)
+        anatomy.ra_centre = (-(anatomy.la_a_sept + anatomy.septum_th) - 0.7 * a_ra, tricuspid_q - 0.5 * b_ra)
+        anatomy.eps_rv = 0.12 if dilated else 0.22
+        anatomy.gap_q = -0.5 * (la_h + la_b)
+        anatomy.gap_half = 0.045 * s
+    return anatomy
+
+
+def _ellipse_local(centre, angle, p, q):
+    """Coordinates in an ellipse's own frame: u across, v along its (rotated) long axis; and the offsets (dp, dq)."""
+    dp, dq = p - centre[0], q - centre[1]
+    c, s = math.cos(angle), math.sin(angle)
+    return dp * c - dq * s, dp * s + dq * c, dp, dq
+
+
+def _radial_map(p, q, centre, axes, angle, strain, weight_fn):
+    """Inverse of an area-preserving radial map about `centre`: the ellipse boundary moves by the factor
+    s = 1 - strain * weight(direction) along each ray, the inside scales with it, the outside moves by a displacement
+    that conserves area (r^2 - r0^2 constant) and so fades as 1/r."""
+    u, v, dp, dq = _ellipse_local(centre, angle, p, q)
+    r = np.sqrt(u * u + v * v) + 1e-6
+    du, dv = u / r, v / r
+    e0 = 1.0 / np.sqrt((du / axes[0]) ** 2 + (dv / axes[1]) ** 2)
+    s = 1.0 - strain * weight_fn(du, dv)
+    e = e0 * s
+    r0 = np.where(r < e, r / s, np.sqrt(np.maximum(r * r + e0 * e0 - e * e, 0.0)))
+    scale = r0 / r
+    return centre[0] + dp * scale, centre[1] + dq * scale
+
+
+def _rv_weight(du, dv):
+    # contract toward the septum (+u) and from the RV apex (+v); leave the septal side and the tricuspid plane alone
+    return _smoothstep((0.3 - du) / 0.8) * _smoothstep((dv + 0.6) / 0.6)
+
+
+def _ra_weight(du, dv):
+    return _smoothstep((0.3 - du) / 0.8)
+
+
+def _inverse_map(anatomy: _Anatomy, x, y, k, eps: float):
+    """Current image points (x, y) at contraction k -> their material points, in the heart frame (p0, q0)."""
+    p, q = anatomy.to_heart(x, y)
+    delta = _LONGITUDINAL_SHARE * eps * anatomy.length * k
+    q = q - delta * anatomy.ramp(q)
+    if anatomy.four_chamber:
+        p, q = _radial_map(p, q, anatomy.rv_centre, anatomy.rv_axes, anatomy.rv_angle, anatomy.eps_rv * k, _rv_weight)
+        p, q = _radial_map(p, q, anatomy.ra_centre, anatomy.ra_axes, 0.0, -anatomy.eps_ra * k, _ra_weight)
+    p = anatomy.squeeze(p, q, k, eps)
+    return anatomy.la_expansion(p, q, k, eps)
+
+
+def _forward_points(anatomy: _Anatomy, x0, y0, k, eps: float, iterations: int = 8):
+    """Current image positions of material image points (x0, y0) at contraction k (fixed-point inversion)."""
+    x, y = np.array(x0, dtype=np.float64), np.array(y0, dtype=np.float64)
+    for _ in range(iterations):
+        p0, q0 = _inverse_map(anatomy, x, y, k, eps)
+        mx, my = anatomy.to_image(p0, q0)
+        x, y = x + (x0 - mx), y + (y0 - my)
+    return x, y
+
+
+def _material_grids(anatomy: _Anatomy, params: PhantomParams, pad: int):
+    """Label grid (uint8, with the disease bit) and echogenicity grid (float32) over the material plane."""
+    n = (params.size + 2 * pad) * _GRID_UPSAMPLE
+    coords = (np.arange(n) / _GRID_UPSAMPLE - pad).astype(np.float32)
+    x, y = np.meshgrid(coords, coords)
+    p, q = anatomy.to_heart(x, y)
+    r = np.sqrt(p * p + q * q) + 1e-6
+    dp, dq = p / r, q / r
+    e0 = anatomy.lv_la_radius(dp, dq)
+    up = dq >= 0
+    epi = e0 + anatomy.myo_thickness(dp, dq)
+    cavity = up & (r < e0)
+    myo = up & (r >= e0) & (r < epi)
+    la = ~up & (r < e0)
+    labels = np.zeros(x.shape, dtype=np.uint8)
+    labels[cavity] = LV_CAVITY
+    labels[myo] = MYOCARDIUM
+    labels[la] = LEFT_ATRIUM
+    s = float(params.size)
+
+    echo = np.full(x.shape, _ECHO_BACKGROUND, dtype=np.float32)
+    # pericardium around the lateral wall and apex, atrial walls
+    peri = up & (r >= epi) & (r < epi + 0.02 * s) & (dp > -0.35)
+    echo[peri] = _ECHO_PERICARDIUM
+    la_wall = ~up & (r >= e0) & (r < e0 + anatomy.la_wall)
+    echo[la_wall] = _ECHO_WALL
+    disease = np.zeros(x.shape, dtype=bool)
+    if anatomy.four_chamber:
+        u, v, _, _ = _ellipse_local(anatomy.rv_centre, anatomy.rv_angle, p, q)
+        a_rv, b_rv = anatomy.rv_axes
+        rv_level = np.sqrt((u / a_rv) ** 2 + (v / b_rv) ** 2)
+        outside_lv = ~up | (r >= epi)
+        above_tricuspid = q >= anatomy.tricuspid_q
+        rv = (rv_level < 1.0) & above_tricuspid & outside_lv
+        rv_wall_level = 1.0 + anatomy.rv_wall / min(a_rv, b_rv)
+        rv_wall = (rv_level < rv_wall_level) & ~rv & (q >= anatomy.tricuspid_q - 0.01 * s) & outside_lv
+        rv_peri = (rv_level >= rv_wall_level) & (rv_level < rv_wall_level + 0.02 * s / a_rv) & (u < 0) & outside_lv
+        rv_peri &= q >= anatomy.tricuspid_q
+        a_ra, b_ra = anatomy.ra_axes
+        ra_level = np.sqrt(((p - anatomy.ra_centre[0]) / a_ra) ** 2 + ((q - anatomy.ra_centre[1]) / b_ra) ** 2)
+        away_from_la = up | (r >= e0 + anatomy.septum_th)
+        ra = (ra_level < 1.0) & (q < anatomy.tricuspid_q) & away_from_la & ~(up & (r < epi + anatomy.septum_th))
+        ra_wall = (ra_level < 1.0 + anatomy.la_wall / a_ra) & ~ra & (q < anatomy.tricuspid_q) & ~la & ~myo & ~cavity
+        septum = ~up & (r >= e0) & (r < e0 + anatomy.septum_th + 0.5) & (ra_level < 1.05)
+        echo[rv_peri] = _ECHO_PERICARDIUM
+        echo[rv_wall | ra_wall] = _ECHO_WALL
+        echo[septum] = _ECHO_WALL
+        echo[rv | ra] = _ECHO_BLOOD
+        if anatomy.disease == "septal_gap":
+            gap = ~up & (r >= e0 - 1.0) & (r < e0 + anatomy.septum_th + 1.5) & (ra_level < 1.1)
+            gap &= np.abs(q - anatomy.gap_q) < anatomy.gap_half
+            gap &= dp < 0
+            echo[gap & ~la] = _ECHO_BLOOD
+            disease = gap
+        elif anatomy.disease == "dilated_rv":
+            disease = rv | rv_wall | (myo & (dp < 0))
+    echo[myo] = _ECHO_MYOCARDIUM
+    if anatomy.four_chamber:
+        echo[myo & (dp < 0)] = _ECHO_MYOCARDIUM * 1.1  # the septum is a little brighter than the lateral wall
+    echo[cavity | la] = _ECHO_BLOOD
+    # annuli: fibrous, bright
+    annulus_r = 0.022 * s
+    lateral_hinge = float(anatomy.lv_la_radius(np.array(1.0), np.array(0.0)))
+    septal_hinge = -float(anatomy.lv_la_radius(np.array(-1.0), np.array(0.0)))
+    for hinge in (lateral_hinge, septal_hinge):
+        near = (p - hinge) ** 2 + q**2 < annulus_r**2
+        echo[near & ~cavity & ~la] = _ECHO_ANNULUS
+    if anatomy.disease == "wall_motion":
+        akinetic = (anatomy.akinetic_weight(q) > 0.5) & (p > 0)
+        half_width = anatomy.w_lat * np.sqrt(np.clip(1.0 - (q / anatomy.length) ** 2, 0.0, 1.0))
+        disease = akinetic & (myo | peri | (cavity & (p > 0.4 * half_width)))  # the wall and where it would move
+    labels[disease] |= _DISEASE_BIT
+    return labels, echo
+
+
+def _speckle(rng: np.random.Generator, shape: tuple[int, int], sigma_lateral: float, sigma_axial: float) -> np.ndarray:
+    """Fully developed speckle: |complex Gaussian field filtered by an elongated PSF|, mean 1."""
+    noise = rng.standard_normal((2, *shape), dtype=np.float32)
+    re = cv2.GaussianBlur(noise[0], (0, 0), sigmaX=sigma_lateral, sigmaY=sigma_axial, borderType=cv2.BORDER_REFLECT)
+    im = cv2.GaussianBlur(noise[1], (0, 0), sigmaX=sigma_lateral, sigmaY=sigma_axial, borderType=cv2.BORDER_REFLECT)
+    amplitude = np.sqrt(re * re + im * im)
+    return amplitude / amplitude.mean()
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cells: int = 10) -> np.ndarray:
+    """Low-frequency unit-variance random field (tissue heterogeneity)."""
+    coarse = rng.standard_normal((cells, cells), dtype=np.float32)
+    return cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+
+
+@functools.lru_cache(maxsize=8)
+def _scan_geometry(size: int):
+    """Depth (pixels from the transducer), sector angle (radians) and the sector mask, in the frame."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    tx, ty = (size - 1) / 2.0, -0.01 * size
+    depth = np.sqrt((xs - tx) ** 2 + (ys - ty) ** 2)
+    angle = np.arctan2(xs - tx, ys - ty)
+    half = math.radians(SECTOR_HALF_ANGLE_DEG)
+    inside = ((np.abs(angle) <= half) & (depth <= 1.02 * size)).astype(np.uint8)
+    for array in (depth, angle, inside):
+        array.setflags(write=False)
+    return depth, angle, inside
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# rendering
+
+
+@functools.lru_cache(maxsize=8)
+def _coarse_grid(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A coarse grid of nodes, and for each frame pixel the node to its left and the weight of the next node: the
+    bilinear upsampling cv2.resize (INTER_LINEAR) would do, with node j at pixel (j + 0.5) * size / nodes - 0.5."""
+    nodes = max(8, int(math.ceil(size / _COARSE_STEP)))
+    positions = ((np.arange(nodes) + 0.5) * size / nodes - 0.5).astype(np.float32)
+    x, y = np.meshgrid(positions, positions)
+    source = np.clip((np.arange(size) + 0.5) * nodes / size - 0.5, 0, nodes - 1)
+    left = np.minimum(np.floor(source).astype(np.int64), nodes - 2)
+    weight = (source - left).astype(np.float32)
+    for array in (x, y, left, weight):
+        array.setflags(write=False)
+    return x, y, left, weight
+
+
+def _upsample(coarse: np.ndarray, left: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Bilinear upsampling of a stack (T, n, n) to (T, size, size), separably, with plain numpy (no BLAS: the result
+    must not depend on the thread count or the machine's BLAS)."""
+    rows = coarse[:, left, :] * (1.0 - weight)[None, :, None] + coarse[:, left + 1, :] * weight[None, :, None]
+    return rows[:, :, left] * (1.0 - weight) + rows[:, :, left + 1] * weight
+
+
+def _material_maps(anatomy: _Anatomy, size: int, pad: int, k: np.ndarray, eps: float):
+    """Per-frame remap tables (T, H, W) into the material grids.
+
+    The deformation is evaluated on a coarse grid at a ladder of contraction levels; a frame's displacement is the
+    linear blend of the two levels around its k, interpolated bilinearly onto every pixel. Both blends are smooth in
+    space and time, and the image and the labels are sampled through the very same tables."""
+    gx, gy, left, node_weight = _coarse_grid(size)
+    k = np.clip(np.asarray(k, dtype=np.float64), 0.0, 1.0)
+    position = k * (_K_LEVELS - 1)
+    lower = np.minimum(np.floor(position).astype(np.int64), _K_LEVELS - 2)
+    weight = (position - lower).astype(np.float32)[:, None, None]
+    used, index = np.unique(np.concatenate([lower, lower + 1]), return_inverse=True)
+    lower, upper = index[: k.size], index[k.size :]
+    levels = (used / (_K_LEVELS - 1)).astype(np.float32)
+    p0, q0 = _inverse_map(anatomy, gx[None], gy[None], levels[:, None, None], eps)
+    mx, my = anatomy.to_image(p0, q0)
+    pixels = np.arange(size, dtype=np.float32)
+    dense = []
+    for coarse, grid, axis in ((mx, gx, 1), (my, gy, 0)):
+        displacement = (coarse - grid[None]).astype(np.float32) * _GRID_UPSAMPLE
+        blended = displacement[lower] * (1.0 - weight) + displacement[upper] * weight
+        field = _upsample(blended, left, node_weight)
+        field += np.expand_dims((pixels + pad) * _GRID_UPSAMPLE, axis=1 - axis)[None]
+        dense.append(field)
+    return list(zip(dense[0], dense[1]))
+
+
+def _render_labels(labels_grid: np.ndarray, maps) -> np.ndarray:
+    return np.stack(
+        [cv2.remap(labels_grid, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE) for mx, my in maps]
+    )
+
+
+# typical measured EF (%) against contraction strength, a starting point for the per-video calibration
+_STRENGTHS = np.array([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.9])
+_EF_OF_STRENGTH = np.array(
+    [0.0, 10.0, 19.1, 28.3, 35.6, 43.2, 49.4, 55.8, 61.2, 65.8, 69.8, 73.7, 77.7, 81.3, 84.0, 92.0]
+)
+
+
+def _calibrate_contraction(params: PhantomParams, pad: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """Contraction strength whose ED/ES masks (rendered as in the video) give the target EF by the method of discs.
+
+    Calibrated on the normal heart of these parameters, so a diseased variant moves like its normal twin except where
+    the disease lives. Returns the strength and the normal heart's material grids (labels, echogenicity)."""
+    normal = replace(params, disease="normal")
+    anatomy = _build_anatomy(normal)
+    labels_grid, echo = _material_grids(anatomy, normal, pad)
+
+    ed_tracing = None
+
+    def measured_ef(eps: float) -> float:
+        nonlocal ed_tracing
+        states = np.array([1.0] if ed_tracing is not None else [0.0, 1.0])
+        masks = _render_labels(labels_grid, _material_maps(anatomy, params.size, pad, states, eps))
+        if ed_tracing is None:
+            ed_tracing = disc_tracing(masks[0] == LV_CAVITY)  # end-diastole is the material state: eps-free
+        return ef_from_tracings(ed_tracing, disc_tracing(masks[-1] == LV_CAVITY))
+
+    def guess(ef: float) -> float:
+        return float(np.interp(ef, _EF_OF_STRENGTH, _STRENGTHS))
+
+    target = params.ef
+    eps_a = guess(target)
+    ef_a = measured_ef(eps_a)
+    best = (abs(ef_a - target), eps_a)
+    if best[0] < 0.3:
+        return eps_a, labels_grid, echo
+    eps_b = guess(2.0 * target - ef_a)  # correct by the offset, with the typical slope
+    if abs(eps_b - eps_a) < 1e-4:
+        eps_b = eps_a + 0.01
+    ef_b = measured_ef(eps_b)
+    best = min(best, (abs(ef_b - target), eps_b))
+    for _ in range(3):
+        if best[0] < 0.3 or abs(ef_b - ef_a) < 1e-9:
+            break
+        eps_c = float(np.clip(eps_b + (target - ef_b) * (eps_b - eps_a) / (ef_b - ef_a), 0.005, 0.9))
+        eps_a, ef_a, eps_b, ef_b = eps_b, ef_b, eps_c, measured_ef(eps_c)
+        best = min(best, (abs(ef_b - target), eps_b))
+    return best[1], labels_grid, echo
+
+
+def _valve_segments(anatomy: _Anatomy, k: np.ndarray, opening: np.ndarray, eps: float, brightness) -> list[list[tuple]]:
+    """Per frame, the atrioventricular valve leaflets as line segments (start, end in 1/16 pixel, amplitude): hinged
+    on the annuli, which follow the tissue, and swinging open in diastole."""
+    a_lat = float(anatomy.lv_la_radius(np.array(1.0), np.array(0.0)))
+    a_sept = float(anatomy.lv_la_radius(np.array(-1.0), np.array(0.0)))
+    span = a_lat + a_sept
+    # per valve: hinge 0, hinge 1 (material heart frame) and their leaflet lengths
+    hinges_pq = [[(a_lat, 0.0), (-a_sept, 0.0)]]
+    lengths = [[0.45 * span, 0.58 * span]]
+    if anatomy.four_chamber:
+        level = (anatomy.tricuspid_q - anatomy.rv_centre[1]) / anatomy.rv_axes[1]
+        free = anatomy.rv_centre[0] - anatomy.rv_axes[0] * math.sqrt(max(1.0 - level**2, 0.05))
+        septal = -(a_sept + anatomy.th_sept)
+        hinges_pq.append([(septal, anatomy.tricuspid_q), (free, anatomy.tricuspid_q)])
+        lengths.append([0.42 * (septal - free), 0.55 * (septal - free)])
+    material = np.array(hinges_pq, dtype=np.float64)  # (V, 2, 2)
+    x0, y0 = anatomy.to_image(material[..., 0].ravel(), material[..., 1].ravel())
+    T, V = len(k), material.shape[0]
+    xs, ys = _forward_points(
+        anatomy, np.broadcast_to(x0, (T, x0.size)), np.broadcast_to(y0, (T, y0.size)), k[:, None], eps
+    )
+    hinges = np.stack([xs, ys], axis=-1).reshape(T, V, 2, 2)  # (T, valve, hinge, xy)
+    apex_dir = np.array(anatomy.direction_to_image(0.0, 1.0))
+    span_vec = hinges[:, :, 1] - hinges[:, :, 0]
+    span_len = np.linalg.norm(span_vec, axis=-1, keepdims=True) + 1e-9
+    across = span_vec / span_len
+    sag = hinges.mean(axis=2) - 0.12 * span_len * apex_dir
+    closed = sag[:, :, None, :] - hinges
+    closed /= np.linalg.norm(closed, axis=-1, keepdims=True) + 1e-9
+    sign = np.array([1.0, -1.0])[None, None, :, None]
+    open_dir = apex_dir + 0.25 * sign * across[:, :, None, :]
+    open_dir /= np.linalg.norm(open_dir, axis=-1, keepdims=True)
+    o = np.asarray(opening, dtype=np.float64)[:, None, None, None]
+    direction = (1.0 - o) * closed + o * open_dir
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True) + 1e-9
+    tips = hinges + np.array(lengths)[None, :, :, None] * direction
+    start = np.round(hinges * 16).astype(np.int64)
+    end = np.round(tips * 16).astype(np.int64)
+    values = _ECHO_LEAFLET * np.asarray(brightness)[:, :V, :]
+    return [
+        [
+            (tuple(start[t, v, j].tolist()), tuple(end[t, v, j].tolist()), float(values[t, v, j]))
+            for v in range(V)
+            for j in range(2)
+        ]
+        for t in range(T)
+    ]
+
+
+def simulate_video(params: PhantomParams, seed: int) -> PhantomVideo:
+    """Render one phantom video. Deterministic: the same params and seed give byte-identical frames and masks."""
+    size, T = params.size, params.num_frames
+    t_ed = _first_end_diastole(params)
+    rng = np.random.default_rng(seed)
+    pad = int(math.ceil(0.15 * size))
+    n_grid = (size + 2 * pad) * _GRID_UPSAMPLE
+    scale = size / 112.0
+    # random draws first, in a fixed order and shape that depend only on (size, T): a diseased video shares its
+    # speckle and noise with the normal video of the same seed
+    grain = scale * params.speckle_size * _GRID_UPSAMPLE
+    speckle = _speckle(rng, (n_grid, n_grid), 0.95 * grain, 0.5 * grain)
+    heterogeneity = _smooth_field(rng, (n_grid, n_grid))
+    clutter = _speckle(rng, (size, size), 1.2 * scale, 0.6 * scale)
+    leaflet_brightness = 0.7 + 0.6 * rng.random((T, 2, 2))
+    thermal = np.frombuffer(rng.bytes(T * size * size), dtype=np.uint8).reshape(T, size, size)
+
+    eps, labels_grid, echo = _calibrate_contraction(params, pad)
+    anatomy = _build_anatomy(params)
+    if params.disease != "normal":
+        labels_grid, echo = _material_grids(anatomy, params, pad)
+    echo = cv2.GaussianBlur(echo, (0, 0), 0.5 * _GRID_UPSAMPLE * scale)
+    material = echo * np.exp(0.25 * heterogeneity) * speckle
+
+    times = np.arange(T) / params.fps
+    phi = (params.phase + times / params.cycle_s) % 1.0
+    k = _contraction(phi, params.systole_fraction)
+    maps = _material_maps(anatomy, size, pad, k, eps)
+    segments = _valve_segments(anatomy, k, _valve_opening(phi, params.systole_fraction), eps, leaflet_brightness)
+
+    # scan-coordinate effects: attenuation with TGC, lateral fall-off, near-field clutter, thermal noise; then log
+    # compression to the display range and a light blur, black outside the sector
+    depth, angle, sector = _scan_geometry(size)
+    half = math.radians(SECTOR_HALF_ANGLE_DEG)
+    relative_depth = depth / size
+    gain = np.exp(-params.attenuation * (relative_depth - 0.45)) * 10 ** (params.gain_db / 20.0)
+    gain = (gain * (0.35 + 0.65 * _smoothstep((half - np.abs(angle)) / math.radians(6.0)))).astype(np.float32)
+    haze = (0.35 * np.exp(-relative_depth / 0.06) * clutter).astype(np.float32)
+    noise_step = np.float32(params.noise / 255.0)
+    floor = np.float32(10.0 ** (-_DYNAMIC_RANGE_DB / 20.0))  # the amplitude shown as black
+    to_display = 255.0 / (_DYNAMIC_RANGE_DB + 2.0)
+    alpha, beta = to_display * 20.0 / math.log(10.0), to_display * _DYNAMIC_RANGE_DB
+    sigma = 0.45 * scale
+    frames = np.empty((T, size, size), dtype=np.uint8)
+    coded = np.empty((T, size, size), dtype=np.uint8)
+    for t, (map_x, map_y) in enumerate(maps):
+        coded[t] = cv2.remap(labels_grid, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+        amplitude = cv2.remap(material, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        for start, end, value in segments[t]:
+            cv2.line(amplitude, start, end, value, thickness=1, lineType=cv2.LINE_8, shift=4)
+        amplitude *= gain
+        amplitude += haze
+        amplitude += noise_step * thermal[t]
+        np.maximum(amplitude, floor, out=amplitude)
+        cv2.log(amplitude, amplitude)
+        frames[t] = cv2.convertScaleAbs(cv2.GaussianBlur(amplitude, (0, 0), sigma), alpha=alpha, beta=beta)
+    frames *= sector
+    masks = coded & np.uint8(_DISEASE_BIT - 1)
+    masks *= sector  # nothing is labelled where nothing is imaged
+    abnormal_region = np.bitwise_or.reduce(coded, axis=0) & _DISEASE_BIT > 0
+
+    ed_index, es_index = _ed_es_frames(masks, times, t_ed, params)
+    ed_tracing = disc_tracing(masks[ed_index] == LV_CAVITY)
+    es_tracing = disc_tracing(masks[es_index] == LV_CAVITY)
+    ml_per_px3 = params.pixel_spacing_mm**3 / 1000.0
+    return PhantomVideo(
+        frames=frames,
+        masks=masks,
+        ed_index=int(ed_index),
+        es_index=int(es_index),
+        ef=ef_from_tracings(ed_tracing, es_tracing),
+        edv=volume_from_tracing(ed_tracing) * ml_per_px3,
+        esv=volume_from_tracing(es_tracing) * ml_per_px3,
+        fps=float(params.fps),
+        abnormal_region=abnormal_region & (sector > 0),
+        params=params,
+        ed_tracing=ed_tracing,
+        es_tracing=es_tracing,
+    )
+
+
+def _first_end_diastole(params: PhantomParams) -> float:
+    """Time (s) of the first end-diastole in the video; its end-systole must be inside the video too."""
+    cycle = params.cycle_s
+    duration = (params.num_frames - 1) / params.fps
+    first_ed = ((1.0 - params.phase) % 1.0) * cycle
+    if first_ed - cycle >= -0.5 / params.fps:  # the phase is (almost) 0: end-diastole at the first frame
+        first_ed -= cycle
+    if first_ed + params.systole_fraction * cycle > duration + 0.5 / params.fps:
+        raise ValueError(
+            f"a {params.num_frames}-frame video at {params.fps} fps ({duration:.2f} s) does not hold an end-diastole "
+            f"and the end-systole after it at {params.heart_rate:.1f} bpm and phase {params.phase:.3f}; "
+            "use more frames, or phase 0"
+        )
+    return first_ed
+
+
+def _ed_es_frames(masks: np.ndarray, times: np.ndarray, t_ed: float, params: PhantomParams) -> tuple[int, int]:
+    """ED: the largest LV area around the end-diastole instant t_ed; ES: the smallest LV area in the systole after."""
+    cycle = params.cycle_s
+    area = (masks == LV_CAVITY).sum(axis=(1, 2))
+    window = np.flatnonzero(np.abs(times - t_ed) <= 0.2 * cycle)
+    ed = int(window[np.argmax(area[window])])
+    after = np.flatnonzero((times >= times[ed]) & (times <= times[ed] + (params.systole_fraction + 0.2) * cycle))
+    es = int(after[np.argmin(area[after])])
+    return ed, es

@@ -1,0 +1,74 @@
+"""CardiacNet's losses as pure functions: L1 reconstruction (Eq. 1), adversarial (Eq. 2), the memory-bank
+distribution terms L_dis (Eq. 4) and L_OT (Eq. 5, with gradient), and clip descriptors for the banks."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from echo_modules.cardiacnet.optimal_transport import OTMethod, ot_cost
+
+GANLoss = Literal["vanilla", "hinge"]
+
+
+def reconstruction_loss(output: Tensor, target: Tensor) -> Tensor:
+    """Eq. 1: mean absolute error between a reconstruction and its target video."""
+    return F.l1_loss(output.float(), target.float())
+
+
+def generator_adversarial_loss(fake_logits: Tensor, kind: GANLoss = "vanilla") -> Tensor:
+    """The generator's side of Eq. 2 for the patch logits of generated videos: vanilla = -log sigmoid (the paper's
+    log loss, non-saturating form); hinge = -logit (the public code)."""
+    fake_logits = fake_logits.float()
+    if kind == "vanilla":
+        return F.softplus(-fake_logits).mean()
+    if kind == "hinge":
+        return -fake_logits.mean()
+    raise ValueError(f"unknown GAN loss {kind!r}; choose 'vanilla' or 'hinge'")
+
+
+def discriminator_adversarial_loss(real_logits: Tensor, fake_logits: Tensor, kind: GANLoss = "vanilla") -> Tensor:
+    """The discriminator's side of Eq. 2: real patches towards 1, generated patches towards 0 (vanilla: binary
+    cross-entropy on logits; hinge: margins at +-1), averaged over the two halves."""
+    real_logits, fake_logits = real_logits.float(), fake_logits.float()
+    if kind == "vanilla":
+        return 0.5 * (F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean())
+    if kind == "hinge":
+        return 0.5 * (F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean())
+    raise ValueError(f"unknown GAN loss {kind!r}; choose 'vanilla' or 'hinge'")
+
+
+def clip_descriptor(quantised: Tensor, grid: tuple[int, int, int] = (1, 1, 1)) -> Tensor:
+    """What a memory bank stores for a clip: its quantised features ``(B, D, t, h, w)`` average-pooled to ``grid``
+    and flattened to ``(B, D * prod(grid))`` (gradient kept; banks detach on enqueue)."""
+    pooled = F.adaptive_avg_pool3d(quantised.float(), grid)
+    return rearrange(pooled, "b d t h w -> b (d t h w)")
+
+
+def centroid_loss(descriptors: Tensor, centroid: Tensor) -> Tensor:
+    """Eq. 4, L_dis: squared distance of each descriptor to its class bank's centroid (mean over dimensions and
+    clips, so the weight does not depend on the descriptor size)."""
+    return (descriptors.float() - centroid.detach().float()[None]).square().mean()
+
+
+def ot_separation_loss(
+    descriptors: Tensor,
+    other_class_bank: Tensor,
+    method: OTMethod = "sorted",
+    margin: float | None = None,
+    reg: float = 0.05,
+) -> Tensor:
+    """Eq. 5 made trainable: the OT cost between this batch's descriptors of one class (with gradient) and the other
+    class's bank (a detached target), to be *maximised* (the paper maximises the normal/abnormal transport distance).
+
+    Returns the term to add to the generator loss: ``-cost``, or with a ``margin`` the hinge ``relu(margin - cost)``,
+    which stops pushing once the classes are that far apart (the plain negative cost is unbounded).
+    """
+    cost = ot_cost(descriptors, other_class_bank.detach(), method=method, reg=reg)
+    if margin is None:
+        return -cost
+    return F.relu(margin - cost)

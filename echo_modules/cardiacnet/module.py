@@ -1,0 +1,792 @@
+"""CardiacNet (Yang et al., MICCAI 2024): learning to reconstruct abnormalities for cardiac disease assessment.
+
+Two generators of the same structure deform a normal echo video into an abnormal one (phi_A) and back (phi_B). One
+training step, as in the paper's algorithm (manual optimisation: generators and discriminators take turns):
+
+1. Generators (one optimiser for phi_A, phi_B and the light heads):
+   - each generator sees both classes: it deforms the other class and reproduces its own class (identity L1, Eq. 1);
+     the deformed videos are deformed back (cycle L1, Eq. 1);
+   - the Consistency Deformation Codebook quantises ``F + P`` (``L_q``, straight-through);
+   - per-class memory banks of quantised clip descriptors give ``L_dis`` (Eq. 4: pull to the own class's centroid)
+     and ``L_OT`` (Eq. 5, maximised). The released code computes its inter-domain OT between two banks of detached
+     features, so that term has no gradient; here the OT runs between *this batch's* descriptors of one class (with
+     gradient) and the *other* class's bank (a detached target), so maximising it does move the encoders;
+   - the Consistency Deformation Discriminators (Eq. 2: a global 3D PatchGAN on the clip, a local 2D PatchGAN on
+     frame patches) judge the deformed and the cycled videos, from ``disc_start`` on;
+   - the disease head (and the EF head on EchoNet/CAMUS) learn on *detached* generator features: the public
+     evaluation's frozen-feature classifier, trained alongside instead of in a second run.
+2. Discriminators (their own optimiser, every ``disc_every`` steps from ``disc_start``): real clips of their class vs
+   the detached deformed and cycled clips.
+3. The banks take this step's descriptors (gathered from all DDP ranks); dead codebook entries are restarted.
+
+Disease score (``score``): ``head`` (default; the paper's protocol: a light classifier on frozen generator features),
+``reconstruction`` (parameter-free: how much more phi_B changes a clip than phi_A does, ``|x - phi_B(x)| -
+|x - phi_A(x)|``; each generator reproduces its own target class, so abnormal clips change under phi_B and normal ones
+under phi_A) or ``bank`` (distance to the normal minus distance to the abnormal bank centroid). All three are logged at
+test. Abnormality maps: where a clip differs from its deformation to the normal class, ``|x - phi_B(x)|``
+(``map_mode: contrast`` subtracts phi_A's reconstruction error so generic reconstruction error cancels).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
+from datamodules.errors import ConfigError
+from echo_modules.cardiacnet.losses import (
+    GANLoss,
+    centroid_loss,
+    clip_descriptor,
+    discriminator_adversarial_loss,
+    generator_adversarial_loss,
+    ot_separation_loss,
+    reconstruction_loss,
+)
+from echo_modules.cardiacnet.memory_bank import ClassMemoryBanks
+from echo_modules.cardiacnet.networks import ConsistencyDeformationDiscriminator, DeformationGenerator, FeatureHead
+from echo_modules.cardiacnet.optimal_transport import OTMethod
+from echo_modules.common.metrics import ef_metrics
+from echo_modules.common.module import EchoModule, average_clip_predictions, gather_lists
+from echo_modules.common.plotting import log_figure
+
+ScoreKind = Literal["head", "reconstruction", "bank"]
+SCORE_KINDS: tuple[str, ...] = ("head", "reconstruction", "bank")
+NORMAL, ABNORMAL = 0, 1
+GENERATORS = ("normal_to_abnormal", "abnormal_to_normal")  # phi_A, phi_B
+
+
+@dataclass
+class ClipEvaluation:
+    """Per-clip outputs of :meth:`CardiacNet.evaluate_clips`."""
+
+    scores: dict[str, Tensor]  # score kind -> (N,) higher = more abnormal
+    ef: Tensor | None  # (N,) EF in percent when the EF head is on
+    maps: Tensor  # (N, T, H, W) abnormality maps
+    to_normal: Tensor  # (N, C, T, H, W) phi_B(x), the clip deformed to the normal class
+
+
+class CardiacNet(EchoModule):
+    """Bidirectional normal <-> abnormal video deformation with codebooks, memory banks, OT and discriminators.
+
+    Training batches are normal/abnormal pairs (a DataModule with ``paired: true``: ``normal_video``,
+    ``abnormal_video``, ``normal_label``...); evaluation batches are labelled videos (``video`` with ``clip_owner``,
+    ``label``, and where known ``ef``, ``abnormal_region``). See the module docstring for the algorithm.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        widths: list[int] = [64, 128, 128, 256, 256],  # noqa: B006 (LightningCLI reads the default)
+        latent_dim: int = 256,
+        num_codes: int = 2048,
+        commitment: float = 0.25,
+        code_restart_threshold: float = 1.0,
+        position_grid: tuple[int, int, int] = (16, 7, 7),
+        disc_width: int = 64,
+        disc_layers: int = 3,
+        disc_frames: int = 4,
+        gan_loss: GANLoss = "hinge",
+        identity_weight: float = 2.5,
+        cycle_weight: float = 100.0,
+        quantisation_weight: float = 1.0,
+        global_adversarial_weight: float = 1.0,
+        local_adversarial_weight: float = 1.0,
+        centroid_weight: float = 0.01,
+        ot_weight: float = 0.001,
+        ot_method: OTMethod = "sorted",
+        ot_margin: float | None = None,
+        ot_reg: float = 0.05,
+        bank_size: int = 256,
+        bank_grid: tuple[int, int, int] = (1, 1, 1),
+        bank_min_fill: int = 16,
+        mask_ratio: float = 0.0,
+        mask_patch: int = 8,
+        disc_start: int = 0,
+        disc_every: int = 1,
+        score: ScoreKind = "head",
+        predict_ef: bool = False,
+        head_lr: float | None = None,
+        map_mode: Literal["difference", "contrast"] = "difference",
+        map_sigma: float = 1.0,
+        gradient_clip: float | None = None,
+        generator_optimizer: OptimizerCallable = torch.optim.Adam,
+        discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
+        predictions_csv: str | None = None,
+        maps_dir: str | None = None,
+        map_format: Literal["avi", "npy", "both", "none"] = "avi",
+        num_logged_maps: int = 4,
+    ) -> None:
+        """Args:
+        in_channels: video channels (1 for grey; the data config's ``channels``).
+        widths / latent_dim: generator channel widths per resolution level (height and width halve at each extra
+            level) and the codebook dimension (public code: [64, 128, 128, 256, 256] and 256).
+        num_codes / commitment / code_restart_threshold: codebook size, lambda of L_q, the running usage below which
+            an entry is restarted.
+        position_grid: token grid (frames, height, width) of the learnable positional encoding: clip_length and
+            frame_size / 2^(len(widths) - 1) of the training clips (other grids interpolate it).
+        disc_width / disc_layers / disc_frames: PatchGAN width and depth; frames per clip the local one judges.
+        gan_loss: ``vanilla`` (Eq. 2's log loss) or ``hinge`` (the public code).
+        *_weight: loss weights (defaults: the public code's; identity 2.5, cycle 100, L_dis 0.01, L_OT 0.001).
+        ot_method: ``sorted`` (exact per-dimension Eq. 5) or POT's ``emd``/``sinkhorn``/``sliced`` on whole vectors.
+        ot_margin: hinge ``relu(margin - OT)`` instead of the unbounded ``-OT``.
+        bank_size / bank_grid / bank_min_fill: rows per class bank; the pooled token grid a clip descriptor keeps
+            (``(1, 1, 1)``: one ``latent_dim`` vector per clip); rows a bank needs before L_dis and L_OT apply.
+        mask_ratio / mask_patch: MAE-style masking of the generators' inputs in training (public code: 0.7 of 8x8
+            patches); targets stay unmasked, so reproducing the own class becomes inpainting.
+        disc_start / disc_every: training batch from which adversarial losses apply; step discriminators every k-th.
+        score: which disease score drives accuracy, predictions and ``val/auroc`` (all are logged at test).
+        predict_ef: train an EF head too (EchoNet / CAMUS) and report EF MAE.
+        head_lr: learning rate of the heads (default: the generator optimiser's).
+        map_mode / map_sigma: abnormality map definition (module docstring) and Gaussian smoothing in pixels.
+        gradient_clip: clip generator and discriminator gradient norms to this value.
+        generator_optimizer / discriminator_optimizer: LightningCLI optimiser callables (public code: Adam, lr
+            2.25e-5, betas (0.5, 0.99)).
+        predictions_csv / maps_dir / map_format: where ``predict`` writes its CSV and per-video maps (default: the
+            run's log dir); AVI (input | deformed to normal | map overlay), ``npy`` float16 maps, both or none.
+        num_logged_maps: abnormality-map examples logged at test (figure PNG, and videos to W&B).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        if score not in SCORE_KINDS:
+            raise ConfigError(f"model.score must be one of {SCORE_KINDS}, got {score!r}")
+        if disc_every < 1:
+            raise ConfigError(f"model.disc_every must be >= 1, got {disc_every}")
+        generator = dict(
+            in_channels=in_channels, widths=widths, latent_dim=latent_dim, num_codes=num_codes,
+            commitment=commitment, restart_threshold=code_restart_threshold, position_grid=tuple(position_grid),
+        )  # fmt: skip
+        self.normal_to_abnormal = DeformationGenerator(**generator)  # phi_A
+        self.abnormal_to_normal = DeformationGenerator(**generator)  # phi_B
+        discriminator = dict(in_channels=in_channels, width=disc_width, num_layers=disc_layers, frames=disc_frames)
+        self.discriminators = nn.ModuleDict(
+            {"normal": ConsistencyDeformationDiscriminator(**discriminator),
+             "abnormal": ConsistencyDeformationDiscriminator(**discriminator)}
+        )  # fmt: skip
+        descriptor_dim = latent_dim * math.prod(bank_grid)
+        self.banks = nn.ModuleDict({name: ClassMemoryBanks(2, bank_size, descriptor_dim) for name in GENERATORS})
+        self.disease_head = FeatureHead(2 * latent_dim)
+        self.ef_head = FeatureHead(2 * latent_dim, bias=50.0) if predict_ef else None
+        self.bank_grid = tuple(bank_grid)
+        self.register_buffer("iterations", torch.zeros((), dtype=torch.long))  # training batches seen
+        self.register_buffer("decision_threshold", torch.zeros(()))  # on the chosen score, calibrated on validation
+        self.register_buffer("train_ef_mean", torch.tensor(math.nan))
+        self.val_auroc = BinaryAUROC()
+        self.val_accuracy = BinaryAccuracy()
+        self.test_auroc = nn.ModuleDict({kind: BinaryAUROC() for kind in SCORE_KINDS})
+        self.test_accuracy = BinaryAccuracy()
+        self.test_map = nn.ModuleDict({name: MeanMetric() for name in ("region_mass", "control_mass", "dice")})
+        self.val_ef = ef_metrics("val/ef_") if predict_ef else None
+        self.test_ef = ef_metrics("test/ef_") if predict_ef else None
+        self._collected: list[tuple] = []
+        self._examples: list[dict[str, np.ndarray]] = []
+
+    # ------------------------------------------------------------------ set-up
+
+    def setup(self, stage: str) -> None:
+        """Under DDP, each backward reaches only some parameters (generators or discriminators), so DDP must look for
+        unused parameters; switch it on before the strategy wraps the model instead of failing mid-epoch."""
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        kwargs = getattr(strategy, "_ddp_kwargs", None)
+        if isinstance(strategy, DDPStrategy) and isinstance(kwargs, dict) and not kwargs.get("find_unused_parameters"):
+            kwargs["find_unused_parameters"] = True
+            rank_zero_info("CardiacNet: DDP find_unused_parameters=True (generator and discriminator steps alternate)")
+
+    def on_fit_start(self) -> None:
+        if self.trainer.global_step != 0:  # resumed: the buffers come from the checkpoint
+            return
+        mean = getattr(getattr(self.trainer, "datamodule", None), "train_ef_mean", math.nan)
+        if math.isfinite(mean):
+            self.train_ef_mean.fill_(mean)
+            if self.ef_head is not None:
+                with torch.no_grad():
+                    self.ef_head.linear.bias.fill_(mean)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        heads = [self.disease_head] + ([self.ef_head] if self.ef_head is not None else [])
+        head_group: dict[str, Any] = {"params": [p for head in heads for p in head.parameters()]}
+        if self.hparams.head_lr is not None:
+            head_group["lr"] = self.hparams.head_lr
+        generators = [p for name in GENERATORS for p in getattr(self, name).parameters()]
+        generator_optimizer = self.hparams.generator_optimizer([{"params": generators}, head_group])
+        discriminator_optimizer = self.hparams.discriminator_optimizer(self.discriminators.parameters())
+        return [generator_optimizer, discriminator_optimizer]
+
+    # ------------------------------------------------------------------ pieces
+
+    def _generator(self, name: str) -> DeformationGenerator:
+        return getattr(self, name)
+
+    def head_features(self, video: Tensor) -> Tensor:
+        """Detached ``F + P`` of both generators' encoders, concatenated on channels: the heads' input."""
+        with torch.no_grad():
+            parts = [self._generator(name).codebook.positional_encoding(self._generator(name).encoder(video)) for name in GENERATORS]
+        return torch.cat(parts, 1).float()
+
+    def _mask_inputs(self, video: Tensor) -> Tensor:
+        """MAE-style masking: each ``mask_patch`` square of each frame is zeroed (the mean intensity) with
+        probability ``mask_ratio``."""
+        batch, _, frames, height, width = video.shape
+        patch = self.hparams.mask_patch
+        keep = torch.rand(batch, 1, frames, -(-height // patch), -(-width // patch), device=video.device)
+        keep = (keep >= self.hparams.mask_ratio).to(video.dtype)
+        keep = keep.repeat_interleave(patch, -2).repeat_interleave(patch, -1)[..., :height, :width]
+        return video * keep
+
+    def _adversarial_generator_loss(self, discriminator: ConsistencyDeformationDiscriminator, fakes: list[Tensor]) -> Tensor:
+        kind, total = self.hparams.gan_loss, 0.0
+        for fake in fakes:
+            global_logits, local_logits = discriminator(fake, discriminator.select_frames(fake))
+            total = total + self.hparams.global_adversarial_weight * generator_adversarial_loss(global_logits, kind)
+            total = total + self.hparams.local_adversarial_weight * generator_adversarial_loss(local_logits, kind)
+        return total / len(fakes)
+
+    def _adversarial_discriminator_loss(
+        self, discriminator: ConsistencyDeformationDiscriminator, real: Tensor, fakes: list[Tensor]
+    ) -> Tensor:
+        kind, total = self.hparams.gan_loss, 0.0
+        for fake in fakes:
+            frames = discriminator.select_frames(real)
+            real_global, real_local = discriminator(real, frames)
+            fake_global, fake_local = discriminator(fake.detach(), frames)
+            total = total + self.hparams.global_adversarial_weight * discriminator_adversarial_loss(real_global, fake_global, kind)
+            total = total + self.hparams.local_adversarial_weight * discriminator_adversarial_loss(real_local, fake_local, kind)
+        return total / len(fakes)
+
+    def _bank_losses(self, descriptors: dict[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
+        """L_dis (Eq. 4) and the trainable L_OT (Eq. 5) over both generators and both classes (zero until the banks
+        hold ``bank_min_fill`` rows)."""
+        zero = descriptors[GENERATORS[0]].new_zeros(())
+        centroid, separation, terms = zero, zero, 0
+        for name, rows in descriptors.items():
+            banks = self.banks[name]
+            if not banks.ready(self.hparams.bank_min_fill):
+                continue
+            for label in (NORMAL, ABNORMAL):
+                own = rows[labels == label]
+                if not len(own):
+                    continue
+                centroid = centroid + centroid_loss(own, banks[label].centroid())
+                separation = separation + ot_separation_loss(
+                    own, banks[1 - label].filled, self.hparams.ot_method, self.hparams.ot_margin, self.hparams.ot_reg
+                )
+                terms += 1
+        return centroid / max(terms, 1), separation / max(terms, 1)
+
+    def _head_loss(self, features: Tensor, labels: Tensor, ef: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        disease = F.binary_cross_entropy_with_logits(self.disease_head(features), labels.float())
+        if self.ef_head is None or ef is None:
+            return disease, None
+        known = torch.isfinite(ef)
+        if not known.any():
+            return disease, None
+        ef_loss = F.l1_loss(self.ef_head(features[known]), ef[known].float())
+        return disease, ef_loss
+
+    # ------------------------------------------------------------------ training (the algorithm box)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if "normal_video" not in batch:
+            raise ConfigError(
+                "CardiacNet trains on normal/abnormal pairs: set data.init_args.paired: true (and, on EchoNet, "
+                "label_from_ef_below: 50)"
+            )
+        generator_optimizer, discriminator_optimizer = self.optimizers()
+        normal, abnormal = batch["normal_video"], batch["abnormal_video"]
+        size = len(normal)
+        videos = torch.cat([normal, abnormal])
+        labels = torch.cat([normal.new_full((size,), NORMAL), normal.new_full((size,), ABNORMAL)]).long()
+        ef = torch.cat([batch["normal_ef"], batch["abnormal_ef"]]) if "normal_ef" in batch else None
+        adversarial = int(self.iterations) >= self.hparams.disc_start
+
+        # 1. generators (and the heads on detached features)
+        self.toggle_optimizer(generator_optimizer)
+        inputs = self._mask_inputs(videos) if self.hparams.mask_ratio > 0 else videos
+        to_abnormal = self.normal_to_abnormal(inputs)  # phi_A: deforms normal clips, reproduces abnormal ones
+        to_normal = self.abnormal_to_normal(inputs)  # phi_B: deforms abnormal clips, reproduces normal ones
+        fake_abnormal, fake_normal = to_abnormal.video[:size], to_normal.video[size:]
+        cycled_normal = self.abnormal_to_normal(fake_abnormal)  # phi_B(phi_A(X)) ~ X
+        cycled_abnormal = self.normal_to_abnormal(fake_normal)  # phi_A(phi_B(Y)) ~ Y
+        identity = reconstruction_loss(to_abnormal.video[size:], abnormal) + reconstruction_loss(to_normal.video[:size], normal)
+        cycle = reconstruction_loss(cycled_normal.video, normal) + reconstruction_loss(cycled_abnormal.video, abnormal)
+        quantisation = sum(o.quantisation.loss for o in (to_abnormal, to_normal, cycled_normal, cycled_abnormal))
+        descriptors = {
+            name: clip_descriptor(output.quantisation.quantised, self.bank_grid)
+            for name, output in zip(GENERATORS, (to_abnormal, to_normal))
+        }
+        centroid, separation = self._bank_losses(descriptors, labels)
+        adversarial_loss = videos.new_zeros(())
+        if adversarial:
+            adversarial_loss = self._adversarial_generator_loss(
+                self.discriminators["abnormal"], [fake_abnormal, cycled_abnormal.video]
+            ) + self._adversarial_generator_loss(self.discriminators["normal"], [fake_normal, cycled_normal.video])
+        features = (
+            self.head_features(videos) if self.hparams.mask_ratio > 0
+            else torch.cat([to_abnormal.features, to_normal.features], 1).detach().float()
+        )  # fmt: skip
+        disease_loss, ef_loss = self._head_loss(features, labels, ef)
+        hp = self.hparams
+        generator_loss = (
+            hp.identity_weight * identity
+            + hp.cycle_weight * cycle
+            + hp.quantisation_weight * quantisation
+            + adversarial_loss
+            + hp.centroid_weight * centroid
+            + hp.ot_weight * separation
+        )
+        total = generator_loss + disease_loss + (ef_loss if ef_loss is not None else 0.0)
+        generator_optimizer.zero_grad()
+        self.manual_backward(total)
+        if hp.gradient_clip:
+            self.clip_gradients(generator_optimizer, gradient_clip_val=hp.gradient_clip, gradient_clip_algorithm="norm")
+        generator_optimizer.step()
+        self.untoggle_optimizer(generator_optimizer)
+
+        # 2. discriminators
+        discriminator_loss = None
+        if adversarial and int(self.iterations) % hp.disc_every == 0:
+            self.toggle_optimizer(discriminator_optimizer)
+            discriminator_loss = self._adversarial_discriminator_loss(
+                self.discriminators["abnormal"], abnormal, [fake_abnormal.detach(), cycled_abnormal.video.detach()]
+            ) + self._adversarial_discriminator_loss(
+                self.discriminators["normal"], normal, [fake_normal.detach(), cycled_normal.video.detach()]
+            )
+            discriminator_optimizer.zero_grad()
+            self.manual_backward(discriminator_loss)
+            if hp.gradient_clip:
+                self.clip_gradients(discriminator_optimizer, gradient_clip_val=hp.gradient_clip, gradient_clip_algorithm="norm")
+            discriminator_optimizer.step()
+            self.untoggle_optimizer(discriminator_optimizer)
+
+        # 3. memory banks (all ranks' descriptors) and codebook upkeep
+        for name, rows in descriptors.items():
+            self.banks[name].enqueue(rows.detach(), labels)
+        restarted = sum(self._generator(name).codebook.quantiser.restart_dead_codes() for name in GENERATORS)
+        self.iterations += 1
+
+        logs = {
+            "train/generator_loss": generator_loss.detach(),
+            "train/identity_l1": identity.detach(),
+            "train/cycle_l1": cycle.detach(),
+            "train/quantisation": quantisation.detach(),
+            "train/adversarial": adversarial_loss.detach(),
+            "train/centroid": centroid.detach(),
+            "train/ot_separation": separation.detach(),
+            "train/disease_bce": disease_loss.detach(),
+            "train/perplexity": (to_abnormal.quantisation.perplexity + to_normal.quantisation.perplexity).detach() / 2,
+            "train/codes_restarted": float(restarted),
+        }
+        if discriminator_loss is not None:
+            logs["train/discriminator_loss"] = discriminator_loss.detach()
+        if ef_loss is not None:
+            logs["train/ef_l1"] = ef_loss.detach()
+        self.log_dict(logs, batch_size=2 * size)
+        self.log("train/loss", generator_loss.detach(), prog_bar=True, batch_size=2 * size)
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate_clips(self, video: Tensor) -> ClipEvaluation:
+        """Scores, EF, abnormality maps and the deformation to normal for clips ``(N, C, T, H, W)``."""
+        to_abnormal = self.normal_to_abnormal(video)
+        to_normal = self.abnormal_to_normal(video)
+        error_to_normal = (video - to_normal.video).float().abs().mean(1)  # (N, T, H, W)
+        error_to_abnormal = (video - to_abnormal.video).float().abs().mean(1)
+        scores = {"reconstruction": error_to_normal.mean((1, 2, 3)) - error_to_abnormal.mean((1, 2, 3))}
+        bank_score = video.new_zeros(len(video), dtype=torch.float32)
+        for name, output in zip(GENERATORS, (to_abnormal, to_normal)):
+            banks = self.banks[name]
+            if banks.ready(1):
+                rows = clip_descriptor(output.quantisation.quantised, self.bank_grid)
+                to_normal_bank = (rows - banks[NORMAL].centroid()[None]).square().mean(1)
+                to_abnormal_bank = (rows - banks[ABNORMAL].centroid()[None]).square().mean(1)
+                bank_score = bank_score + to_normal_bank - to_abnormal_bank
+        scores["bank"] = bank_score
+        features = torch.cat([to_abnormal.features, to_normal.features], 1).float()
+        scores["head"] = self.disease_head(features).float()
+        ef = self.ef_head(features).float() if self.ef_head is not None else None
+        maps = error_to_normal
+        if self.hparams.map_mode == "contrast":
+            maps = (error_to_normal - error_to_abnormal).clamp_min(0)
+        return ClipEvaluation(scores=scores, ef=ef, maps=maps, to_normal=to_normal.video.float())
+
+    def forward(self, video: Tensor) -> Tensor:
+        """Disease score (higher = more abnormal) of each clip ``(N, C, T, H, W)``, by the configured ``score``."""
+        return self.evaluate_clips(video).scores[self.hparams.score]
+
+    def _video_outputs(self, batch: dict[str, Any]) -> tuple[ClipEvaluation, dict[str, Tensor], Tensor | None]:
+        """Clip outputs plus per-video scores (clips averaged) and per-video EF."""
+        clips = self.evaluate_clips(batch["video"])
+        owner, videos = batch["clip_owner"], len(batch["label"])
+        scores = {kind: average_clip_predictions(value, owner, videos) for kind, value in clips.scores.items()}
+        ef = average_clip_predictions(clips.ef, owner, videos) if clips.ef is not None else None
+        return clips, scores, ef
+
+    def probability(self, score: Tensor) -> Tensor:
+        """P(abnormal) for the chosen score: a sigmoid around the validation-calibrated threshold."""
+        return torch.sigmoid(score - self.decision_threshold)
+
+    def on_validation_epoch_start(self) -> None:
+        self._collected = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        _, scores, ef = self._video_outputs(batch)
+        labels = batch["label"]
+        known = labels >= 0
+        score = scores[self.hparams.score]
+        if known.any():
+            self.val_auroc.update(self.probability(score[known]), labels[known])
+            self.val_accuracy.update(self.probability(score[known]), labels[known])
+            self.log("val/auroc", self.val_auroc, prog_bar=True, batch_size=int(known.sum()))
+            self.log("val/accuracy", self.val_accuracy, batch_size=int(known.sum()))
+            self._collected += zip(score[known].tolist(), labels[known].tolist())
+        if ef is not None and self.val_ef is not None:
+            finite = torch.isfinite(batch["ef"])
+            if finite.any():
+                self.val_ef.update(ef[finite], batch["ef"][finite])
+                self.log_dict(self.val_ef, batch_size=int(finite.sum()))
+
+    def on_validation_epoch_end(self) -> None:
+        """Calibrate the decision threshold on the validation scores (best balanced accuracy), identically on all
+        ranks; sanity-check runs leave it alone."""
+        rows = gather_lists(self._collected)
+        self._collected = []
+        if self.trainer.sanity_checking or not rows:
+            return
+        threshold = best_threshold(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]))
+        if threshold is not None:
+            self.decision_threshold.fill_(threshold)
+
+    def on_test_epoch_start(self) -> None:
+        self._collected = []
+        self._examples = []
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        clips, scores, ef = self._video_outputs(batch)
+        labels, videos = batch["label"], len(batch["label"])
+        known = labels >= 0
+        if known.any():
+            for kind, metric in self.test_auroc.items():
+                metric.update(scores[kind][known], labels[known])
+                self.log(f"test/auroc_{kind}", metric, batch_size=int(known.sum()))
+            chosen = self.probability(scores[self.hparams.score][known])
+            self.test_accuracy.update(chosen, labels[known])
+            self.log("test/auroc", self.test_auroc[self.hparams.score], batch_size=int(known.sum()))
+            self.log("test/accuracy", self.test_accuracy, batch_size=int(known.sum()))
+        if ef is not None and self.test_ef is not None:
+            finite = torch.isfinite(batch["ef"])
+            if finite.any():
+                self.test_ef.update(ef[finite], batch["ef"][finite])
+                self.log_dict(self.test_ef, batch_size=int(finite.sum()))
+        video_maps = average_clip_predictions(clips.maps.mean(1), batch["clip_owner"], videos)  # (V, H, W)
+        video_maps = smooth_maps(video_maps, self.hparams.map_sigma)
+        imaged = imaged_area(batch["video"], batch["clip_owner"], videos)
+        regions = batch.get("abnormal_region")
+        has_region = batch.get("has_abnormal_region", torch.zeros(videos, dtype=torch.bool))
+        region_stats: list[dict[str, float] | None] = [None] * videos
+        for index in range(videos):
+            if regions is None or not bool(has_region[index]) or not bool(regions[index].any()):
+                continue
+            stats = map_region_statistics(video_maps[index], regions[index].to(video_maps.device), imaged[index])
+            if stats is None:
+                continue
+            region_stats[index] = stats
+            for name, metric in self.test_map.items():
+                metric.update(torch.tensor(stats[name], device=self.device))
+        score = scores[self.hparams.score]
+        for index in range(videos):
+            stats = region_stats[index] or {}
+            self._collected.append(
+                (batch["filename"][index], float(score[index]), int(labels[index]),
+                 float(ef[index]) if ef is not None else math.nan, float(batch["ef"][index]),
+                 stats.get("region_mass", math.nan), stats.get("control_mass", math.nan))
+            )  # fmt: skip
+        self._keep_examples(batch, clips, video_maps, labels)
+
+    def _keep_examples(self, batch: dict[str, Any], clips: ClipEvaluation, video_maps: Tensor, labels: Tensor) -> None:
+        """A few abnormal videos (first clip) for the test figure and W&B videos."""
+        first_clip = {int(o): i for i, o in reversed(list(enumerate(batch["clip_owner"].tolist())))}
+        for index in range(len(labels)):
+            if len(self._examples) >= self.hparams.num_logged_maps or int(labels[index]) != ABNORMAL:
+                continue
+            clip = first_clip[index]
+            region = batch.get("abnormal_region")
+            self._examples.append({
+                "name": batch["filename"][index],
+                "input": batch["video"][clip].float().mean(0).cpu().numpy(),  # (T, H, W)
+                "to_normal": clips.to_normal[clip].mean(0).cpu().numpy(),
+                "maps": clips.maps[clip].cpu().numpy(),
+                "video_map": video_maps[index].cpu().numpy(),
+                "region": region[index].cpu().numpy() if region is not None else None,
+            })  # fmt: skip
+
+    def on_test_epoch_end(self) -> None:
+        rows = gather_lists(self._collected)
+        self._collected = []
+        region_mass = self.test_map["region_mass"].compute() if self.test_map["region_mass"].update_count else None
+        control_mass = self.test_map["control_mass"].compute() if self.test_map["control_mass"].update_count else None
+        for metric in self.test_map.values():
+            if metric.update_count:
+                metric.reset()
+        if region_mass is not None and control_mass is not None:
+            self.log("test/map_region_mass", region_mass)
+            self.log("test/map_control_mass", control_mass)
+            self.log("test/map_region_ratio", region_mass / control_mass.clamp_min(1e-12))
+        if not self.trainer.is_global_zero or not rows:
+            return
+        self._log_examples()
+        summary = test_summary(rows, self.decision_threshold.item())
+        summary["score"] = self.hparams.score
+        summary.update({k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")})
+        rank_zero_info(
+            f"CardiacNet test over {summary['videos']} videos: AUROC {summary.get('auroc', math.nan):.3f} "
+            f"({self.hparams.score} score), accuracy {summary.get('accuracy', math.nan):.3f}"
+            + (f", map mass in region {summary['map_region_mass']:.3f} vs control {summary['map_control_mass']:.3f}"
+               if "map_region_mass" in summary else "")
+        )  # fmt: skip
+        if self.trainer.log_dir:
+            Path(self.trainer.log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(self.trainer.log_dir) / "test_summary.json").write_text(json.dumps(summary, indent=2))
+
+    def _log_examples(self) -> None:
+        if not self._examples:
+            return
+        log_figure(self, "test/abnormality_maps", abnormality_figure(self._examples))
+        from lightning.pytorch.loggers import WandbLogger
+
+        wandb_loggers = [logger for logger in self.trainer.loggers if isinstance(logger, WandbLogger)]
+        if not wandb_loggers:
+            return
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "abnormality_maps"
+        paths = [str(write_map_video(out / f"test_{i}.mp4", e["input"], e["to_normal"], e["maps"])) for i, e in enumerate(self._examples)]
+        for logger in wandb_loggers:
+            logger.log_video("test/abnormality_map_videos", videos=paths, step=self.trainer.global_step,
+                             caption=[e["name"] for e in self._examples])  # fmt: skip
+
+    # ------------------------------------------------------------------ prediction
+
+    def on_predict_epoch_start(self) -> None:
+        self._collected = []
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        clips, scores, ef = self._video_outputs(batch)
+        score = scores[self.hparams.score]
+        probability = self.probability(score)
+        out = Path(self.hparams.maps_dir or Path(self.trainer.log_dir or ".") / "abnormality_maps")
+        for index, name in enumerate(batch["filename"]):
+            chosen = batch["clip_owner"] == index
+            map_file = ""
+            if self.hparams.map_format != "none":
+                map_file = save_video_maps(
+                    out, name, batch["video"][chosen].float().mean(1).cpu().numpy(),
+                    clips.to_normal[chosen].mean(1).cpu().numpy(), clips.maps[chosen].cpu().numpy(),
+                    self.hparams.map_format,
+                )  # fmt: skip
+            self._collected.append(
+                (name, float(score[index]), float(probability[index]), int(probability[index] > 0.5),
+                 int(batch["label"][index]), float(ef[index]) if ef is not None else math.nan,
+                 float(batch["ef"][index]), map_file)
+            )  # fmt: skip
+        return probability
+
+    def on_predict_epoch_end(self) -> None:
+        rows = gather_lists(self._collected)
+        self._collected = []
+        if not self.trainer.is_global_zero:
+            return
+        path = Path(self.hparams.predictions_csv or Path(self.trainer.log_dir or ".") / "predictions.csv")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        number = lambda value: "" if math.isnan(value) else f"{value:.4f}"  # noqa: E731
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["FileName", "score", "probability", "predicted_label", "label", "EF_pred", "EF_true", "map_file"])
+            for name, score, probability, predicted, label, ef_pred, ef_true, map_file in sorted(rows):
+                writer.writerow([name, f"{score:.5f}", f"{probability:.5f}", predicted, "" if label < 0 else label,
+                                 number(ef_pred), number(ef_true), map_file])  # fmt: skip
+        rank_zero_info(f"Wrote {len(rows)} CardiacNet predictions to {path}")
+
+
+# ---------------------------------------------------------------------- evaluation helpers
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """The threshold on ``scores`` with the best balanced accuracy for binary ``labels`` (a midpoint between
+    consecutive distinct scores); None when a class is missing."""
+    if labels.min() == labels.max():
+        return None
+    values = np.unique(scores)
+    candidates = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])
+    positives, negatives = labels == 1, labels == 0
+    balanced = [
+        0.5 * ((scores[positives] > c).mean() + (scores[negatives] <= c).mean()) for c in candidates
+    ]
+    return float(candidates[int(np.argmax(balanced))])
+
+
+def smooth_maps(maps: Tensor, sigma: float) -> Tensor:
+    """Gaussian-smooth ``(V, H, W)`` maps (``sigma`` in pixels; 0 = unchanged)."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(math.ceil(3 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    padded = F.pad(maps[:, None], (radius, radius, radius, radius), mode="replicate")
+    smoothed = F.conv2d(F.conv2d(padded, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+    return smoothed[:, 0]
+
+
+def imaged_area(video: Tensor, clip_owner: Tensor, num_videos: int) -> Tensor:
+    """``(V, H, W)`` bool: pixels whose intensity ever changes over a video's clips (the ultrasound sector; the
+    background outside it is constant)."""
+    spread = (video.amax(dim=(1, 2)) - video.amin(dim=(1, 2))).float()  # (N, H, W)
+    per_video = average_clip_predictions(spread, clip_owner, num_videos)
+    return per_video > 1e-3
+
+
+def map_region_statistics(
+    video_map: Tensor, region: Tensor, imaged: Tensor, placements: int = 64, seed: int = 0
+) -> dict[str, float] | None:
+    """Share of a map's mass inside the known abnormal ``region`` vs inside random same-shape regions (the region
+    translated to places that lie wholly in the imaged area), and the Dice of the map's top pixels (as many as the
+    region has) with the region. None when the map is empty or no control placement fits."""
+    video_map = video_map.float().clamp_min(0) * imaged
+    total = video_map.sum()
+    if total <= 0:
+        return None
+    region = region.bool()
+    height, width = region.shape
+    generator = torch.Generator().manual_seed(seed)
+    shifts = torch.stack([torch.randint(-height // 2, height // 2 + 1, (placements * 8,), generator=generator),
+                          torch.randint(-width // 2, width // 2 + 1, (placements * 8,), generator=generator)], 1)  # fmt: skip
+    control: list[float] = []
+    for dy, dx in shifts.tolist():
+        if (dy, dx) == (0, 0):
+            continue
+        moved = torch.roll(region, shifts=(dy, dx), dims=(0, 1))
+        if moved.sum() != region.sum() or not bool(imaged[moved].all()):
+            continue
+        control.append(float(video_map[moved].sum() / total))
+        if len(control) == placements:
+            break
+    if not control:
+        return None
+    area = int(region.sum())
+    top = torch.zeros_like(region)
+    top.view(-1)[torch.topk(video_map.flatten(), area).indices] = True
+    dice = 2 * float((top & region).sum()) / (2 * area)
+    return {"region_mass": float(video_map[region].sum() / total), "control_mass": float(np.mean(control)), "dice": dice}
+
+
+def test_summary(rows: list[tuple], threshold: float) -> dict[str, Any]:
+    """Per-run numbers for ``test_summary.json`` from the gathered per-video rows."""
+    labels = np.array([r[2] for r in rows])
+    summary: dict[str, Any] = {"videos": len(rows), "decision_threshold": threshold}
+    summary["abnormal_videos"] = int((labels == ABNORMAL).sum())
+    region = np.array([r[5] for r in rows], dtype=float)
+    control = np.array([r[6] for r in rows], dtype=float)
+    if np.isfinite(region).any():
+        summary["map_region_mass"] = float(np.nanmean(region))
+        summary["map_control_mass"] = float(np.nanmean(control))
+        summary["map_region_ratio"] = summary["map_region_mass"] / max(summary["map_control_mass"], 1e-12)
+        summary["map_videos"] = int(np.isfinite(region).sum())
+    ef_pred = np.array([r[3] for r in rows], dtype=float)
+    ef_true = np.array([r[4] for r in rows], dtype=float)
+    both = np.isfinite(ef_pred) & np.isfinite(ef_true)
+    if both.any():
+        summary["ef_mae"] = float(np.abs(ef_pred[both] - ef_true[both]).mean())
+    return summary
+
+
+def _to_uint8(frames: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
+    low = float(np.min(frames)) if low is None else low
+    high = float(np.max(frames)) if high is None else high
+    return np.clip((frames - low) / max(high - low, 1e-6) * 255, 0, 255).astype(np.uint8)
+
+
+def map_video_frames(inputs: np.ndarray, to_normal: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """BGR frames ``(T, H, 3W, 3)``: the input, its deformation to normal, and the map as a JET overlay."""
+    import cv2
+
+    low, high = float(np.min(inputs)), float(np.max(inputs))
+    grey_in, grey_out = _to_uint8(inputs, low, high), _to_uint8(to_normal, low, high)
+    heat = _to_uint8(maps, 0.0, float(np.quantile(maps, 0.995)) if maps.size else 1.0)
+    frames = []
+    for frame_in, frame_out, frame_heat in zip(grey_in, grey_out, heat):
+        colour_in = cv2.cvtColor(frame_in, cv2.COLOR_GRAY2BGR)
+        overlay = cv2.addWeighted(colour_in, 0.5, cv2.applyColorMap(frame_heat, cv2.COLORMAP_JET), 0.5, 0)
+        frames.append(np.concatenate([colour_in, cv2.cvtColor(frame_out, cv2.COLOR_GRAY2BGR), overlay], 1))
+    return np.stack(frames)
+
+
+def write_map_video(path: Path, inputs: np.ndarray, to_normal: np.ndarray, maps: np.ndarray, fps: float = 8.0) -> Path:
+    """Write :func:`map_video_frames` as an AVI (MJPEG) or MP4 (mp4v) by the suffix of ``path``."""
+    import cv2
+
+    frames = map_video_frames(inputs, to_normal, maps)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix == ".mp4" else "MJPG"))
+    writer = cv2.VideoWriter(str(path), fourcc, fps, (frames.shape[2], frames.shape[1]), True)
+    if not writer.isOpened():
+        raise OSError(f"OpenCV cannot open a video writer for {path}")
+    try:
+        for frame in frames:
+            writer.write(frame)
+    finally:
+        writer.release()
+    return path
+
+
+def save_video_maps(
+    out_dir: Path, name: str, inputs: np.ndarray, to_normal: np.ndarray, maps: np.ndarray, map_format: str
+) -> str:
+    """Write one video's maps (clips concatenated in time) as ``<name>.avi`` and/or ``<name>.npy``; returns the
+    written path(s) joined by ``;``. ``inputs``/``to_normal``/``maps``: ``(clips, T, H, W)``."""
+    flat = lambda array: rearrange(array, "n t h w -> (n t) h w")  # noqa: E731
+    written = []
+    stem = out_dir / name
+    if map_format in ("npy", "both"):
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        np.save(stem.with_suffix(".npy"), maps.astype(np.float16))
+        written.append(str(stem.with_suffix(".npy")))
+    if map_format in ("avi", "both"):
+        written.append(str(write_map_video(stem.with_suffix(".avi"), flat(inputs), flat(to_normal), flat(maps))))
+    return ";".join(written)
+
+
+def abnormality_figure(examples: list[dict[str, Any]]):
+    """Rows of (input frame, deformed to normal, clip-mean map with the known region outlined)."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(examples), 3, figsize=(7.5, 2.5 * len(examples)), squeeze=False)
+    for row, example in zip(axes, examples):
+        middle = example["input"].shape[0] // 2
+        row[0].imshow(example["input"][middle], cmap="gray")
+        row[1].imshow(example["to_normal"][middle], cmap="gray")
+        row[2].imshow(example["input"].mean(0), cmap="gray")
+        row[2].imshow(example["video_map"], cmap="jet", alpha=0.5)
+        if example["region"] is not None and example["region"].any():
+            row[2].contour(example["region"].astype(float), levels=[0.5], colors="white", linewidths=0.8)
+        row[0].set_ylabel(str(example["name"])[:18], fontsize=7)
+        for axis, title in zip(row, ("input", "deformed to normal", "abnormality map")):
+            axis.set_title(title, fontsize=8)
+            axis.set_xticks([])
+            axis.set_yticks([])
+    figure.tight_layout()
+    return figure

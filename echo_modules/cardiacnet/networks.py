@@ -1,0 +1,184 @@
+"""CardiacNet's networks as plain ``nn.Module``s: the deformation generator (3D conv encoder, CDC, decoder), the
+Consistency Deformation Discriminator (global video + local frame PatchGANs) and the light heads on frozen features.
+
+Shapes follow the public code scaled by ``widths``: the encoder halves height and width once per extra width
+(no temporal downsampling), e.g. ``widths=[64, 128, 128, 256, 256]`` turns 16 x 112 x 112 into a 16 x 7 x 7 token
+grid; a CPU test uses ``[8, 16, 32]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from echo_modules.cardiacnet.codebook import ConsistencyDeformationCodebook, Quantised
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups: per-sample statistics, so nothing needs syncing under DDP."""
+    return nn.GroupNorm(math.gcd(channels, 32), channels, eps=1e-6)
+
+
+class ResBlock3d(nn.Module):
+    """Pre-activation residual block: (GroupNorm, SiLU, Conv3d) x 2 plus the identity."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            group_norm(channels), nn.SiLU(), nn.Conv3d(channels, channels, 3, padding=1),
+            group_norm(channels), nn.SiLU(), nn.Conv3d(channels, channels, 3, padding=1),
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class Encoder3d(nn.Module):
+    """xi(I): stem conv, then per extra width a (1, 2, 2)-strided conv and a residual block, then a conv to
+    ``latent_dim``."""
+
+    def __init__(self, in_channels: int, channels: Sequence[int], latent_dim: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv3d(in_channels, channels[0], 3, padding=1), ResBlock3d(channels[0])]
+        for before, after in zip(channels[:-1], channels[1:]):
+            layers += [nn.Conv3d(before, after, 3, stride=(1, 2, 2), padding=1), ResBlock3d(after)]
+        layers += [group_norm(channels[-1]), nn.SiLU(), nn.Conv3d(channels[-1], latent_dim, 3, padding=1)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, video: Tensor) -> Tensor:
+        return self.layers(video)
+
+
+class Decoder3d(nn.Module):
+    """Mirror of :class:`Encoder3d`: trilinear (1, 2, 2) upsampling, conv and a residual block per level; linear
+    output (no tanh: inputs are mean/std normalised, not squashed to [-1, 1])."""
+
+    def __init__(self, out_channels: int, channels: Sequence[int], latent_dim: int) -> None:
+        super().__init__()
+        widths = list(reversed(channels))
+        layers: list[nn.Module] = [nn.Conv3d(latent_dim, widths[0], 3, padding=1), ResBlock3d(widths[0])]
+        for before, after in zip(widths[:-1], widths[1:]):
+            layers += [
+                nn.Upsample(scale_factor=(1, 2, 2), mode="trilinear", align_corners=False),
+                nn.Conv3d(before, after, 3, padding=1),
+                ResBlock3d(after),
+            ]
+        layers += [group_norm(widths[-1]), nn.SiLU(), nn.Conv3d(widths[-1], out_channels, 3, padding=1)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, latent: Tensor) -> Tensor:
+        return self.layers(latent)
+
+
+@dataclass
+class GeneratorOutput:
+    """A generator pass: the output video and the CDC internals the losses need."""
+
+    video: Tensor  # (B, C, T, H, W) the deformed (or identity) video
+    features: Tensor  # (B, D, t, h, w) extracted features plus positional encoding, F + P
+    quantisation: Quantised  # F~ (straight-through), indices, L_q, perplexity
+
+
+class DeformationGenerator(nn.Module):
+    """phi: encoder xi, Consistency Deformation Codebook, decoder. CardiacNet trains two of them, normal->abnormal
+    (phi_A) and abnormal->normal (phi_B); each reproduces videos that already belong to its target class."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        widths: Sequence[int] = (64, 128, 128, 256, 256),
+        latent_dim: int = 256,
+        num_codes: int = 2048,
+        commitment: float = 0.25,
+        restart_threshold: float = 1.0,
+        position_grid: tuple[int, int, int] = (16, 7, 7),
+    ) -> None:
+        """``position_grid``: the token grid (frames, height, width) the learnable positional encoding is stored at;
+        clips whose grid differs get it interpolated."""
+        super().__init__()
+        self.downsampling = 2 ** (len(widths) - 1)
+        self.encoder = Encoder3d(in_channels, widths, latent_dim)
+        self.codebook = ConsistencyDeformationCodebook(latent_dim, position_grid, num_codes, commitment, restart_threshold)
+        self.decoder = Decoder3d(in_channels, widths, latent_dim)
+
+    def encode(self, video: Tensor) -> tuple[Tensor, Quantised]:
+        """Positioned features ``F + P`` and their quantisation for ``video`` ``(B, C, T, H, W)``."""
+        if video.shape[-1] % self.downsampling or video.shape[-2] % self.downsampling:
+            raise ValueError(
+                f"frames of {tuple(video.shape[-2:])} px: height and width must be divisible by 2^(len(widths) - 1) = "
+                f"{self.downsampling} (set data.frame_size accordingly)"
+            )
+        return self.codebook(self.encoder(video))
+
+    def forward(self, video: Tensor) -> GeneratorOutput:
+        features, quantisation = self.encode(video)
+        output = self.decoder(quantisation.quantised.to(features.dtype))
+        return GeneratorOutput(video=output, features=features, quantisation=quantisation)
+
+
+def _patch_discriminator(dims: int, in_channels: int, width: int, num_layers: int, temporal_strides: int) -> nn.Sequential:
+    """PatchGAN (pix2pix/VQGAN style) in 2D or 3D: strided convs with LeakyReLU and GroupNorm, one logit per patch."""
+    conv = nn.Conv2d if dims == 2 else nn.Conv3d
+
+    def stride(layer: int) -> int | tuple[int, int, int]:
+        if dims == 2:
+            return 2
+        return (2 if layer < temporal_strides else 1, 2, 2)
+
+    layers: list[nn.Module] = [conv(in_channels, width, 4 if dims == 2 else 3, stride=stride(0), padding=1), nn.LeakyReLU(0.2)]
+    channels = width
+    for layer in range(1, num_layers):
+        wider = min(channels * 2, 8 * width)
+        layers += [conv(channels, wider, 4 if dims == 2 else 3, stride=stride(layer), padding=1), group_norm(wider), nn.LeakyReLU(0.2)]
+        channels = wider
+    layers += [conv(channels, 1, 3, padding=1)]
+    return nn.Sequential(*layers)
+
+
+class ConsistencyDeformationDiscriminator(nn.Module):
+    """CDD (Eq. 2) for one class: a global (temporal) 3D PatchGAN judges the whole clip, a local (spatial) 2D PatchGAN
+    judges the non-overlapping patches of individual frames. Both return patch logits."""
+
+    def __init__(
+        self, in_channels: int = 1, width: int = 64, num_layers: int = 3, temporal_strides: int = 2, frames: int = 4
+    ) -> None:
+        """``frames``: frames per clip the local discriminator sees (drawn at random; 0 = every frame)."""
+        super().__init__()
+        self.frames = frames
+        self.video = _patch_discriminator(3, in_channels, width, num_layers, temporal_strides)
+        self.frame = _patch_discriminator(2, in_channels, width, num_layers, 0)
+
+    def select_frames(self, video: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Frame indices the local discriminator judges (the same for real and fake clips of one step)."""
+        count = video.shape[2]
+        if not self.frames or self.frames >= count:
+            return torch.arange(count, device=video.device)
+        return torch.randperm(count, generator=generator)[: self.frames].sort().values.to(video.device)
+
+    def forward(self, video: Tensor, frame_indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(global logits, local logits) for ``video`` ``(B, C, T, H, W)``."""
+        frames = video if frame_indices is None else video.index_select(2, frame_indices)
+        local = self.frame(rearrange(frames, "b c t h w -> (b t) c h w"))
+        return self.video(video), local
+
+
+class FeatureHead(nn.Module):
+    """A light head on (frozen) generator features, as the public evaluation's classifier: Conv3d (stride 2), ReLU,
+    global average pooling, linear. One output: a disease logit, or EF in percent."""
+
+    def __init__(self, in_channels: int, hidden: int | None = None, bias: float = 0.0) -> None:
+        super().__init__()
+        hidden = hidden or 2 * in_channels
+        self.conv = nn.Conv3d(in_channels, hidden, 3, stride=2, padding=1)
+        self.linear = nn.Linear(hidden, 1)
+        nn.init.constant_(self.linear.bias, bias)
+
+    def forward(self, features: Tensor) -> Tensor:
+        pooled = F.adaptive_avg_pool3d(F.relu(self.conv(features)), 1).flatten(1)
+        return self.linear(pooled).squeeze(-1)

@@ -1,0 +1,214 @@
+"""The echo phantom: exact, deterministic ground truth, and an EchoNet-Dynamic layout that matches the real release."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import decord
+import numpy as np
+import pandas as pd
+import pytest
+
+from datamodules.phantom import (
+    LEFT_ATRIUM,
+    LV_CAVITY,
+    MYOCARDIUM,
+    PhantomParams,
+    disc_tracing,
+    ef_from_masks,
+    plan_echonet_dataset,
+    sample_params,
+    simulate_video,
+    write_echonet_dataset,
+)
+from datamodules.phantom.echonet_writer import FILELIST_COLUMNS, TRACING_COLUMNS
+from datamodules.tracings import mask_from_tracing, tracing_area, volume_from_tracing
+
+NUM_VIDEOS, SEED = 6, 3
+
+
+@pytest.fixture(scope="module")
+def echonet_dir(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("phantom") / "EchoNet-Dynamic"
+    return write_echonet_dataset(out_dir, num_videos=NUM_VIDEOS, seed=SEED)
+
+
+@pytest.fixture(scope="module")
+def videos():
+    """The simulator's own output for every planned video (what the files must agree with)."""
+    return {spec.file_name: spec.simulate() for spec in plan_echonet_dataset(NUM_VIDEOS, seed=SEED)}
+
+
+@pytest.fixture(scope="module")
+def file_list(echonet_dir):
+    return pd.read_csv(echonet_dir / "FileList.csv")
+
+
+@pytest.fixture(scope="module")
+def volume_tracings(echonet_dir):
+    return pd.read_csv(echonet_dir / "VolumeTracings.csv")
+
+
+def small_params(**changes) -> PhantomParams:
+    return replace(sample_params(np.random.default_rng(11), num_frames=48), **changes)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+# simulator ------------------------------------------------------------------------------------------------------------
+
+
+def test_simulation_is_deterministic_per_seed():
+    params = small_params()
+    first, again, other = simulate_video(params, 5), simulate_video(params, 5), simulate_video(params, 6)
+    assert np.array_equal(first.frames, again.frames) and np.array_equal(first.masks, again.masks)
+    assert (first.ed_index, first.es_index, first.ef) == (again.ed_index, again.es_index, again.ef)
+    assert not np.array_equal(first.frames, other.frames)
+    assert first.frames.dtype == np.uint8 and first.masks.dtype == np.uint8
+    assert first.frames.shape == first.masks.shape == (48, params.size, params.size)
+
+
+@pytest.mark.parametrize("view", ["4CH", "2CH"])
+def test_labels_geometry_and_cycle_are_sane(view):
+    params = small_params(view=view, ef=55.0)
+    video = simulate_video(params, 1)
+    assert set(np.unique(video.masks).tolist()) == {0, LV_CAVITY, MYOCARDIUM, LEFT_ATRIUM}
+    ed_mask = video.masks[video.ed_index]
+    lv_rows = np.nonzero(ed_mask == LV_CAVITY)[0]
+    la_rows = np.nonzero(ed_mask == LEFT_ATRIUM)[0]
+    assert lv_rows.mean() < la_rows.mean()  # apex at the top, atria at the bottom
+    assert lv_rows.min() < np.nonzero(ed_mask == MYOCARDIUM)[0].min() + 8  # the apical wall caps the cavity
+    area = (video.masks == LV_CAVITY).sum(axis=(1, 2))
+    assert video.ed_index < video.es_index
+    cycle_frames = int(params.fps * 60.0 / params.heart_rate)
+    window = area[video.ed_index : video.ed_index + cycle_frames]
+    assert area[video.ed_index] == window.max() and area[video.es_index] == window.min()
+    assert area[video.es_index] < 0.8 * area[video.ed_index]
+    assert video.ef == pytest.approx(ef_from_masks(ed_mask == LV_CAVITY, video.masks[video.es_index] == LV_CAVITY))
+    assert abs(video.ef - params.ef) < 3.0
+    assert 0 < video.esv < video.edv
+    # the sector: black outside, apex at the top centre
+    assert video.frames[:, 0, :10].max() == 0 and video.frames[:, 0, -10:].max() == 0
+    assert video.frames[:, 2, params.size // 2 - 1 : params.size // 2 + 1].mean() > 0
+
+
+def test_lv_size_change_tracks_the_requested_ef():
+    efs = [25.0, 45.0, 65.0, 78.0]
+    measured = [simulate_video(small_params(ef=ef), 2).ef for ef in efs]
+    assert np.all(np.diff(measured) > 5)
+    assert np.abs(np.subtract(measured, efs)).max() < 3.0
+
+
+@pytest.mark.parametrize("disease", ["wall_motion", "septal_gap", "dilated_rv"])
+def test_disease_changes_the_image_where_it_lives(disease):
+    params = small_params()
+    normal = simulate_video(params, 4)
+    sick = simulate_video(replace(params, disease=disease), 4)
+    assert not normal.abnormal_region.any()
+    region = sick.abnormal_region
+    assert region.sum() >= 20
+    change = np.abs(sick.frames.astype(np.int16) - normal.frames.astype(np.int16)).mean(axis=0)
+    assert change[region].mean() > 8.0
+    assert change[region].mean() > 3.0 * change[~region].mean()
+
+
+def test_invalid_params_fail_with_a_reason():
+    with pytest.raises(ValueError, match="4CH"):
+        small_params(view="2CH", disease="septal_gap")
+    with pytest.raises(ValueError, match="end-systole"):
+        simulate_video(small_params(num_frames=6, phase=0.5), 0)
+
+
+def test_discs_on_a_known_shape():
+    # a half-ellipse LV, flat base: method of discs ~ prolate hemi-spheroid volume 2/3 pi W^2 L
+    rows, cols = np.mgrid[0:112, 0:112]
+    height, half_width = 50.0, 18.0
+    q, p = 80.0 - rows, cols - 56.0
+    mask = (q >= 0) & ((p / half_width) ** 2 + (q / height) ** 2 < 1)
+    tracing = disc_tracing(mask)
+    assert tracing.shape == (21, 4)
+    assert volume_from_tracing(tracing) == pytest.approx(2.0 / 3.0 * np.pi * half_width**2 * height, rel=0.03)
+    assert tracing[0, 1] < tracing[0, 3]  # row 0 runs from the apex (top) to the base
+    assert iou(mask_from_tracing(tracing, 112, 112), mask) > 0.9
+    assert tracing_area(tracing) == pytest.approx(mask.sum(), rel=0.05)
+
+
+# EchoNet-Dynamic writer -----------------------------------------------------------------------------------------------
+
+
+def test_file_list_layout(file_list, echonet_dir):
+    assert tuple(file_list.columns) == FILELIST_COLUMNS
+    assert len(file_list) == NUM_VIDEOS and file_list["FileName"].is_unique
+    assert file_list["FileName"].str.fullmatch(r"0X[0-9A-F]{16}").all()  # no extension, hashed like the release
+    assert set(file_list["Split"]) == {"TRAIN", "VAL", "TEST"}
+    assert (file_list["FrameHeight"] == 112).all() and (file_list["FrameWidth"] == 112).all()
+    assert file_list["FPS"].between(40, 60).all() and file_list["NumberOfFrames"].between(64, 112).all()
+    written = sorted(path.name for path in (echonet_dir / "Videos").iterdir())
+    assert written == sorted(f"{name}.avi" for name in file_list["FileName"])
+
+
+def test_phantom_truth_lists_the_simulator_frames(echonet_dir, file_list, videos):
+    truth = pd.read_csv(echonet_dir / "PhantomTruth.csv").set_index("FileName")
+    assert list(truth.index) == list(file_list["FileName"])
+    for name, video in videos.items():
+        assert (truth.loc[name, "EDFrame"], truth.loc[name, "ESFrame"]) == (video.ed_index, video.es_index)
+        assert truth.loc[name, "EF"] == pytest.approx(video.ef, abs=1e-9)
+
+
+def test_file_list_ef_is_the_masks_ef(file_list, videos):
+    for row in file_list.itertuples():
+        video = videos[row.FileName]
+        recomputed = ef_from_masks(video.masks[video.ed_index] == LV_CAVITY, video.masks[video.es_index] == LV_CAVITY)
+        assert row.EF == pytest.approx(recomputed, abs=1e-6)
+        assert abs(row.EF - video.params.ef) < 3.0
+        assert row.EDV == pytest.approx(video.edv) and row.ESV == pytest.approx(video.esv)
+        assert row.EF == pytest.approx(100.0 * (row.EDV - row.ESV) / row.EDV, abs=1e-6)
+        assert row.NumberOfFrames == video.frames.shape[0] and row.FPS == video.fps
+
+
+def test_volume_tracings_reproduce_the_lv_masks(file_list, volume_tracings, videos):
+    assert tuple(volume_tracings.columns) == TRACING_COLUMNS
+    assert volume_tracings["FileName"].str.endswith(".avi").all()
+    for row in file_list.itertuples():
+        video = videos[row.FileName]
+        rows = volume_tracings[volume_tracings["FileName"] == f"{row.FileName}.avi"]
+        traced = {int(frame): group[["X1", "Y1", "X2", "Y2"]].to_numpy() for frame, group in rows.groupby("Frame")}
+        assert sorted(traced) == sorted([video.ed_index, video.es_index])
+        assert all(len(t) == 21 for t in traced.values())
+        ed_frame = max(traced, key=lambda frame: tracing_area(traced[frame]))  # ED = larger area, not file order
+        es_frame = min(traced, key=lambda frame: tracing_area(traced[frame]))
+        assert (ed_frame, es_frame) == (video.ed_index, video.es_index)
+        edv, esv = volume_from_tracing(traced[ed_frame]), volume_from_tracing(traced[es_frame])
+        assert 100.0 * (edv - esv) / edv == pytest.approx(row.EF, abs=1e-6)
+        for frame in (ed_frame, es_frame):
+            drawn = mask_from_tracing(traced[frame], row.FrameHeight, row.FrameWidth)
+            assert iou(drawn, video.masks[frame] == LV_CAVITY) > 0.85
+
+
+def test_traced_block_order_is_mixed():
+    specs = plan_echonet_dataset(24, seed=SEED)
+    assert {spec.es_block_first for spec in specs} == {True, False}
+
+
+def test_avi_decodes_to_the_video(file_list, echonet_dir, videos):
+    for row in file_list.itertuples():
+        video = videos[row.FileName]
+        reader = decord.VideoReader(str(echonet_dir / "Videos" / f"{row.FileName}.avi"))
+        assert len(reader) == row.NumberOfFrames
+        ed = reader[video.ed_index].asnumpy()
+        assert ed.shape == (row.FrameHeight, row.FrameWidth, 3)
+        assert np.abs(ed.astype(np.int16) - ed[..., :1]).max() <= 8  # grey in all three channels
+        assert np.abs(ed[..., 0].astype(np.int16) - video.frames[video.ed_index]).mean() < 6  # MJPEG is lossy
+        labels = video.masks[video.ed_index]
+        assert ed[labels == LV_CAVITY, 0].mean() + 40 < ed[labels == MYOCARDIUM, 0].mean()
+
+
+def test_writer_is_deterministic(tmp_path):
+    first = write_echonet_dataset(tmp_path / "a", num_videos=2, seed=9, num_frames_range=(64, 70))
+    second = write_echonet_dataset(tmp_path / "b", num_videos=2, seed=9, num_frames_range=(64, 70))
+    for name in ("FileList.csv", "VolumeTracings.csv"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    other = write_echonet_dataset(tmp_path / "c", num_videos=2, seed=10, num_frames_range=(64, 70))
+    assert (first / "FileList.csv").read_bytes() != (other / "FileList.csv").read_bytes()
