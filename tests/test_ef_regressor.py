@@ -26,6 +26,8 @@ def test_learns_ef_well_below_mean_predictor(phantom_echonet_train, tmp_path):
                                            "data.init_args.num_eval_clips": 4}
     )
     config["model"]["init_args"]["encoder"]["init_args"]["width"] = 16
+    config["model"]["init_args"]["optimizer"]["init_args"]["lr"] = 1.0e-3
+    config["model"]["init_args"]["scheduler"] = {"class_path": "torch.optim.lr_scheduler.CosineAnnealingLR", "init_args": {"T_max": 10}}
     config["trainer"]["callbacks"][0]["init_args"] = {"dirpath": str(run_dir / "checkpoints"), "filename": "best", "monitor": "val/mae", "save_last": True}
     path = write_config(tmp_path / "fit.yaml", config)
     fit = run_echolab("fit", "--config", str(path))

@@ -97,12 +97,15 @@ class VectorQuantiser(nn.Module):
 
     @torch.no_grad()
     def _track_usage(self, flat: Tensor, indices: Tensor) -> None:
+        """Running usage per entry (summed over ranks: a collective, so every rank calls it, maybe with no rows) and
+        a sample of recent features to restart dead entries on."""
         counts = torch.bincount(indices.flatten(), minlength=self.num_codes).float()
         if _distributed():
             dist.all_reduce(counts)
         self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
-        keep = min(len(flat), self.recent_features)
-        self._recent = flat[torch.randperm(len(flat), device=flat.device)[:keep]].detach().clone()
+        if len(flat):
+            keep = min(len(flat), self.recent_features)
+            self._recent = flat[torch.randperm(len(flat), device=flat.device)[:keep]].detach().clone()
 
     @torch.no_grad()
     def restart_dead_codes(self) -> int:
@@ -117,14 +120,21 @@ class VectorQuantiser(nn.Module):
             self.restarts += count
         return count
 
-    def forward(self, features: Tensor) -> Quantised:
-        """Quantise ``features`` ``(B, D, T, H, W)`` token by token (in float32, also under autocast)."""
+    def forward(self, features: Tensor, learn_from: Tensor | None = None) -> Quantised:
+        """Quantise ``features`` ``(B, D, T, H, W)`` token by token (in float32, also under autocast).
+
+        ``learn_from`` ``(B,)`` bool: the clips whose tokens train the codebook (its L_q term, usage counts and
+        restarts); default all. The commitment term applies to every token.
+        """
         batch, _, frames, height, width = features.shape
         with torch.autocast(device_type=features.device.type, enabled=False):
             features = features.float()
             flat = rearrange(features, "b d t h w -> (b t h w) d")
+            learning = torch.ones(len(flat), dtype=torch.bool, device=flat.device)
+            if learn_from is not None:
+                learning = learn_from.to(flat.device).bool().repeat_interleave(frames * height * width)
             if self.training and not bool(self.initialised):
-                with torch.no_grad():  # start the codebook on real features (k-means++-free data init)
+                with torch.no_grad():  # start the codebook on real features (of every clip: all ranks take part)
                     self.codebook.data.copy_(self._sample_rows(flat.detach(), self.num_codes))
                     self.initialised.fill_(True)
             codebook = self.codebook.float()
@@ -135,10 +145,11 @@ class VectorQuantiser(nn.Module):
                 indices = distances.argmin(1)
             chosen = F.embedding(indices, codebook)
             # L_q: the codebook term moves entries to the features, the commitment term (lambda) the features to them
-            loss = F.mse_loss(chosen, flat.detach()) + self.commitment * F.mse_loss(flat, chosen.detach())
+            codebook_term = (chosen - flat.detach()).square().mean(1)[learning].sum() / learning.sum().clamp_min(1)
+            loss = codebook_term + self.commitment * F.mse_loss(flat, chosen.detach())
             straight_through = flat + (chosen - flat).detach()
             if self.training:
-                self._track_usage(flat.detach(), indices)
+                self._track_usage(flat.detach()[learning], indices[learning])
             probabilities = torch.bincount(indices, minlength=self.num_codes).float() / len(indices)
             perplexity = torch.exp(-(probabilities * torch.log(probabilities + 1e-10)).sum())
         quantised = rearrange(straight_through, "(b t h w) d -> b d t h w", b=batch, t=frames, h=height, w=width)
@@ -165,7 +176,7 @@ class ConsistencyDeformationCodebook(nn.Module):
         self.positional_encoding = FactorisedPositionalEncoding(dim, grid)
         self.quantiser = VectorQuantiser(num_codes, dim, commitment=commitment, restart_threshold=restart_threshold)
 
-    def forward(self, features: Tensor) -> tuple[Tensor, Quantised]:
-        """Returns the positioned features ``F + P`` and their quantisation."""
+    def forward(self, features: Tensor, learn_from: Tensor | None = None) -> tuple[Tensor, Quantised]:
+        """Returns the positioned features ``F + P`` and their quantisation (``learn_from``: see the quantiser)."""
         positioned = self.positional_encoding(features)
-        return positioned, self.quantiser(positioned)
+        return positioned, self.quantiser(positioned, learn_from)

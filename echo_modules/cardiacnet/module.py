@@ -95,6 +95,7 @@ class CardiacNet(EchoModule):
         num_codes: int = 2048,
         commitment: float = 0.25,
         code_restart_threshold: float = 1.0,
+        own_class_codebooks: bool = True,
         position_grid: tuple[int, int, int] = (16, 7, 7),
         disc_width: int = 64,
         disc_layers: int = 3,
@@ -136,6 +137,9 @@ class CardiacNet(EchoModule):
             level) and the codebook dimension (public code: [64, 128, 128, 256, 256] and 256).
         num_codes / commitment / code_restart_threshold: codebook size, lambda of L_q, the running usage below which
             an entry is restarted.
+        own_class_codebooks: a generator's codebook learns (L_q codebook term, usage, restarts) only from clips of
+            its own output class (phi_A: abnormal, phi_B: normal), so deforming a clip maps its tokens onto the
+            vocabulary of the target class; False: from every clip, as the public code does.
         position_grid: token grid (frames, height, width) of the learnable positional encoding: clip_length and
             frame_size / 2^(len(widths) - 1) of the training clips (other grids interpolate it).
         disc_width / disc_layers / disc_frames: PatchGAN width and depth; frames per clip the local one judges.
@@ -318,11 +322,13 @@ class CardiacNet(EchoModule):
         # 1. generators (and the heads on detached features)
         self.toggle_optimizer(generator_optimizer)
         inputs = self._mask_inputs(videos) if self.hparams.mask_ratio > 0 else videos
-        to_abnormal = self.normal_to_abnormal(inputs)  # phi_A: deforms normal clips, reproduces abnormal ones
-        to_normal = self.abnormal_to_normal(inputs)  # phi_B: deforms abnormal clips, reproduces normal ones
+        own = (lambda label: labels == label) if self.hparams.own_class_codebooks else (lambda label: None)
+        none = labels[:size] < 0 if self.hparams.own_class_codebooks else None  # generated clips teach no codebook
+        to_abnormal = self.normal_to_abnormal(inputs, own(ABNORMAL))  # phi_A: deforms normal clips, reproduces abnormal
+        to_normal = self.abnormal_to_normal(inputs, own(NORMAL))  # phi_B: deforms abnormal clips, reproduces normal
         fake_abnormal, fake_normal = to_abnormal.video[:size], to_normal.video[size:]
-        cycled_normal = self.abnormal_to_normal(fake_abnormal)  # phi_B(phi_A(X)) ~ X
-        cycled_abnormal = self.normal_to_abnormal(fake_normal)  # phi_A(phi_B(Y)) ~ Y
+        cycled_normal = self.abnormal_to_normal(fake_abnormal, none)  # phi_B(phi_A(X)) ~ X
+        cycled_abnormal = self.normal_to_abnormal(fake_normal, none)  # phi_A(phi_B(Y)) ~ Y
         identity = reconstruction_loss(to_abnormal.video[size:], abnormal) + reconstruction_loss(to_normal.video[:size], normal)
         cycle = reconstruction_loss(cycled_normal.video, normal) + reconstruction_loss(cycled_abnormal.video, abnormal)
         quantisation = sum(o.quantisation.loss for o in (to_abnormal, to_normal, cycled_normal, cycled_abnormal))

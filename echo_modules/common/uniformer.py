@@ -145,7 +145,8 @@ class UniFormer(VideoEncoder):
         head_dim: channels per attention head in the global stages.
         in_channels: input channels (1 for grey echo; 3 for Kinetics weights, or 1 with them summed, see below).
         mlp_ratio: MLP hidden width relative to the stage width.
-        dropout / drop_path_rate: dropout in MLPs and attention output; stochastic depth rising linearly to this.
+        dropout / drop_path_rate: dropout after the stem, in MLPs and on attention outputs; stochastic depth rising
+            linearly to ``drop_path_rate`` (CoReEcho's UniFormer-S: dropout 0.1, no stochastic depth).
         pretrained: path to a state dict (a UniFormer checkpoint, possibly wrapped in ``model``/``state_dict`` and
             with ``module.`` prefixes); the classifier ``head`` is dropped, and 3-channel stem weights are summed over
             channels when ``in_channels=1``.
@@ -159,8 +160,8 @@ class UniFormer(VideoEncoder):
         head_dim: int = 64,
         in_channels: int = 3,
         mlp_ratio: float = 4.0,
-        dropout: float = 0.0,
-        drop_path_rate: float = 0.1,
+        dropout: float = 0.1,
+        drop_path_rate: float = 0.0,
         pretrained: str | None = None,
         gradient_checkpointing: bool = False,
     ) -> None:
@@ -173,6 +174,7 @@ class UniFormer(VideoEncoder):
         self.out_features = dims[-1]
         self.gradient_checkpointing = gradient_checkpointing
         self.patch_embed1 = PatchEmbed3d(in_channels, dims[0], (3, 4, 4), (2, 4, 4), (1, 0, 0))
+        self.pos_drop = nn.Dropout(dropout)
         self.patch_embed2 = PatchEmbed3d(dims[0], dims[1], (1, 2, 2), (1, 2, 2))
         self.patch_embed3 = PatchEmbed3d(dims[1], dims[2], (1, 2, 2), (1, 2, 2))
         self.patch_embed4 = PatchEmbed3d(dims[2], dims[3], (1, 2, 2), (1, 2, 2))
@@ -204,8 +206,10 @@ class UniFormer(VideoEncoder):
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         """The last stage's normalised feature map ``(B, dims[-1], T/2, H/32, W/32)``."""
         x = video
-        for embed, blocks in self._stages():
+        for stage, (embed, blocks) in enumerate(self._stages()):
             x = embed(x)
+            if stage == 0:
+                x = self.pos_drop(x)
             for block in blocks:
                 if self.gradient_checkpointing and self.training and x.requires_grad:
                     x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
