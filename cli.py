@@ -40,6 +40,19 @@ def _wandb_offline_without_credentials() -> None:
 class EchoLabCLI(LightningCLI):
     """LightningCLI in subclass mode: a config picks the method and the dataset by ``class_path``."""
 
+    def _parse_ckpt_path(self) -> None:
+        """Take the model's hyperparameters from ``--ckpt_path`` only when the config names no model.
+
+        LightningCLI merges a checkpoint's hyperparameters over the parsed config, which silently discards what the
+        user typed (``--model.init_args.predictions_csv out.csv`` would be ignored). Here the config wins; a bare
+        ``echolab test --ckpt_path x.ckpt --data ...`` still rebuilds the model from the checkpoint.
+        """
+        subcommand = self.config.get("subcommand")
+        model = self.config[subcommand].get("model") if subcommand else None
+        if model is not None and getattr(model, "class_path", None):
+            return
+        super()._parse_ckpt_path()
+
     def _set_seed(self) -> None:
         """Seed as LightningCLI does, without its log line (the seed is in the saved config), so that a config
         error that follows is the only line on stderr."""
@@ -89,18 +102,33 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> EchoLabCLI:
 def phantom_main(args: list[str]) -> None:
     """``echolab phantom``: write a phantom dataset in a real dataset's on-disk layout."""
     parser = argparse.ArgumentParser(prog="echolab phantom", description=phantom_main.__doc__)
-    parser.add_argument("--format", choices=["echonet"], default="echonet", help="on-disk layout to write")
+    parser.add_argument("--format", choices=["echonet", "camus", "cardiacnet", "hmcqu"], default="echonet",
+                        help="on-disk layout to write")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--num-videos", type=int, default=100)
+    parser.add_argument("--num-videos", type=int, default=100, help="videos (CAMUS: patients, two views each)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=112, help="frame size in pixels")
+    parser.add_argument("--subset", choices=["PAH", "ASD"], default="PAH", help="CardiacNet subset (disease)")
+    parser.add_argument("--camus-layout", choices=["nifti", "mhd"], default="nifti", help="CAMUS 2023 or 2019 release")
     options = parser.parse_args(args)
     if options.num_videos < 3:
         parser.error("--num-videos must be at least 3 (one per split)")
-    from datamodules.phantom.echonet_writer import write_echonet_dataset
+    if options.format == "echonet":
+        from datamodules.phantom.echonet_writer import write_echonet_dataset
 
-    out = write_echonet_dataset(options.out, num_videos=options.num_videos, seed=options.seed, size=options.size)
-    print(f"wrote {options.num_videos} phantom videos in the EchoNet-Dynamic layout to {out}")
+        out = write_echonet_dataset(options.out, num_videos=options.num_videos, seed=options.seed)
+    elif options.format == "camus":
+        from datamodules.phantom.camus_writer import write_camus_dataset
+
+        out = write_camus_dataset(options.out, options.num_videos, seed=options.seed, layout=options.camus_layout)
+    elif options.format == "cardiacnet":
+        from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset
+
+        out = write_cardiacnet_dataset(options.out, options.num_videos, seed=options.seed, subset=options.subset)
+    else:
+        from datamodules.phantom.hmcqu_writer import write_hmcqu_dataset
+
+        out = write_hmcqu_dataset(options.out, options.num_videos, seed=options.seed)
+    print(f"wrote a {options.num_videos}-item phantom dataset in the {options.format} layout to {out}")
 
 
 def main(args: list[str] | None = None) -> None:

@@ -62,7 +62,9 @@ class EFRegressor(EchoModule):
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         mean = getattr(datamodule, "train_ef_mean", math.nan)
-        if self.trainer.global_step == 0 and math.isfinite(mean):
+        # only on a fresh start: a resumed fit has the buffer from its checkpoint (the loops, and so global_step,
+        # are restored only after on_fit_start)
+        if math.isnan(self.train_ef_mean.item()) and math.isfinite(mean):
             self.train_ef_mean.fill_(mean)
             with torch.no_grad():  # start at the mean EF, as EchoNet-Dynamic initialises its bias
                 self.head.bias.fill_(mean)

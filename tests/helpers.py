@@ -88,3 +88,14 @@ def tiny_ef_config(data_dir: Path, run_dir: Path, **overrides) -> dict:
             node = node[part]
         node[leaf] = value
     return config
+
+
+class RecordBatches(L.Callback):
+    """Append ``global_step filename...`` of every training batch to ``path`` (to compare data order across runs)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(f"{trainer.global_step} {' '.join(batch['filename'])} {batch['video'].sum().item():.4f}\n")
