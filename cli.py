@@ -40,6 +40,19 @@ def _wandb_offline_without_credentials() -> None:
 class EchoLabCLI(LightningCLI):
     """LightningCLI in subclass mode: a config picks the method and the dataset by ``class_path``."""
 
+    def before_instantiate_classes(self) -> None:
+        """Check the data folder before anything is built (a pretrained backbone would otherwise download first)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        data = config.get("data")
+        init_args = getattr(data, "init_args", None)
+        data_dir = getattr(init_args, "data_dir", None) if init_args is not None else None
+        if data_dir is not None and not Path(str(data_dir)).expanduser().exists():
+            name = str(getattr(data, "class_path", "data")).rsplit(".", 1)[-1]
+            raise ConfigError(
+                f"data.data_dir '{data_dir}' does not exist: set --data.data_dir for {name} "
+                "(or write a phantom dataset with `echolab phantom`)"
+            )
+
     def _parse_ckpt_path(self) -> None:
         """Take the model's hyperparameters from ``--ckpt_path`` only when the config names no model.
 

@@ -9,7 +9,8 @@ Quirks honoured: the 2023 cfg keys are ED, ES, NbFrame, Sex, Age, ImageQuality, 
 NbFrame, Sex, Age, ImageQuality, LVedv, LVesv, LVef (both accepted); ED and ES are 1-based; a half-sequence may hold
 one frame fewer than NbFrame says (the file wins, an index past its end is clamped to the last frame); some frames lack
 a ``_gt`` file; ImageQuality comes in any case. Arrays are stored (W, H[, T]): they are read upright (apex on top).
-Labels are CAMUS's own: 0 background, 1 LV cavity, 2 myocardium, 3 left atrium.
+Labels are CAMUS's own: 0 background, 1 LV cavity, 2 myocardium, 3 left atrium. Images are resized to the square
+``frame_size`` (label maps by nearest neighbour) once, when ``prepare_data`` decodes them into the cache.
 
 One DataModule serves three tasks (``task``):
 
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -38,17 +40,29 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import SPLITS, VideoClipDataset, VideoDataModule, VideoRecord, collate_clips
 from datamodules.errors import ConfigError, DataError
-from datamodules.nifti import read_label_map
+from datamodules.nifti import ResizedVideoCache, read_label_map
 from datamodules.transforms import apply_to_clip, resize_clip, resize_masks
-from datamodules.video import clip_frame_indices, evaluation_clip_starts, random_clip_start
+from datamodules.video import clip_frame_indices, evaluation_clip_starts, random_clip_start, read_frames
 
 VIEWS = ("2CH", "4CH")
 INSTANTS = ("ED", "ES")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mhd")
+LABEL_SUFFIXES = tuple(f"_gt{suffix}" for suffix in IMAGE_SUFFIXES)
 SPLIT_FILES = {"TRAIN": "subgroup_training.txt", "VAL": "subgroup_validation.txt", "TEST": "subgroup_testing.txt"}
 
 
 # ---------------------------------------------------------------------------------------------------- splits
+
+
+def check_split_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    """``(train, val, test)`` proportions, normalised to sum to 1; a ConfigError for anything else."""
+    values = np.asarray(fractions, dtype=np.float64)
+    if values.shape != (3,) or (values < 0).any() or values.sum() <= 0:
+        raise ConfigError(
+            f"split_fractions must be three non-negative numbers (train, val, test), got {list(fractions)}"
+        )
+    train, val, test = (values / values.sum()).tolist()
+    return train, val, test
 
 
 def split_patients(
@@ -60,10 +74,7 @@ def split_patients(
     """TRAIN/VAL/TEST per patient: a seeded permutation cut in the given proportions (largest remainders), done
     within each stratum (e.g. the class) so every split keeps the class balance. A patient is one unit, so none of
     its videos can land in two splits; the same patients and seed always give the same split."""
-    fractions_array = np.asarray(fractions, dtype=np.float64)
-    if fractions_array.shape != (3,) or (fractions_array < 0).any() or fractions_array.sum() <= 0:
-        raise ConfigError(f"split_fractions must be three non-negative numbers (train, val, test), got {list(fractions)}")
-    fractions_array = fractions_array / fractions_array.sum()
+    fractions_array = np.asarray(check_split_fractions(fractions))
     groups: dict[str, list[str]] = {}
     for patient in sorted(set(patients)):
         groups.setdefault(str(strata[patient]) if strata is not None else "", []).append(patient)
@@ -75,7 +86,7 @@ def split_patients(
             counts[i] += 1
         order = np.random.default_rng([seed, number]).permutation(count)
         labels = np.repeat(np.arange(3), counts)
-        for position, member in zip(order, members):
+        for position, member in zip(order, members, strict=True):
             assignment[member] = SPLITS[labels[position]]
     return assignment
 
@@ -161,7 +172,7 @@ def read_official_split(data_dir: Path) -> dict[str, str] | None:
 
 
 def _label_maps(cache, path: str | Path, read_from_cache: bool) -> np.ndarray:
-    """Segmentation ``(T, H, W)`` uint8 labels: from the decoded cache (validated in setup) or straight from the file."""
+    """Segmentation ``(T, H, W)`` uint8 labels: from the decoded cache (validated in setup) or from the file."""
     if read_from_cache:
         return np.asarray(cache.frames(path))
     try:
@@ -222,7 +233,9 @@ class CamusClipDataset(VideoClipDataset):
         if self.train:
             rng = np.random.default_rng([self.seed, epoch, index])
             starts = [
-                ed_start if self.start_at_ed else random_clip_start(record.num_frames, self.clip_length, self.period, rng)
+                ed_start
+                if self.start_at_ed
+                else random_clip_start(record.num_frames, self.clip_length, self.period, rng)
                 for _ in range(self.num_views)
             ]
             augment_seeds: list[int | None] = [int(rng.integers(2**31 - 1)) for _ in starts]
@@ -233,7 +246,9 @@ class CamusClipDataset(VideoClipDataset):
                 else list(evaluation_clip_starts(record.num_frames, self.clip_length, self.period, self.num_eval_clips))
             )
             augment_seeds = [None] * len(starts)
-        clip_indices, real = zip(*(clip_frame_indices(s, self.clip_length, self.period, record.num_frames) for s in starts))
+        clip_indices, real = zip(
+            *(clip_frame_indices(s, self.clip_length, self.period, record.num_frames) for s in starts), strict=True
+        )
         frames = resize_clip(self._frames(record, np.concatenate(clip_indices)), self.frame_size)
         key_masks = resize_masks(self._masks(record), self.frame_size)  # ED, ES, abnormal region
         sequence_masks = None
@@ -327,8 +342,6 @@ class CamusFrameDataset(Dataset):
         if self.read_from_cache:
             image = np.asarray(self.cache.frames(record.path)[0])
         else:
-            from datamodules.video import read_frames
-
             image = read_frames(record.path, np.array([0]))[0]
         label = np.asarray(_label_maps(self.cache, record.extra["gt"]["image"], self.read_from_cache)[0])
         if label.shape != image.shape:
@@ -351,8 +364,7 @@ class CamusFrameDataset(Dataset):
 
 
 def _resize_to(label: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    import cv2
-
+    """A label map resized to ``shape`` (H, W) by nearest neighbour."""
     return cv2.resize(np.ascontiguousarray(label), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
 
 
@@ -438,10 +450,9 @@ class CamusDataModule(VideoDataModule):
         self.views = VIEWS if views == "both" else (views,)
         self.exclude_quality = {q.strip().lower() for q in (exclude_quality or [])}
         self.official_split = official_split
-        self.split_fractions = tuple(split_fractions)
+        self.split_fractions = check_split_fractions(split_fractions)
         self.split_seed = split_seed
         self.sequence_masks = sequence_masks
-        split_patients(["x"], self.split_fractions, split_seed)  # validates the fractions now, not at setup
 
     # ------------------------------------------------------------------ scanning
 
@@ -469,7 +480,9 @@ class CamusDataModule(VideoDataModule):
         if ed < 1 or es < 1:
             raise DataError(f"{cfg}: ED ({ed}) and ES ({es}) are 1-based frame numbers, they must be >= 1")
         quality = (_field(fields, "ImageQuality") or "").strip()
-        sequence = find_image(folder, f"{patient}_{view}_half_sequence") or find_image(folder, f"{patient}_{view}_sequence")
+        sequence = find_image(folder, f"{patient}_{view}_half_sequence") or find_image(
+            folder, f"{patient}_{view}_sequence"
+        )
         if sequence is None and self.task != "frames":
             raise DataError(f"{folder}: no {patient}_{view}_half_sequence (.nii.gz/.nii) or _sequence (.mhd) file")
         gt: dict[str, str] = {}
@@ -525,6 +538,7 @@ class CamusDataModule(VideoDataModule):
         records: list[VideoRecord] = []
         problems: list[str] = []
         excluded = frames_without_gt = 0
+        unlabelled: list[str] = []  # sequences without the target their task needs (the 2019 testing/ patients)
         for folder in folders:
             if folder.name not in splits:
                 continue
@@ -543,18 +557,36 @@ class CamusDataModule(VideoDataModule):
                     frame_records, missing = self._frame_records(record)
                     records += frame_records
                     frames_without_gt += missing
+                elif self.task == "sequence" and not math.isfinite(record.ef):
+                    unlabelled.append(record.filename)
+                elif self.task == "synthesis" and not ({"ED", "sequence"} & set(record.extra["gt"])):
+                    unlabelled.append(record.filename)
                 else:
                     records.append(record)
         if problems:
             more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
             rank_zero_warn(f"{self.dataset_name}: skipped {len(problems)} views: {problems[0]}{more}")
+        if unlabelled:
+            need = "an EF (EF / LVef)" if self.task == "sequence" else "an ED ground truth"
+            rank_zero_warn(
+                f"{self.dataset_name}: {len(unlabelled)} views have no {need} and are left out "
+                f"(e.g. {', '.join(unlabelled[:3])})"
+            )
         if frames_without_gt:
-            rank_zero_warn(f"{self.dataset_name}: {frames_without_gt} ED/ES frames have no image or _gt file and are left out")
+            rank_zero_warn(
+                f"{self.dataset_name}: {frames_without_gt} ED/ES frames have no image or _gt file and are left out"
+            )
         self.excluded_by_quality = excluded
         self.scan_problems = problems
         return records
 
     # ------------------------------------------------------------------ validation
+
+    def _cache(self) -> ResizedVideoCache:
+        """Sequences and label maps are decoded once and stored at ``frame_size`` (labels by nearest neighbour)."""
+        return ResizedVideoCache(
+            self.cache_dir, self.frame_size, label_suffixes=LABEL_SUFFIXES, store_frames=self.decode_cache
+        )
 
     def required_frames(self, record: VideoRecord) -> int:
         """The file wins over the cfg: ED/ES past the end of a sequence are clamped after decoding, not rejected."""
@@ -593,7 +625,9 @@ class CamusDataModule(VideoDataModule):
                 )
             )
         if bad_gt:
-            rank_zero_warn(f"{self.dataset_name}: {len(bad_gt)} ground-truth files are unreadable: {'; '.join(bad_gt[:3])}")
+            rank_zero_warn(
+                f"{self.dataset_name}: {len(bad_gt)} ground-truth files are unreadable: {'; '.join(bad_gt[:3])}"
+            )
             self.skipped = self.skipped + [(name, "unreadable ground truth") for name in bad_gt]
         return kept
 

@@ -17,8 +17,7 @@ planted disease lives: it is cropped and resized like the video and reaches batc
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -28,79 +27,15 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.base import VideoClipDataset, VideoDataModule, VideoRecord
-from datamodules.camus import split_patients
+from datamodules.camus import check_split_fractions, split_patients
 from datamodules.errors import ConfigError, DataError
-from datamodules.nifti import read_label_map
-from datamodules.video import DecodedVideoCache, VideoInfo, _atomic_save_npy, _atomic_write_text, decode_video
-
-Box = tuple[int, int, int, int]  # top, bottom, left, right (bottom/right exclusive)
-
-
-def content_box(frame: np.ndarray) -> Box:
-    """Bounding box of the non-zero pixels of a frame (the whole frame when it is all zero)."""
-    rows = np.flatnonzero(frame.any(axis=1))
-    cols = np.flatnonzero(frame.any(axis=0))
-    if len(rows) == 0:
-        return 0, frame.shape[0], 0, frame.shape[1]
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
-def crop_and_resize(frames: np.ndarray, box: Box, size: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
-    """``(T, H, W)`` frames cut to ``box`` and resized to ``size x size``."""
-    top, bottom, left, right = box
-    cropped = frames[:, top:bottom, left:right]
-    return np.stack([cv2.resize(np.ascontiguousarray(f), (size, size), interpolation=interpolation) for f in cropped])
+from datamodules.nifti import ResizedVideoCache, crop_and_resize, read_label_map
+from datamodules.video import decode_video
 
 
 def normalise_folder_name(name: str) -> str:
     """``Non-PAH``, ``non_pah``, ``NonPAH`` -> ``nonpah``: class folders in any spelling."""
     return "".join(ch for ch in name.lower() if ch.isalnum())
-
-
-class CroppedVideoCache(DecodedVideoCache):
-    """A decoded-video cache that stores each video cropped to its content box and resized to ``size``.
-
-    The crop box (in the original frame) is kept next to the entry, so masks drawn on the original frames (the
-    phantom's abnormal region) can be cut the same way. Entries are keyed by file, crop setting and size.
-    """
-
-    def __init__(self, root: str | Path, size: int, crop: bool = True, store_frames: bool = True) -> None:
-        super().__init__(root, store_frames=store_frames)
-        self.size = size
-        self.crop = crop
-
-    def _key(self, path: Path) -> str:  # type: ignore[override]
-        return f"{DecodedVideoCache._key(path)}-{'crop' if self.crop else 'full'}{self.size}"
-
-    def _box_path(self, key: str) -> Path:
-        return self.root / f"{key}.box.json"
-
-    def info(self, path: str | Path) -> VideoInfo:
-        path = Path(path)
-        if not path.is_file():
-            return VideoInfo(0, 0, 0, 0.0, "file not found")
-        key = self._key(path)
-        info_path = self._info_path(key)
-        if info_path.is_file() and self._box_path(key).is_file() and (not self.store_frames or self._frames_path(key).is_file()):
-            return VideoInfo(**json.loads(info_path.read_text()))
-        frames, info = decode_video(path)
-        box: Box = (0, 0, 0, 0)
-        if info.error is None:
-            box = content_box(frames[0]) if self.crop else (0, frames.shape[1], 0, frames.shape[2])
-            frames = crop_and_resize(frames, box, self.size)
-            info = VideoInfo(len(frames), self.size, self.size, info.fps)
-            if self.store_frames:
-                _atomic_save_npy(self._frames_path(key), frames)
-        _atomic_write_text(self._box_path(key), json.dumps(list(box)))
-        _atomic_write_text(info_path, json.dumps(asdict(info)))
-        return info
-
-    def crop_box(self, path: str | Path) -> Box:
-        """The box the video was cropped to, in its original frame."""
-        key = self._key(Path(path))
-        if not self._box_path(key).is_file():
-            self.info(path)
-        return tuple(json.loads(self._box_path(key).read_text()))  # type: ignore[return-value]
 
 
 class CardiacNetClipDataset(VideoClipDataset):
@@ -163,10 +98,9 @@ class CardiacNetDataModule(VideoDataModule):
         if subset not in ("PAH", "ASD"):
             raise ConfigError(f"data.subset must be PAH or ASD, got {subset!r}")
         self.subset = subset
-        self.split_fractions = tuple(split_fractions)
+        self.split_fractions = check_split_fractions(split_fractions)
         self.split_seed = split_seed
         self.crop_to_content = crop_to_content
-        split_patients(["x"], self.split_fractions, split_seed)  # validates the fractions now
         self.subset_dir, self.class_dirs = self._find_class_dirs()
 
     def _find_class_dirs(self) -> tuple[Path, dict[int, Path]]:
@@ -175,8 +109,11 @@ class CardiacNetDataModule(VideoDataModule):
         for candidate in (self.data_dir / f"CardiacNet-{self.subset}", self.data_dir):
             if not candidate.is_dir():
                 continue
-            found = {wanted[normalise_folder_name(p.name)]: p for p in candidate.iterdir()
-                     if p.is_dir() and normalise_folder_name(p.name) in wanted}  # fmt: skip
+            found = {
+                wanted[normalise_folder_name(p.name)]: p
+                for p in candidate.iterdir()
+                if p.is_dir() and normalise_folder_name(p.name) in wanted
+            }
             if len(found) == 2:
                 return candidate, found
         raise ConfigError(
@@ -184,8 +121,10 @@ class CardiacNetDataModule(VideoDataModule):
             f"folders: is it a CardiacNet download (or a phantom from `echolab phantom --format cardiacnet`)?"
         )
 
-    def _cache(self) -> CroppedVideoCache:
-        return CroppedVideoCache(self.cache_dir, self.frame_size, crop=self.crop_to_content, store_frames=self.decode_cache)
+    def _cache(self) -> ResizedVideoCache:
+        return ResizedVideoCache(
+            self.cache_dir, self.frame_size, crop=self.crop_to_content, store_frames=self.decode_cache
+        )
 
     def scan_records(self) -> list[VideoRecord]:
         entries: list[tuple[str, Path, int]] = []
@@ -195,7 +134,9 @@ class CardiacNetDataModule(VideoDataModule):
                 if name.endswith(("_image.nii.gz", "_image.nii")):
                     entries.append((f"{folder.name}/{name.split('_image')[0]}", path, label))
         if not entries:
-            raise DataError(f"{self.subset_dir}: no NNN_image.nii.gz files in {', '.join(p.name for p in self.class_dirs.values())}")
+            raise DataError(
+                f"{self.subset_dir}: no NNN_image.nii.gz files in {', '.join(p.name for p in self.class_dirs.values())}"
+            )
         labels = {patient: label for patient, _, label in entries}
         splits = split_patients(list(labels), self.split_fractions, self.split_seed, strata=labels)
         records = []

@@ -32,8 +32,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.base import VideoClipDataset, VideoDataModule, VideoRecord
-from datamodules.camus import split_patients
+from datamodules.camus import check_split_fractions, split_patients
 from datamodules.errors import ConfigError, DataError
+from datamodules.nifti import ResizedVideoCache
+from datamodules.video import DecodedVideoCache, _atomic_save_npy
 
 NUM_SEGMENTS = 7
 MYOCARDIUM = 2  # CAMUS label of the myocardium: HMC-QU's LV-wall masks (value 1) are mapped to it
@@ -247,10 +249,9 @@ class HMCQUDataModule(VideoDataModule):
                 f"data.data_dir '{data_dir}' has no {' or '.join(p.name for p in candidates)}: is it an HMC-QU folder?"
             )
         self.table_path = found[0]
-        self.split_fractions = tuple(split_fractions)
+        self.split_fractions = check_split_fractions(split_fractions)
         self.split_seed = split_seed
         self.require_masks = require_masks
-        split_patients(["x"], self.split_fractions, split_seed)  # validates the fractions now
         self.mask_cache: dict[str, Path] = {}
 
     # ------------------------------------------------------------------ scanning
@@ -289,17 +290,23 @@ class HMCQUDataModule(VideoDataModule):
             try:
                 start, end = int(float(row[columns["REFERENCE FRAME"]])), int(float(row[columns["END OF CYCLE"]]))
             except (TypeError, ValueError):
-                problems.append(f"{self.table_path} row {number} ({echo}): Reference Frame / End of Cycle are not numbers")
+                problems.append(
+                    f"{self.table_path} row {number} ({echo}): Reference Frame / End of Cycle are not numbers"
+                )
                 continue
             if start < 1 or end <= start:
-                problems.append(f"{self.table_path} row {number} ({echo}): cycle {start}..{end} is not 1-based increasing")
+                problems.append(
+                    f"{self.table_path} row {number} ({echo}): cycle {start}..{end} is not 1-based increasing"
+                )
                 continue
             path = self._video_path(echo)
             if path is None:
                 no_video.append(echo)
                 continue
-            wall_motion = [_segment_value(row[segment_columns[s]]) if s in segment_columns else -1
-                           for s in range(1, NUM_SEGMENTS + 1)]  # fmt: skip
+            wall_motion = [
+                _segment_value(row[segment_columns[s]]) if s in segment_columns else -1
+                for s in range(1, NUM_SEGMENTS + 1)
+            ]
             mask_path = self.data_dir / MASK_DIR / f"Mask_{echo}.mat"
             if self.require_masks and not mask_path.is_file():
                 continue
@@ -324,20 +331,27 @@ class HMCQUDataModule(VideoDataModule):
                 split=splits[patient_of(echo)],
                 label=int(max(wall_motion) == 1),
                 ed_index=0,
-                extra={"patient": patient_of(echo), "cycle_start": start - 1, "cycle_end": end, "wall_motion": wall_motion,
-                       "mask_path": str(mask_path) if mask_path else None},  # fmt: skip
+                extra={
+                    "patient": patient_of(echo),
+                    "cycle_start": start - 1,
+                    "cycle_end": end,
+                    "wall_motion": wall_motion,
+                    "mask_path": str(mask_path) if mask_path else None,
+                },
             )
             for echo, path, start, end, wall_motion, mask_path in rows
         ]
 
     # ------------------------------------------------------------------ validation
 
+    def _cache(self) -> ResizedVideoCache:
+        """Videos are decoded once and stored at ``frame_size``."""
+        return ResizedVideoCache(self.cache_dir, self.frame_size, store_frames=self.decode_cache)
+
     def required_frames(self, record: VideoRecord) -> int:
         return record.extra["cycle_start"] + 2  # the cycle must start inside the video (its end is clamped)
 
     def _mask_cache_path(self, record: VideoRecord) -> Path:
-        from datamodules.video import DecodedVideoCache
-
         return self.cache_dir / f"{DecodedVideoCache._key(Path(record.extra['mask_path']))}-hmcqu-mask.npy"
 
     def _validate(self, records: list[VideoRecord]) -> list[VideoRecord]:
@@ -350,9 +364,9 @@ class HMCQUDataModule(VideoDataModule):
             if record.extra["mask_path"] is not None:
                 target = self._mask_cache_path(record)
                 try:
-                    if not target.is_file():
+                    if not target.is_file():  # written atomically: every DDP rank may get here at once
                         target.parent.mkdir(parents=True, exist_ok=True)
-                        np.save(target, load_mat_masks(record.extra["mask_path"]))
+                        _atomic_save_npy(target, load_mat_masks(record.extra["mask_path"]))
                     self.mask_cache[record.filename] = target
                 except DataError as error:
                     if self.on_bad_video == "raise":

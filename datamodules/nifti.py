@@ -4,16 +4,25 @@ CAMUS (2023) and CardiacNet store sequences in NIfTI as ``(W, H, T)`` arrays (x 
 puts the apex at the top, as the releases' own previews show. The 2019 CAMUS release stores MetaImage files: a text
 header (``DimSize = W H T``, ``ElementType``, ``ElementDataFile``) and raw x-fastest data, which read in C order is
 already ``(T, H, W)``. MetaImage is parsed here (no SimpleITK needed). The writers are the inverse, for the phantom.
+
+These releases store frames far larger than models see them (CAMUS ~780x550, CardiacNet ~720p), so their DataModules
+use :class:`ResizedVideoCache`: the decoded cache of :mod:`datamodules.video`, but each sequence is (optionally cropped
+to its content and) resized to the training frame size once, when it is decoded, instead of on every item.
 """
 
 from __future__ import annotations
 
+import json
 import zlib
+from dataclasses import asdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from datamodules.video import VideoInfo
+from datamodules.video import DecodedVideoCache, VideoInfo, _atomic_save_npy, _atomic_write_text, decode_video
+
+Box = tuple[int, int, int, int]  # top, bottom, left, right (bottom/right exclusive)
 
 # MetaImage element types -> numpy dtypes (little-endian unless the header says MSB)
 _MET_TYPES = {
@@ -205,3 +214,82 @@ def read_label_map(path: str | Path) -> np.ndarray:
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError(f"{path}: label values must lie in 0-255, found {labels.min()}..{labels.max()}")
     return np.ascontiguousarray(labels.astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------------- resized cache
+
+
+def content_box(frame: np.ndarray) -> Box:
+    """Bounding box of the non-zero pixels of a frame (the whole frame when it is all zero)."""
+    rows = np.flatnonzero(frame.any(axis=1))
+    cols = np.flatnonzero(frame.any(axis=0))
+    if len(rows) == 0:
+        return 0, frame.shape[0], 0, frame.shape[1]
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def crop_and_resize(frames: np.ndarray, box: Box, size: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+    """``(T, H, W)`` frames cut to ``box`` and resized to ``size x size``."""
+    top, bottom, left, right = box
+    cropped = frames[:, top:bottom, left:right]
+    if cropped.shape[1:] == (size, size):
+        return np.ascontiguousarray(cropped)
+    return np.stack([cv2.resize(np.ascontiguousarray(f), (size, size), interpolation=interpolation) for f in cropped])
+
+
+class ResizedVideoCache(DecodedVideoCache):
+    """A decoded-video cache whose entries are resized to ``size x size`` (after cropping to the non-zero box of the
+    first frame when ``crop``), so items never decode or resize full-size frames.
+
+    Files whose name ends with one of ``label_suffixes`` are label maps and are resized by nearest neighbour. The crop
+    box, in the original frame, is kept beside each entry, so masks drawn on the original frames can be cut the same
+    way (:meth:`crop_box`). Entries are keyed by file, crop setting and size.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        size: int,
+        crop: bool = False,
+        label_suffixes: tuple[str, ...] = (),
+        store_frames: bool = True,
+    ) -> None:
+        super().__init__(root, store_frames=store_frames)
+        self.size = size
+        self.crop = crop
+        self.label_suffixes = tuple(label_suffixes)
+
+    def _key(self, path: Path) -> str:  # type: ignore[override]
+        return f"{DecodedVideoCache._key(path)}-{'crop' if self.crop else 'full'}{self.size}"
+
+    def _box_path(self, key: str) -> Path:
+        return self.root / f"{key}.box.json"
+
+    def info(self, path: str | Path) -> VideoInfo:
+        path = Path(path)
+        if not path.is_file():
+            return VideoInfo(0, 0, 0, 0.0, "file not found")
+        key = self._key(path)
+        info_path = self._info_path(key)
+        complete = info_path.is_file() and self._box_path(key).is_file()
+        if complete and (not self.store_frames or self._frames_path(key).is_file()):
+            return VideoInfo(**json.loads(info_path.read_text()))
+        frames, info = decode_video(path)
+        box: Box = (0, 0, 0, 0)
+        if info.error is None:
+            box = content_box(frames[0]) if self.crop else (0, frames.shape[1], 0, frames.shape[2])
+            label = path.name.endswith(self.label_suffixes)
+            frames = crop_and_resize(frames, box, self.size, cv2.INTER_NEAREST if label else cv2.INTER_AREA)
+            info = VideoInfo(len(frames), self.size, self.size, info.fps)
+            if self.store_frames:
+                _atomic_save_npy(self._frames_path(key), frames)
+        _atomic_write_text(self._box_path(key), json.dumps(list(box)))
+        _atomic_write_text(info_path, json.dumps(asdict(info)))
+        return info
+
+    def crop_box(self, path: str | Path) -> Box:
+        """The box the sequence was cut to before resizing, in its original frame."""
+        key = self._key(Path(path))
+        if not self._box_path(key).is_file():
+            self.info(path)
+        return tuple(json.loads(self._box_path(key).read_text()))  # type: ignore[return-value]

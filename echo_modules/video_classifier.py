@@ -37,13 +37,17 @@ def classification_metrics(prefix: str, num_classes: int, multilabel: bool) -> M
     """AUROC and accuracy of per-video probabilities (torchmetrics: reduced correctly across DDP ranks)."""
     metrics: dict[str, Metric]
     if multilabel:
-        metrics = {"auroc": MultilabelAUROC(num_classes, ignore_index=IGNORE),
-                   "accuracy": MultilabelAccuracy(num_classes, ignore_index=IGNORE)}  # fmt: skip
+        metrics = {
+            "auroc": MultilabelAUROC(num_classes, ignore_index=IGNORE),
+            "accuracy": MultilabelAccuracy(num_classes, ignore_index=IGNORE),
+        }
     elif num_classes == 2:
         metrics = {"auroc": BinaryAUROC(ignore_index=IGNORE), "accuracy": BinaryAccuracy(ignore_index=IGNORE)}
     else:
-        metrics = {"auroc": MulticlassAUROC(num_classes, ignore_index=IGNORE),
-                   "accuracy": MulticlassAccuracy(num_classes, ignore_index=IGNORE)}  # fmt: skip
+        metrics = {
+            "auroc": MulticlassAUROC(num_classes, ignore_index=IGNORE),
+            "accuracy": MulticlassAccuracy(num_classes, ignore_index=IGNORE),
+        }
     return MetricCollection(metrics, prefix=prefix)
 
 
@@ -85,7 +89,9 @@ class VideoClassifier(EchoModule):
         self.binary = num_classes == 2 and not multilabel
         self.multilabel = multilabel
         self.target = target
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.encoder.out_features, 1 if self.binary else num_classes))
+        self.head = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(self.encoder.out_features, 1 if self.binary else num_classes)
+        )
         self.pos_weight = pos_weight
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -155,16 +161,21 @@ class VideoClassifier(EchoModule):
 
     def _collect(self, names: list[str], probabilities: torch.Tensor, targets: torch.Tensor) -> None:
         rows = probabilities.reshape(len(names), -1).tolist()
-        self._collected += zip(names, rows, targets.tolist())
+        self._collected += zip(names, rows, targets.tolist(), strict=True)
 
     def on_test_epoch_end(self) -> None:
         rows = gather_lists(self._collected)
         if not self.trainer.is_global_zero or not rows:
             return
-        summary = {key.split("/", 1)[1]: float(value) for key, value in self.trainer.callback_metrics.items()
-                   if key.startswith("test/")}  # fmt: skip
+        summary = {
+            key.split("/", 1)[1]: float(value)
+            for key, value in self.trainer.callback_metrics.items()
+            if key.startswith("test/")
+        }
         summary["videos"] = len(rows)
-        rank_zero_info(f"Test over {len(rows)} videos: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "videos"))
+        rank_zero_info(
+            f"Test over {len(rows)} videos: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "videos")
+        )
         if self.trainer.log_dir:
             Path(self.trainer.log_dir).mkdir(parents=True, exist_ok=True)
             (Path(self.trainer.log_dir) / "test_summary.json").write_text(json.dumps(summary, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import warnings
 
+import cv2
 import lightning as L
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ import torch
 
 from datamodules.camus import CamusDataModule, read_info_cfg, split_patients
 from datamodules.errors import ConfigError, DataError
-from datamodules.nifti import read_label_map
+from datamodules.nifti import decode_image_sequence, read_label_map
 from datamodules.phantom.camus_writer import half_sequence_video, write_camus_dataset
 from datamodules.phantom.simulator import LEFT_ATRIUM, LV_CAVITY
 
@@ -32,8 +33,15 @@ def camus_mhd(tmp_path_factory):
 
 
 def make(data_dir, tmp_path, **kwargs) -> CamusDataModule:
-    options = dict(frame_size=48, channels=1, batch_size=4, num_workers=0, num_eval_clips=2, clip_length=8,
-                   cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    options = dict(
+        frame_size=48,
+        channels=1,
+        batch_size=4,
+        num_workers=0,
+        num_eval_clips=2,
+        clip_length=8,
+        cache_dir=str(tmp_path / "cache"),
+    )
     options.update(kwargs)
     module = CamusDataModule(str(data_dir), **options)
     module.prepare_data()
@@ -54,8 +62,11 @@ def test_nifti_round_trip_frames_indices_ef_and_split(camus_nifti, tmp_path):
     truth = pd.read_csv(camus_nifti / "PhantomTruth.csv").set_index(["Patient", "View"])
     records = all_records(module)
     assert len(records) == 2 * NUM_PATIENTS
-    official = {line: split for split, name in (("TRAIN", "training"), ("VAL", "validation"), ("TEST", "testing"))
-                for line in (camus_nifti / "database_split" / f"subgroup_{name}.txt").read_text().split()}  # fmt: skip
+    official = {
+        line: split
+        for split, name in (("TRAIN", "training"), ("VAL", "validation"), ("TEST", "testing"))
+        for line in (camus_nifti / "database_split" / f"subgroup_{name}.txt").read_text().split()
+    }
     for record in records:
         row = truth.loc[(record.extra["patient"], record.extra["view"])]
         cfg = read_info_cfg(camus_nifti / record.extra["patient"] / f"Info_{record.extra['view']}.cfg")
@@ -67,13 +78,18 @@ def test_nifti_round_trip_frames_indices_ef_and_split(camus_nifti, tmp_path):
     # the decoded frames and the ED/ES label maps are the simulator's, upright (the canvas is taller than wide)
     record = next(r for r in records if r.filename == "patient0002_4CH")
     video, cycle = half_sequence_video("4CH", 0, 1, SIZE, (30.0, 60.0), (20.0, 80.0))
-    frames = np.asarray(module._cache().frames(record.path))
+    frames, _ = decode_image_sequence(record.path)
     assert frames.shape == (record.num_frames, SIZE + SIZE // 4, SIZE)
     assert np.array_equal(frames[:, :SIZE], video.frames[cycle]) and not frames[:, SIZE:].any()
-    dataset = module.make_dataset([record], train=False)
-    key_masks = dataset._masks(record)
-    assert np.array_equal(key_masks[0, :SIZE], video.masks[cycle][0])
-    assert np.array_equal(key_masks[1, :SIZE], video.masks[cycle][-1])
+    for instant, index in (("ED", 0), ("ES", -1)):
+        labels = read_label_map(record.extra["gt"][instant])[0]
+        assert np.array_equal(labels[:SIZE], video.masks[cycle][index]) and not labels[SIZE:].any()
+    # ...and the cache holds them resized once to frame_size (labels by nearest neighbour, so labels stay labels)
+    cached = np.asarray(module._cache().frames(record.path))
+    assert np.array_equal(cached, np.stack([cv2.resize(f, (48, 48), interpolation=cv2.INTER_AREA) for f in frames]))
+    key_masks = module.make_dataset([record], train=False)._masks(record)
+    labels = read_label_map(record.extra["gt"]["ED"])[0]
+    assert np.array_equal(key_masks[0], cv2.resize(labels, (48, 48), interpolation=cv2.INTER_NEAREST))
     assert set(np.unique(key_masks[0])) == {0, 1, 2, 3}
 
 
@@ -121,9 +137,7 @@ def test_synthesis_task_starts_at_ed(camus_nifti, tmp_path):
     module = make(camus_nifti, tmp_path, task="synthesis", clip_length=6, period=1)
     dataset = module.make_dataset(module.records["TRAIN"], train=True)
     record = module.records["TRAIN"][0]
-    first = np.asarray(module._cache().frames(record.path)[record.ed_index])
-    import cv2
-
+    first = decode_image_sequence(record.path)[0][record.ed_index]
     expected = (cv2.resize(first, (48, 48), interpolation=cv2.INTER_AREA) - module.norm_mean) / module.norm_std
     for epoch in range(2):  # no random start: the clip begins at ED every epoch
         item = dataset[(0, epoch)]
@@ -138,8 +152,26 @@ def test_mhd_2019_layout(camus_mhd, camus_nifti, tmp_path):
     for record in records:
         cfg = read_info_cfg(record.path.parent / f"Info_{record.extra['view']}.cfg")
         assert record.path.name.endswith("_sequence.mhd")
-        assert record.ef == pytest.approx(float(cfg["LVef"])) and record.extra["edv"] == pytest.approx(float(cfg["LVedv"]))
+        assert record.ef == pytest.approx(float(cfg["LVef"])) and record.extra["edv"] == pytest.approx(
+            float(cfg["LVedv"])
+        )
         assert record.label == int(record.ef < 50)  # CAMUS as normal/abnormal by EF, as CardiacNet uses it
+    # the 2019 testing/ patients: no EF, no ground truth -> left out of EF and synthesis tasks, with a count
+    root = shutil.copytree(camus_mhd, tmp_path / "with-testing", ignore=shutil.ignore_patterns(".echolab_cache"))
+    testing = shutil.copytree(root / "training" / "patient0004", root / "testing" / "patient0005")
+    for path in testing.iterdir():
+        renamed = path.rename(testing / path.name.replace("patient0004", "patient0005"))
+        if renamed.suffix == ".mhd":  # the header names its .raw file
+            renamed.write_text(renamed.read_text().replace("patient0004", "patient0005"))
+    for path in testing.glob("*_gt.*"):
+        path.unlink()
+    for view in ("2CH", "4CH"):
+        cfg = testing / f"Info_{view}.cfg"
+        cfg.write_text("".join(f"{line}\n" for line in cfg.read_text().splitlines() if not line.startswith("LV")))
+    for task in ("sequence", "synthesis"):
+        with pytest.warns(UserWarning, match="2 views have no"):
+            names = {r.filename for r in all_records(make(root, tmp_path / task, task=task))}
+        assert len(names) == 8 and not any(name.startswith("patient0005") for name in names)
     # the same seed writes the same hearts: MHD and NIfTI decode to identical frames
     nifti = make(camus_nifti, tmp_path / "n")
     mhd_record = next(r for r in records if r.filename == "patient0001_2CH")
@@ -171,8 +203,10 @@ def test_release_quirks(camus_nifti, tmp_path):
     cfg.write_text("\n".join(f"{k} :  {v}" for k, v in reversed(list(fields.items()))) + "\n\n")
     for number, quality in ((2, "pOOR"), (3, "poor"), (4, "GOOD"), (5, "Medium")):
         info = root / f"patient{number:04d}" / "Info_2CH.cfg"
-        lines = [f"ImageQuality: {quality}" if line.startswith("ImageQuality") else line
-                 for line in info.read_text().splitlines()]  # fmt: skip
+        lines = [
+            f"ImageQuality: {quality}" if line.startswith("ImageQuality") else line
+            for line in info.read_text().splitlines()
+        ]
         info.write_text("\n".join(lines) + "\n")
     # missing ground truths: an ES frame's (the half-sequence's stands in), and an ES frame's and the sequence's
     (root / "patient0006" / "patient0006_2CH_ES_gt.nii.gz").unlink()
@@ -183,8 +217,11 @@ def test_release_quirks(camus_nifti, tmp_path):
     records = {r.filename: r for r in all_records(module)}
     quirky = records["patient0001_4CH"]
     assert quirky.extra["nb_frames"] == quirky.num_frames + 1 and quirky.es_index == quirky.num_frames - 1
-    poor = {f"{cfg.parent.name}_{cfg.stem[5:]}" for cfg in root.glob("patient*/Info_*.cfg")
-            if read_info_cfg(cfg)["ImageQuality"].lower() == "poor"}  # fmt: skip
+    poor = {
+        f"{cfg.parent.name}_{cfg.stem[5:]}"
+        for cfg in root.glob("patient*/Info_*.cfg")
+        if read_info_cfg(cfg)["ImageQuality"].lower() == "poor"
+    }
     assert {"patient0002_2CH", "patient0003_2CH"} <= poor and "patient0005_2CH" not in poor
     assert not poor & set(records) and len(records) + len(poor) == 2 * NUM_PATIENTS
     assert module.excluded_by_quality == len(poor)
@@ -233,11 +270,25 @@ def test_ef_regressor_runs_on_camus(camus_nifti, tmp_path):
     from echo_modules.common import TinyVideoEncoder
 
     L.seed_everything(0)
-    module = CamusDataModule(str(camus_nifti), frame_size=32, channels=1, batch_size=4, num_workers=0, clip_length=8,
-                             num_eval_clips=2, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    module = CamusDataModule(
+        str(camus_nifti),
+        frame_size=32,
+        channels=1,
+        batch_size=4,
+        num_workers=0,
+        clip_length=8,
+        num_eval_clips=2,
+        cache_dir=str(tmp_path / "cache"),
+    )
     model = EFRegressor(encoder=TinyVideoEncoder(in_channels=1, width=4, depth=2))
-    trainer = L.Trainer(accelerator="cpu", fast_dev_run=2, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        fast_dev_run=2,
+        logger=False,
+        default_root_dir=tmp_path,  # the test's files (summary, figures) stay out of the checkout
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, module)
     trainer.test(model, module, verbose=False)
     assert np.isfinite(trainer.callback_metrics["test/mae"].item())

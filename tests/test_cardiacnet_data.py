@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from datamodules.cardiacnet import CardiacNetDataModule, content_box, crop_and_resize
+from datamodules.cardiacnet import CardiacNetDataModule
 from datamodules.errors import ConfigError, DataError
+from datamodules.nifti import content_box, crop_and_resize
 from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset
 
 NUM_VIDEOS = 30
@@ -28,8 +29,16 @@ def cardiacnet(tmp_path_factory):
 
 
 def make(data_dir, tmp_path, **kwargs) -> CardiacNetDataModule:
-    options = dict(frame_size=40, channels=1, batch_size=4, num_workers=0, clip_length=8, period=2, num_eval_clips=2,
-                   cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    options = dict(
+        frame_size=40,
+        channels=1,
+        batch_size=4,
+        num_workers=0,
+        clip_length=8,
+        period=2,
+        num_eval_clips=2,
+        cache_dir=str(tmp_path / "cache"),
+    )
     options.update(kwargs)
     module = CardiacNetDataModule(str(data_dir), **options)
     module.prepare_data()
@@ -64,8 +73,9 @@ def test_labels_lengths_and_crop_round_trip(cardiacnet, tmp_path):
         box = content_box(original[0])
         assert cache.crop_box(record.path) == box
         assert box[1] - box[0] < original.shape[1] and box[3] - box[2] < original.shape[2]  # the black border is gone
-        expected = np.stack([cv2.resize(f[box[0] : box[1], box[2] : box[3]], (40, 40), interpolation=cv2.INTER_AREA)
-                             for f in original])  # fmt: skip
+        expected = np.stack(
+            [cv2.resize(f[box[0] : box[1], box[2] : box[3]], (40, 40), interpolation=cv2.INTER_AREA) for f in original]
+        )
         assert np.array_equal(cache.frames(record.path), expected)
 
 
@@ -124,12 +134,17 @@ def test_patient_split_is_stratified_seeded_and_leak_free(cardiacnet, tmp_path):
 
 def test_asd_subset_layout_variants(cardiacnet, tmp_path):
     module = make(cardiacnet, tmp_path, subset="ASD", split_fractions=(0.5, 0.25, 0.25))
-    assert len(all_records(module)) == 8 and {r.filename.split("/")[0] for r in all_records(module)} == {"ASD", "Non-ASD"}
+    assert len(all_records(module)) == 8 and {r.filename.split("/")[0] for r in all_records(module)} == {
+        "ASD",
+        "Non-ASD",
+    }
     # data_dir may be the subset folder itself, class folders in another spelling
     root = shutil.copytree(cardiacnet / "CardiacNet-ASD", tmp_path / "asd-only")
     (root / "Non-ASD").rename(root / "non_asd")
     module = make(root, tmp_path / "b", subset="ASD", split_fractions=(0.5, 0.25, 0.25))
-    assert sorted(r.label for r in all_records(module)) == sorted(r.label for r in all_records(make(cardiacnet, tmp_path / "c", subset="ASD", split_fractions=(0.5, 0.25, 0.25))))
+    assert sorted(r.label for r in all_records(module)) == sorted(
+        r.label for r in all_records(make(cardiacnet, tmp_path / "c", subset="ASD", split_fractions=(0.5, 0.25, 0.25)))
+    )
     with pytest.raises(ConfigError, match="CardiacNet-PAH"):
         CardiacNetDataModule(str(root), subset="PAH")
 

@@ -42,7 +42,9 @@ def test_multiclass_and_multilabel_heads():
     multilabel = VideoClassifier(MeanEncoder(), num_classes=7, multilabel=True, target="wall_motion")
     logits, targets = torch.randn(2, 7), torch.tensor([[0, 1, 0, -1, 1, 0, 0], [-1] * 7])
     known = targets != -1
-    assert torch.allclose(multilabel.loss(logits, targets), F.binary_cross_entropy_with_logits(logits[known], targets[known].float()))
+    assert torch.allclose(
+        multilabel.loss(logits, targets), F.binary_cross_entropy_with_logits(logits[known], targets[known].float())
+    )
 
 
 def test_evaluation_averages_clip_probabilities_per_video():
@@ -52,7 +54,12 @@ def test_evaluation_averages_clip_probabilities_per_video():
         model.head[1].bias.zero_()
     levels = torch.tensor([0.5, -1.0, 2.0])  # three clips: two of video 0, one of video 1
     video = levels[:, None, None, None, None].expand(3, 1, 2, 4, 4).clone()
-    batch = {"video": video, "clip_owner": torch.tensor([0, 0, 1]), "label": torch.tensor([1, 0]), "filename": ["a", "b"]}
+    batch = {
+        "video": video,
+        "clip_owner": torch.tensor([0, 0, 1]),
+        "label": torch.tensor([1, 0]),
+        "filename": ["a", "b"],
+    }
     probabilities = model._video_probabilities(batch)
     expected = torch.stack([levels[:2].sigmoid().mean(), levels[2].sigmoid()])
     assert torch.allclose(probabilities, expected)
@@ -65,8 +72,12 @@ def test_training_inputs_from_plain_multiview_and_paired_batches():
     views = {"video": torch.randn(2, 3, 1, 4, 8, 8), "label": torch.tensor([0, 1])}
     video, targets = model._training_inputs(views)
     assert video.shape == (6, 1, 4, 8, 8) and targets.tolist() == [0, 0, 0, 1, 1, 1]
-    paired = {"normal_video": torch.randn(2, 1, 4, 8, 8), "abnormal_video": torch.randn(2, 1, 4, 8, 8),
-              "normal_label": torch.zeros(2, dtype=torch.long), "abnormal_label": torch.ones(2, dtype=torch.long)}  # fmt: skip
+    paired = {
+        "normal_video": torch.randn(2, 1, 4, 8, 8),
+        "abnormal_video": torch.randn(2, 1, 4, 8, 8),
+        "normal_label": torch.zeros(2, dtype=torch.long),
+        "abnormal_label": torch.ones(2, dtype=torch.long),
+    }
     video, targets = model._training_inputs(paired)
     assert video.shape == (4, 1, 4, 8, 8) and targets.tolist() == [0, 0, 1, 1]
 
@@ -77,17 +88,36 @@ def test_fit_separates_phantom_pah_from_normal(tmp_path):
     from datamodules.cardiacnet import CardiacNetDataModule
     from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset
 
-    root = write_cardiacnet_dataset(tmp_path / "CardiacNet", 60, seed=3, size_range=(80, 112), num_frames_range=(16, 40))
+    root = write_cardiacnet_dataset(
+        tmp_path / "CardiacNet", 60, seed=3, size_range=(80, 112), num_frames_range=(16, 40)
+    )
     L.seed_everything(0)
-    data = CardiacNetDataModule(str(root), clip_length=8, period=2, frame_size=32, channels=1, batch_size=8,
-                                num_workers=0, num_eval_clips=2, split_fractions=(0.6, 0.1, 0.3),
-                                cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    data = CardiacNetDataModule(
+        str(root),
+        clip_length=8,
+        period=2,
+        frame_size=32,
+        channels=1,
+        batch_size=8,
+        num_workers=0,
+        num_eval_clips=2,
+        split_fractions=(0.6, 0.1, 0.3),
+        cache_dir=str(tmp_path / "cache"),
+    )
     model = VideoClassifier(
         TinyVideoEncoder(in_channels=1, width=8, depth=3),
         optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=3e-3),
     )
-    trainer = L.Trainer(accelerator="cpu", max_epochs=12, logger=L.pytorch.loggers.CSVLogger(tmp_path, name="logs"),
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=12,
+        limit_val_batches=0,  # no per-epoch validation: the test split decides
+        default_root_dir=tmp_path,
+        logger=L.pytorch.loggers.CSVLogger(tmp_path, name="logs"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, data)
     results = trainer.test(model, data, verbose=False)[0]
     assert len(data.records["TEST"]) == 18

@@ -33,8 +33,9 @@ VIEWS = ("2CH", "4CH")
 SPLIT_NAMES = {"TRAIN": "training", "VAL": "validation", "TEST": "testing"}
 
 
-def half_sequence_video(view: str, seed: int, index: int, size: int, fps_range: tuple[float, float],
-                        ef_range: tuple[float, float]) -> tuple[PhantomVideo, slice]:
+def half_sequence_video(
+    view: str, seed: int, index: int, size: int, fps_range: tuple[float, float], ef_range: tuple[float, float]
+) -> tuple[PhantomVideo, slice]:
     """One view of patient ``index``: a video starting at end-diastole and the ED..ES slice of its frames."""
     rng = np.random.default_rng([seed, index])  # the same draws for both views: the same heart
     params = sample_params(rng, num_frames=16, size=size, view=view, fps_range=fps_range, ef_range=ef_range)
@@ -110,9 +111,17 @@ def write_camus_dataset(
                 if layout == "nifti":
                     write_nifti(folder / f"{stem}_{suffix}.nii.gz", array, spacing)
                 else:
-                    write_metaimage(folder / f"{stem}_{suffix}.mhd", array, spacing + ((1.0,) if array.ndim == 3 else ()))
-            fields: dict[str, object] = {"ED": 1, "ES": len(frames), "NbFrame": len(frames), "Sex": sex, "Age": age,
-                                         "ImageQuality": _quality(video.params.noise)}  # fmt: skip
+                    write_metaimage(
+                        folder / f"{stem}_{suffix}.mhd", array, spacing + ((1.0,) if array.ndim == 3 else ())
+                    )
+            fields: dict[str, object] = {
+                "ED": 1,
+                "ES": len(frames),
+                "NbFrame": len(frames),
+                "Sex": sex,
+                "Age": age,
+                "ImageQuality": _quality(video.params.noise),
+            }
             if layout == "nifti":
                 fields.update(EF=round(patient_ef, 2), FrameRate=float(video.fps))
             else:

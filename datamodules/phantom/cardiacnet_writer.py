@@ -63,7 +63,9 @@ def write_cardiacnet_dataset(
     for folder in class_dirs.values():
         folder.mkdir(parents=True, exist_ok=True)
     num_abnormal = min(max(int(round(abnormal_fraction * num_videos)), 1), num_videos - 1)
-    labels = np.random.default_rng([seed, 0xCA4D]).permutation(np.repeat([1, 0], [num_abnormal, num_videos - num_abnormal]))
+    labels = np.random.default_rng([seed, 0xCA4D]).permutation(
+        np.repeat([1, 0], [num_abnormal, num_videos - num_abnormal])
+    )
     counters = {0: 0, 1: 0}
     truth_rows = []
     for index, label in enumerate(labels.tolist()):
@@ -92,7 +94,9 @@ def write_cardiacnet_dataset(
         write_nifti(folder / f"{stem}_image.nii.gz", frames)
         write_nifti(folder / f"{stem}_label.nii.gz", masks)
         write_nifti(folder / f"{stem}_abnormal.nii.gz", region)
-        truth_rows.append((f"{folder.name}/{stem}", label, params.disease, len(frames), size, round(video.ef, 4), video.fps))
+        truth_rows.append(
+            (f"{folder.name}/{stem}", label, params.disease, len(frames), size, round(video.ef, 4), video.fps)
+        )
     with open(root / "PhantomTruth.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["Patient", "Label", "Disease", "NumberOfFrames", "SectorSize", "EF", "FPS"])

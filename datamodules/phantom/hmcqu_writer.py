@@ -9,11 +9,11 @@
     out_dir/PhantomTruth.csv                per video: patient, label, EF, 0-based ED frames (not part of HMC-QU)
 
 ECHO names follow the release (``ES0001 _4CH_1``: the patient, a space, the view, the recording); some patients have
-two recordings of the same heart (and label), so a reader must split by patient. Each video holds a little more than one cycle; Reference Frame
-(1-based) is its first end-diastole and End of Cycle the next one. Abnormal videos use the simulator's
-``wall_motion`` variant, an akinetic apical-lateral wall: SEG5 (apical lateral in the 7-segment apical-4-chamber
-model) is 1, every other segment 0. About one video in ten has no mask file. The spreadsheet is written by a small
-built-in .xlsx writer (shared strings, as Excel writes them), so openpyxl is not needed.
+two recordings of the same heart (and label), so a reader must split by patient. Each video holds a little more than
+one cycle; Reference Frame (1-based) is its first end-diastole and End of Cycle the next one. Abnormal videos use the
+simulator's ``wall_motion`` variant, an akinetic apical-lateral wall: SEG5 (apical lateral in the 7-segment
+apical-4-chamber model) is 1, every other segment 0. About one video in ten has no mask file. The spreadsheet is
+written by a small built-in .xlsx writer (shared strings, as Excel writes them), so openpyxl is not needed.
 """
 
 from __future__ import annotations
@@ -33,8 +33,13 @@ from datamodules.phantom.echonet_writer import write_avi
 from datamodules.phantom.simulator import LV_CAVITY, MYOCARDIUM, sample_params, simulate_video
 
 ABNORMAL_SEGMENT = 5  # apical lateral
-COLUMNS = ["ECHO", *(f"SEG{i}" for i in range(1, 8)), "Reference Frame", "End of Cycle",
-           "LV Wall Ground-truth Segmentation Masks"]  # fmt: skip
+COLUMNS = [
+    "ECHO",
+    *(f"SEG{i}" for i in range(1, 8)),
+    "Reference Frame",
+    "End of Cycle",
+    "LV Wall Ground-truth Segmentation Masks",
+]
 MASK_MARK = "ü"  # the release marks available masks with this (a Wingdings check mark)
 
 
@@ -86,8 +91,12 @@ def write_xlsx(path: str | Path, header: list[str], rows: list[list[object]]) ->
             f'<Relationship Id="rId2" Type="{relations}/sharedStrings" Target="sharedStrings.xml"/>'
             "</Relationships>"
         ),
-        "xl/worksheets/sheet1.xml": f'<worksheet xmlns="{main}"><sheetData>{"".join(sheet_rows)}</sheetData></worksheet>',
-        "xl/sharedStrings.xml": f'<sst xmlns="{main}" count="{len(strings)}" uniqueCount="{len(strings)}">{shared}</sst>',
+        "xl/worksheets/sheet1.xml": (
+            f'<worksheet xmlns="{main}"><sheetData>{"".join(sheet_rows)}</sheetData></worksheet>'
+        ),
+        "xl/sharedStrings.xml": (
+            f'<sst xmlns="{main}" count="{len(strings)}" uniqueCount="{len(strings)}">{shared}</sst>'
+        ),
     }
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, text in parts.items():
@@ -141,15 +150,23 @@ def write_hmcqu_dataset(
         second = index > 0 and patients.count(patients[-1]) == 1 and plan_rng.random() < second_recording_fraction
         patients.append(patients[-1] if second else (patients[-1] + 1 if patients else 1))
     num_patients = patients[-1]
-    num_abnormal = min(max(int(round(abnormal_fraction * num_patients)), 1), num_patients - 1) if num_patients > 1 else 0
+    num_abnormal = (
+        min(max(int(round(abnormal_fraction * num_patients)), 1), num_patients - 1) if num_patients > 1 else 0
+    )
     patient_labels = plan_rng.permutation(np.repeat([1, 0], [num_abnormal, num_patients - num_abnormal])).tolist()
     table_rows, truth_rows = [], []
     for index, patient in enumerate(patients):
         echo = f"ES{patient:04d} _4CH_{patients[:index].count(patient) + 1}"
         label = patient_labels[patient - 1]
         rng = np.random.default_rng([seed, patient])  # one heart per patient, seen in each of its recordings
-        params = sample_params(rng, size=size, view="4CH", disease="wall_motion" if label else "normal",
-                               fps_range=(fps, fps), heart_rate_range=heart_rate_range)  # fmt: skip
+        params = sample_params(
+            rng,
+            size=size,
+            view="4CH",
+            disease="wall_motion" if label else "normal",
+            fps_range=(fps, fps),
+            heart_rate_range=heart_rate_range,
+        )
         rng = np.random.default_rng([seed, patient, index])
         cycle_frames = params.cycle_s * params.fps
         lead_in = float(rng.uniform(0.1, 0.4))  # the first end-diastole, in cycles after the start

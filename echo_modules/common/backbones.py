@@ -27,7 +27,13 @@ class R2Plus1D18(VideoEncoder):
         from torchvision.models.video import R2Plus1D_18_Weights, r2plus1d_18
 
         weights = R2Plus1D_18_Weights.KINETICS400_V1 if pretrained else None
-        self.network = r2plus1d_18(weights=weights)
+        try:
+            self.network = r2plus1d_18(weights=weights)
+        except OSError as error:  # URLError is an OSError: no internet and no cached weights
+            raise RuntimeError(
+                "R2Plus1D18(pretrained=True) could not fetch torchvision's Kinetics-400 weights "
+                f"({error}); put them in the torch hub cache (TORCH_HOME) or set pretrained: false"
+            ) from error
         self.out_features = self.network.fc.in_features
         self.network.fc = nn.Identity()
 
