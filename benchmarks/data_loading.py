@@ -17,22 +17,33 @@ decode-bound (EchoNet users report hour-long epochs); the issue asks for our loa
 Each loader runs for a fixed number of timed batches (cycling epochs as needed) after one untimed warm-up batch
 (which also absorbs worker start-up), timed with ``time.perf_counter``; throughput is clips per second. The
 speed-up column compares a loader with the reference at the same number of workers (decode rows: with OpenCV).
+CPU time per clip (this process's threads plus the loader workers, read from ``/proc``) is shown beside it: on a
+machine shared with other jobs the wall-clock numbers swing, the work done per clip much less.
+Approaches are measured in interleaved rounds (``--repeats``) and the table shows the median and the range, so a
+slow spell of a shared machine does not land on one approach only. Each loader is made fresh per run and torn down
+after it. Peak RSS comes from ``resource.getrusage`` (main process; largest finished child, i.e. a loader worker).
 
-    python benchmarks/data_loading.py [--num-videos 64] [--frames 128] [--workers 0 2] [--batches 16]
+    python benchmarks/data_loading.py [--num-videos 64] [--frames 128] [--workers 0 2] [--batches 8] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import inspect
+import os
 import resource
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from statistics import median
 
 import cv2
 import numpy as np
@@ -47,17 +58,25 @@ from datamodules.echonet_dynamic import EchoNetDynamicDataModule  # noqa: E402
 from datamodules.phantom.echonet_writer import write_echonet_dataset  # noqa: E402
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """One run of one approach."""
+
+    rate: float  # items (clips or frames) per second, wall clock
+    cpu_per_item: float  # CPU seconds per item, this process and its loader workers
+
+
 @dataclass
 class Row:
-    """One line of the result table."""
+    """One line of the result table: an approach's runs and the reference's (None when it is the reference)."""
 
     approach: str
     workers: str
-    rate: float  # items per second
-    unit: str  # "clips/s" or "frames/s"
-    baseline: float | None  # the rate this row is compared with (None: this row is the baseline)
-    setup_s: float | None = None  # one-time cost before the first epoch
-    detail: str = ""
+    unit: str  # "clip" or "frame"
+    runs: list[Measurement]
+    reference: list[Measurement] | None
+    setup_s: float | None  # one-time cost before the first epoch
+    detail: str
 
 
 # ---------------------------------------------------------------- dataset
@@ -120,63 +139,83 @@ class ReferenceEchoDataset(Dataset):
 # ---------------------------------------------------------------- timing
 
 
-def time_batches(make_epoch: Callable[[int], Iterable], batches: int) -> tuple[float, int]:
-    """Clips per second over ``batches`` batches after one warm-up batch, cycling epochs as needed."""
-    epoch, clips, timed, start = 0, 0, -1, 0.0
-    while timed < batches:
-        empty = True
-        for batch in make_epoch(epoch):
-            empty = False
-            if timed == -1:  # the warm-up batch (worker start-up, first file opens) is not timed
-                start = time.perf_counter()
-            else:
-                clips += len(batch["video"] if isinstance(batch, dict) else batch[0])
-            timed += 1
-            if timed == batches:
-                break
-        if empty:
-            raise RuntimeError("the loader yields no batches: use more videos or a smaller batch size")
-        epoch += 1
-    return clips / (time.perf_counter() - start), clips
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process from ``/proc`` (0 where there is no ``/proc``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def ours_epochs(module: EchoNetDynamicDataModule) -> Callable[[int], Iterable]:
-    """Epoch iterator for the module's training loader; the loader (and its persistent workers) is made once."""
-    loader = module.train_dataloader()
-
-    def epoch(number: int) -> Iterable:
-        loader.sampler.set_epoch(number)
-        return loader
-
-    return epoch
+def cpu_seconds(worker_pids: Sequence[int]) -> float:
+    """CPU seconds of this process (all threads) plus the given loader workers."""
+    return time.process_time() + sum(process_cpu_seconds(pid) for pid in worker_pids)
 
 
-def reference_epochs(dataset: ReferenceEchoDataset, batch_size: int, workers: int) -> Callable[[int], Iterable]:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                        drop_last=len(dataset) > batch_size, persistent_workers=workers > 0)  # fmt: skip
-    return lambda number: loader
+def time_loader(
+    make_loader: Callable[[], DataLoader], batches: int, finish: Callable[[dict, int], dict] | None = None
+) -> Measurement:
+    """Clips/s and CPU seconds per clip over ``batches`` batches after one untimed warm-up batch, cycling epochs.
+
+    CPU time counts this process and the loader's workers, so it shows the work per clip even when other processes
+    compete for the CPUs (wall-clock throughput then drops, CPU per clip much less). The loader is made here and torn
+    down before returning, so no worker of it keeps prefetching while the next loader is measured.
+    ``finish`` is the DataModule's ``on_after_batch_transfer`` (uint8 -> normalised float clips), timed here on the
+    CPU although in training it runs on the accelerator: our rows include all the work the reference does.
+    """
+    loader, iterator = make_loader(), None
+    epoch, clips, timed, start, cpu_start, pids = 0, 0, -1, 0.0, 0.0, []
+    try:
+        while timed < batches:
+            if hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            iterator, empty = iter(loader), True
+            for batch in iterator:
+                empty = False
+                if finish is not None:
+                    batch = finish(batch, 0)
+                if timed == -1:  # the warm-up batch (worker start-up, first file opens) is not timed
+                    pids = [worker.pid for worker in getattr(iterator, "_workers", [])]
+                    start, cpu_start = time.perf_counter(), cpu_seconds(pids)
+                else:
+                    clips += len(batch["video"] if isinstance(batch, dict) else batch[0])
+                timed += 1
+                if timed == batches:
+                    break
+            if empty:
+                raise RuntimeError("the loader yields no batches: use more videos or a smaller batch size")
+            epoch += 1
+        elapsed, cpu = time.perf_counter() - start, cpu_seconds(pids) - cpu_start
+        return Measurement(clips / elapsed, cpu / clips)
+    finally:
+        del iterator, loader  # shuts the workers down (persistent ones included)
+        gc.collect()
+
+
+def reference_loader(dataset: ReferenceEchoDataset, batch_size: int, workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                      drop_last=len(dataset) > batch_size, persistent_workers=workers > 0)  # fmt: skip
 
 
 def make_module(data_dir: Path, cache_dir: Path, args: argparse.Namespace, workers: int,
-                decode_cache: bool) -> tuple[EchoNetDynamicDataModule, float]:  # fmt: skip
-    """A set-up module and the seconds ``prepare_data`` + ``setup`` took (the cache build, on a cold cache)."""
+                decode_cache: bool) -> EchoNetDynamicDataModule:  # fmt: skip
     module = EchoNetDynamicDataModule(
         str(data_dir), clip_length=args.clip_length, period=args.period, batch_size=args.batch_size,
         num_workers=workers, decode_cache=decode_cache, cache_dir=str(cache_dir), seed=args.seed,
     )  # fmt: skip
-    start = time.perf_counter()
     module.prepare_data()
     module.setup("fit")
-    return module, time.perf_counter() - start
+    return module
 
 
-def decode_rate(paths: Sequence[Path], decode: Callable[[Path], np.ndarray]) -> float:
-    """Frames per second decoding whole videos (after decoding the first one once, untimed)."""
+def decode_rate(paths: Sequence[Path], decode: Callable[[Path], np.ndarray]) -> Measurement:
+    """Frames per second (and CPU seconds per frame) decoding whole videos, after one untimed video."""
     decode(paths[0])
-    start, frames = time.perf_counter(), 0
+    start, cpu_start, frames = time.perf_counter(), time.process_time(), 0
     for path in paths:
         frames += len(decode(path))
-    return frames / (time.perf_counter() - start)
+    return Measurement(frames / (time.perf_counter() - start), (time.process_time() - cpu_start) / frames)
 
 
 def decode_decord(path: Path) -> np.ndarray:
@@ -200,62 +239,100 @@ def decode_opencv(path: Path) -> np.ndarray:
 
 # ---------------------------------------------------------------- the benchmark
 
+CACHED = "EchoLab, decoded uint8 cache (default)"
+DIRECT = "EchoLab, `decode_cache=False` (decord reads the clip's frames)"
+REFERENCE = "Reference: OpenCV decodes the whole video, float32, then clip (echonet/dynamic)"
+DECORD = "Raw decode, decord `get_batch` (whole videos)"
+OPENCV = "Raw decode, OpenCV `read()` (whole videos)"
+
+
+def build_caches(data_dir: Path, out_dir: Path, args: argparse.Namespace) -> tuple[dict[bool, Path], dict[bool, float]]:
+    """Cold ``prepare_data`` + ``setup`` (decode/validate every video, mean/std) for both cache modes, timed."""
+    cache_dirs = {True: out_dir / "cache", False: out_dir / "manifest-only"}
+    seconds = {}
+    for decode_cache, cache_dir in cache_dirs.items():
+        start = time.perf_counter()
+        make_module(data_dir, cache_dir, args, 0, decode_cache)
+        seconds[decode_cache] = time.perf_counter() - start
+    return cache_dirs, seconds
+
 
 def run(args: argparse.Namespace, out_dir: Path) -> tuple[list[Row], str]:
     start = time.perf_counter()
     data_dir = write_dataset(out_dir / "echonet", args.num_videos, args.frames, args.seed)
     write_s = time.perf_counter() - start
+    cache_dirs, setup_s = build_caches(data_dir, out_dir, args)
 
-    rows: list[Row] = []
-    setups: dict[bool, float] = {}
+    loaders: dict[tuple[str, int], Callable[[], DataLoader]] = {}
+    finishers: dict[tuple[str, int], Callable[[dict, int], dict]] = {}
     for workers in args.workers:
-        modules = {}
-        for decode_cache in (True, False):
-            cache_dir = out_dir / ("cache" if decode_cache else "manifest-only")
-            modules[decode_cache], seconds = make_module(data_dir, cache_dir, args, workers, decode_cache)
-            setups.setdefault(decode_cache, seconds)  # cold build only the first time; later modules reuse it
+        modules = {mode: make_module(data_dir, cache_dirs[mode], args, workers, mode) for mode in (True, False)}
         train = modules[True].records["TRAIN"]
         reference = ReferenceEchoDataset([r.path for r in train], [r.ef for r in train], modules[True].norm_mean,
                                          modules[True].norm_std, args.clip_length, args.period)  # fmt: skip
-        ref_rate, ref_clips = time_batches(reference_epochs(reference, args.batch_size, workers), args.batches)
-        cached_rate, cached_clips = time_batches(ours_epochs(modules[True]), args.batches)
-        direct_rate, direct_clips = time_batches(ours_epochs(modules[False]), args.batches)
-        rows += [
-            Row("EchoLab, decoded uint8 cache (default)", str(workers), cached_rate, "clips/s", ref_rate,
-                setups[True], f"{cached_clips} clips"),
-            Row("EchoLab, `decode_cache=False` (decord, clip frames only)", str(workers), direct_rate, "clips/s",
-                ref_rate, setups[False], f"{direct_clips} clips"),
-            Row("Reference: OpenCV whole-video decode + float32 (echonet/dynamic)", str(workers), ref_rate, "clips/s",
-                None, None, f"{ref_clips} clips"),
-        ]  # fmt: skip
-
+        loaders[REFERENCE, workers] = partial(reference_loader, reference, args.batch_size, workers)
+        loaders[CACHED, workers] = modules[True].train_dataloader
+        loaders[DIRECT, workers] = modules[False].train_dataloader
+        finishers[CACHED, workers] = modules[True].on_after_batch_transfer
+        finishers[DIRECT, workers] = modules[False].on_after_batch_transfer
     paths = sorted((data_dir / "Videos").glob("*.avi"))
-    opencv_rate = decode_rate(paths, decode_opencv)
-    decord_rate = decode_rate(paths, decode_decord)
-    rows += [
-        Row("Raw decode, decord `get_batch` (whole videos)", "-", decord_rate, "frames/s", opencv_rate,
-            detail=f"{len(paths)} videos"),
-        Row("Raw decode, OpenCV `read()` (whole videos)", "-", opencv_rate, "frames/s", None,
-            detail=f"{len(paths)} videos"),
-    ]  # fmt: skip
-    train_videos = len(modules[True].records["TRAIN"])
-    context = (f"{args.num_videos} phantom videos ({train_videos} in TRAIN), {args.frames} frames each, 112x112 "
-               f"(written in {write_s:.1f} s); clip {args.clip_length} x period {args.period}, batch {args.batch_size}, "
-               f"{args.batches} timed batches after 1 warm-up; torch threads {torch.get_num_threads()}")  # fmt: skip
+
+    runs: dict[tuple[str, int | None], list[Measurement]] = defaultdict(list)
+    for _ in range(args.repeats):  # interleaved rounds: a slow spell of the machine hits every approach alike
+        for key, make_loader in loaders.items():
+            runs[key].append(time_loader(make_loader, args.batches, finishers.get(key)))
+        runs[OPENCV, None].append(decode_rate(paths, decode_opencv))
+        runs[DECORD, None].append(decode_rate(paths, decode_decord))
+
+    rows: list[Row] = []
+    over = f"{args.batches} batches x {args.repeats} runs"
+    for workers in args.workers:
+        reference = runs[REFERENCE, workers]
+        rows += [
+            Row(CACHED, str(workers), "clip", runs[CACHED, workers], reference, setup_s[True], over),
+            Row(DIRECT, str(workers), "clip", runs[DIRECT, workers], reference, setup_s[False], over),
+            Row(REFERENCE, str(workers), "clip", reference, None, None, over),
+        ]
+    videos = f"{len(paths)} videos x {args.repeats} runs"
+    rows.append(Row(DECORD, "-", "frame", runs[DECORD, None], runs[OPENCV, None], None, videos))
+    rows.append(Row(OPENCV, "-", "frame", runs[OPENCV, None], None, None, videos))
+    context = (
+        f"{args.num_videos} phantom videos ({len(train)} in TRAIN), {args.frames} frames each, 112x112 (written in "
+        f"{write_s:.1f} s); clip {args.clip_length} x period {args.period}, batch {args.batch_size}; "
+        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()} (1 in each worker). Throughput: median "
+        f"(min-max) of {args.repeats} interleaved runs, each after 1 untimed warm-up batch."
+    )
     return rows, context
 
 
+def format_number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.3f}"
+
+
+def format_row(row: Row) -> str:
+    """Medians over the runs; the throughput's min-max in brackets; ratios against the reference's medians."""
+    rates = [run.rate for run in row.runs]
+    cpu_ms = median(run.cpu_per_item for run in row.runs) * 1000
+    spread = f"({format_number(min(rates))}-{format_number(max(rates))})"
+    throughput = f"{format_number(median(rates))} {row.unit}s/s {spread}"
+    if row.reference is None:
+        speedup, cpu_ratio = "1.00x (reference)", ""
+    else:
+        speedup = f"{median(rates) / median(run.rate for run in row.reference):.2f}x"
+        cpu_ratio = f" ({median(run.cpu_per_item for run in row.reference) * 1000 / cpu_ms:.2f}x)"
+    setup = "-" if row.setup_s is None else f"{row.setup_s:.1f} s"
+    cpu = f"{format_number(cpu_ms)} ms{cpu_ratio}"
+    cells = [row.approach, row.workers, throughput, speedup, cpu, setup, row.detail]
+    return "| " + " | ".join(cells) + " |"
+
+
 def format_table(rows: Sequence[Row]) -> str:
-    lines = [
-        "| Approach | Workers | Throughput | Speed-up vs reference | One-time setup | Measured over |",
-        "|---|---:|---:|---:|---:|---|",
+    header = [
+        "| Approach | Workers | Throughput, median (min-max) | Speed-up vs reference | CPU per item (reference / this) "
+        "| One-time setup | Measured over |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
-    for row in rows:
-        speedup = "1.00x (reference)" if row.baseline is None else f"{row.rate / row.baseline:.2f}x"
-        setup = "-" if row.setup_s is None else f"{row.setup_s:.2f} s"
-        rate = f"{row.rate:,.0f}" if row.rate >= 100 else f"{row.rate:.1f}"
-        lines.append(f"| {row.approach} | {row.workers} | {rate} {row.unit} | {speedup} | {setup} | {row.detail} |")
-    return "\n".join(lines)
+    return "\n".join(header + [format_row(row) for row in rows])
 
 
 def peak_rss_mib() -> tuple[float, float]:
@@ -274,28 +351,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--period", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts to compare")
-    parser.add_argument("--batches", type=int, default=16, help="timed batches per loader (after 1 warm-up batch)")
+    parser.add_argument("--batches", type=int, default=8, help="timed batches per run (after 1 warm-up batch)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per approach (the median is shown)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=None, help="where to write the phantom (default: a temp dir)")
     args = parser.parse_args(argv)
-    if args.batches < 1 or args.num_videos < 1:
-        parser.error("--batches and --num-videos must be >= 1")
+    if min(args.batches, args.repeats, args.num_videos) < 1:
+        parser.error("--batches, --repeats and --num-videos must be >= 1")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata's StatefulDataLoader, every loader
     temporary = args.out_dir is None
     out_dir = Path(tempfile.mkdtemp(prefix="echolab-bench-")) if temporary else args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        start = time.perf_counter()
+        start, load_start = time.perf_counter(), os.getloadavg()[0]
         rows, context = run(args, out_dir)
         print(f"\nData loading, EchoNet-Dynamic layout: {context}\n")
         print(format_table(rows))
         own, children = peak_rss_mib()
-        print(f"\nPeak RSS: main process {own:.0f} MiB, largest worker {children:.0f} MiB. "
-              f"Total time {time.perf_counter() - start:.0f} s.")  # fmt: skip
+        load_end = os.getloadavg()[0]
+        busy = max(load_start, load_end) > (os.cpu_count() or 1)
+        print(f"\nPeak RSS: main process {own:.0f} MiB, largest worker {children:.0f} MiB. Total time "
+              f"{time.perf_counter() - start:.0f} s. 1-min load average {load_start:.2f} at start, {load_end:.2f} at "
+              "end" + (" (more than the CPUs: other processes competed, expect noisy numbers)." if busy else "."))
     finally:
         if temporary:
             shutil.rmtree(out_dir, ignore_errors=True)

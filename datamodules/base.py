@@ -67,6 +67,19 @@ class VideoRecord:
         return self.ed_tracing is not None and self.es_tracing is not None and self.ed_index >= 0 and self.es_index >= 0
 
 
+def normalise_clips(
+    video: torch.Tensor, frames_mask: torch.Tensor, mean: float, std: float, channels: int
+) -> torch.Tensor:
+    """uint8 grey clips ``(..., 1, T, H, W)`` -> normalised float ``(..., channels, T, H, W)``.
+
+    Padded frames (``frames_mask`` False, shape ``(..., T)``) become zero *after* normalisation, i.e. the mean
+    intensity, rather than black. Runs wherever the tensor is: on the accelerator for training batches.
+    """
+    normalised = (video.float() - mean) / std
+    normalised = normalised * frames_mask.unsqueeze(-2)[..., None, None].to(normalised.dtype)
+    return normalised.expand(*normalised.shape[:-4], channels, *normalised.shape[-3:]).contiguous()
+
+
 class VideoClipDataset(Dataset):
     """Clips of videos as dicts of tensors in the EchoLab batch format.
 
@@ -108,6 +121,9 @@ class VideoClipDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.read_from_cache = read_from_cache
+        # loaders built by VideoDataModule set this: items then carry uint8 grey clips (12x fewer bytes to collate
+        # and move between processes) and VideoDataModule.on_after_batch_transfer normalises them on the device
+        self.defer_normalisation = False
 
     def __len__(self) -> int:
         return len(self.records)
@@ -152,10 +168,10 @@ class VideoClipDataset(Dataset):
                 if number == 0:
                     out_masks = view_masks
             clips.append(clip)
-        video = (torch.from_numpy(np.stack(clips)).float() - self.mean) / self.std  # (N, T, H, W)
+        video = torch.from_numpy(np.stack(clips))[:, None]  # (N, 1, T, H, W) uint8
         frames_mask = torch.from_numpy(np.stack(real))  # (N, T)
-        video = video * frames_mask[..., None, None]  # padding is zero *after* normalisation (= the mean intensity)
-        video = video[:, None].expand(-1, self.channels, -1, -1, -1).contiguous()  # (N, C, T, H, W)
+        if not self.defer_normalisation:
+            video = normalise_clips(video, frames_mask, self.mean, self.std, self.channels)
         if self.train and self.num_views == 1:
             video, frames_mask = video[0], frames_mask[0]
         return {
@@ -470,8 +486,26 @@ class VideoDataModule(L.LightningDataModule):
             return [r for s in SPLITS for r in self.records[s]]
         return self.records[split]
 
+    @staticmethod
+    def _defer_normalisation(dataset: Dataset) -> Dataset:
+        """Let the dataset hand out uint8 clips when its items are the base's (normalised later on the device)."""
+        if isinstance(dataset, VideoClipDataset) and type(dataset).__getitem__ is VideoClipDataset.__getitem__:
+            dataset.defer_normalisation = True
+        return dataset
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalise uint8 clips (``video``, ``normal_video``, ...) on the device they were moved to."""
+        if not isinstance(batch, dict):
+            return batch
+        for key in [k for k in batch if k.endswith("video")]:
+            video = batch[key]
+            if torch.is_tensor(video) and video.dtype == torch.uint8:
+                frames_mask = batch[key[: -len("video")] + "frames_mask"]
+                batch[key] = normalise_clips(video, frames_mask, self.norm_mean, self.norm_std, self.channels)
+        return batch
+
     def train_dataloader(self) -> StatefulDataLoader:
-        dataset = self.make_dataset(self.records["TRAIN"], train=True)
+        dataset = self._defer_normalisation(self.make_dataset(self.records["TRAIN"], train=True))
         if self.paired:
             dataset = PairedClipDataset(dataset)
         sampler = EpochKeySampler(dataset, shuffle=True, seed=self._seed())
@@ -489,7 +523,7 @@ class VideoDataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, records: list[VideoRecord]) -> DataLoader:
-        dataset = self.make_dataset(records, train=False)
+        dataset = self._defer_normalisation(self.make_dataset(records, train=False))
         sampler = None
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # every video exactly once across ranks (DistributedSampler would pad with duplicates)

@@ -83,9 +83,13 @@ def read_frames(path: str | Path, indices: np.ndarray) -> np.ndarray:
     """Decode only the given frame indices (grey uint8 ``(len(indices), H, W)``); used when the decoded cache is off."""
     if is_volume_file(path):
         return decode_video(path)[0][np.asarray(indices, dtype=int)]
+    indices = np.asarray(indices, dtype=int)
     try:
         reader = _open_reader(Path(path))
-        return reader.get_batch(list(map(int, indices))).asnumpy()[..., 0]
+        # one contiguous run decodes ~10x faster than strided seeks (each seek restarts the decoder)
+        first, last = int(indices.min()), int(indices.max())
+        frames = reader.get_batch(list(range(first, last + 1))).asnumpy()[..., 0]
+        return frames[indices - first]
     except Exception as error:
         raise DataError(f"{path}: cannot decode frames {list(indices)[:3]}...: {_first_line(error)}") from error
 

@@ -60,15 +60,22 @@ def test_phantom_ed_es_match_simulator_truth(phantom_echonet):
 
 def test_train_batch_format_and_determinism(phantom_echonet):
     module = make(phantom_echonet, seed=3)
-    batch = next(iter(module.train_dataloader()))
+    raw = next(iter(module.train_dataloader()))
+    assert raw["video"].dtype == torch.uint8 and raw["video"].shape == (4, 1, 8, 112, 112)  # grey bytes to move
+    batch = module.on_after_batch_transfer(dict(raw), 0)  # what the LightningModule receives
     assert batch["video"].shape == (4, 3, 8, 112, 112) and batch["video"].dtype == torch.float32
+    dataset = module.make_dataset(module.records["TRAIN"], train=True)
+    order = [module.records["TRAIN"].index(r) for name in batch["filename"] for r in module.records["TRAIN"] if r.filename == name]
+    direct = torch.stack([dataset[(i, 0)]["video"] for i in order])  # normalised in the dataset: the same numbers
+    assert torch.allclose(direct, batch["video"], atol=1e-5)
     assert batch["frames_mask"].shape == (4, 8) and batch["frames_mask"].all()
     assert batch["ef"].shape == (4,) and batch["ed_mask"].shape == (4, 112, 112)
     assert torch.equal(batch["clip_owner"], torch.arange(4))
     again = next(iter(make(phantom_echonet, seed=3).train_dataloader()))
-    assert torch.equal(batch["video"], again["video"])  # same seed, same clips
+    assert torch.equal(raw["video"], again["video"])  # same seed, same clips
     dataset = module.make_dataset(module.records["TRAIN"], train=True)
     assert not torch.equal(dataset[(0, 0)]["video"], dataset[(0, 1)]["video"])  # a new epoch draws a new clip
+    assert module.records["TRAIN"][0].num_frames > 15  # (so that a new clip start exists)
 
 
 def test_normalisation_from_training_split_is_cached(phantom_echonet):
