@@ -26,6 +26,9 @@ test: install
 
 bench: install
 	$(PY) benchmarks/data_loading.py
+	$(PY) benchmarks/dataset_loading.py
+	test ! -f benchmarks/coreecho_throughput.py || $(PY) benchmarks/coreecho_throughput.py
+	test ! -f benchmarks/cardiacnet_bench.py || $(PY) benchmarks/cardiacnet_bench.py
 
 clean:
 	rm -rf $(VENV) runs data

@@ -77,7 +77,8 @@ def normalise_clips(
     """
     normalised = (video.float() - mean) / std
     normalised = normalised * frames_mask.unsqueeze(-2)[..., None, None].to(normalised.dtype)
-    return normalised.expand(*normalised.shape[:-4], channels, *normalised.shape[-3:]).contiguous()
+    # a broadcast view: repeating grey into 3 channels costs no memory (convolutions read it as they are)
+    return normalised.expand(*normalised.shape[:-4], channels, *normalised.shape[-3:])
 
 
 class VideoClipDataset(Dataset):
