@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +15,14 @@ from torchmetrics import SumMetric
 
 from echo_modules.common.backbones import R2Plus1D18
 from echo_modules.common.metrics import ef_metrics
-from echo_modules.common.module import EchoModule, average_clip_predictions, gather_lists
+from echo_modules.common.module import (
+    EchoModule,
+    average_clip_predictions,
+    gather_lists,
+    run_directory,
+    save_test_summary,
+    write_csv,
+)
 from echo_modules.common.plotting import ef_agreement_figure, log_figure
 
 
@@ -112,9 +116,7 @@ class EFRegressor(EchoModule):
                 f"Test EF MAE {mae:.2f} over {len(rows)} videos; always predicting the training mean "
                 f"({self.train_ef_mean.item():.1f}%) gives {baseline:.2f} (ratio {mae / baseline:.2f})"
             )
-            if self.trainer.log_dir:
-                Path(self.trainer.log_dir).mkdir(parents=True, exist_ok=True)
-                (Path(self.trainer.log_dir) / "test_summary.json").write_text(json.dumps(summary, indent=2))
+            save_test_summary(self.trainer, summary)
 
     def on_predict_epoch_start(self) -> None:
         self._collected = []
@@ -128,13 +130,11 @@ class EFRegressor(EchoModule):
         rows = gather_lists(self._collected)
         if not self.trainer.is_global_zero:
             return
-        path = Path(self.predictions_csv or Path(self.trainer.log_dir or ".") / "predictions.csv")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["FileName", "EF_pred", "EF_true"])
-            for name, predicted, true in sorted(rows):
-                writer.writerow([name, f"{predicted:.3f}", "" if math.isnan(true) else f"{true:.3f}"])
+        table = [
+            [name, f"{predicted:.3f}", "" if math.isnan(true) else f"{true:.3f}"] for name, predicted, true in sorted(rows)
+        ]
+        path = self.predictions_csv or run_directory(self.trainer) / "predictions.csv"
+        path = write_csv(path, ["FileName", "EF_pred", "EF_true"], table)
         rank_zero_info(f"Wrote {len(rows)} EF predictions to {path}")
 
     def configure_optimizers(self) -> Any:

@@ -6,9 +6,6 @@ averages the class probabilities of every clip of a video (``clip_owner``), as E
 
 from __future__ import annotations
 
-import csv
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +25,14 @@ from torchmetrics.classification import (
 )
 
 from echo_modules.common.backbones import R2Plus1D18
-from echo_modules.common.module import EchoModule, average_clip_predictions, gather_lists
+from echo_modules.common.module import (
+    EchoModule,
+    average_clip_predictions,
+    gather_lists,
+    run_directory,
+    save_test_summary,
+    write_csv,
+)
 
 IGNORE = -1  # target value of an unknown label: left out of the loss and the metrics
 
@@ -176,9 +180,7 @@ class VideoClassifier(EchoModule):
         rank_zero_info(
             f"Test over {len(rows)} videos: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "videos")
         )
-        if self.trainer.log_dir:
-            Path(self.trainer.log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(self.trainer.log_dir) / "test_summary.json").write_text(json.dumps(summary, indent=2))
+        save_test_summary(self.trainer, summary)
 
     def on_predict_epoch_start(self) -> None:
         self._collected = []
@@ -192,14 +194,10 @@ class VideoClassifier(EchoModule):
         rows = gather_lists(self._collected)
         if not self.trainer.is_global_zero:
             return
-        path = Path(self.predictions_csv or Path(self.trainer.log_dir or ".") / "predictions.csv")
-        path.parent.mkdir(parents=True, exist_ok=True)
         width = len(rows[0][1]) if rows else 1
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["FileName", *(f"prob_{i}" for i in range(width)), "target"])
-            for name, probabilities, target in sorted(rows, key=lambda row: row[0]):
-                writer.writerow([name, *(f"{p:.5f}" for p in probabilities), target])
+        header = ["FileName", *(f"prob_{i}" for i in range(width)), "target"]
+        table = [[name, *(f"{p:.5f}" for p in probs), target] for name, probs, target in sorted(rows, key=lambda r: r[0])]
+        path = write_csv(self.predictions_csv or run_directory(self.trainer) / "predictions.csv", header, table)
         rank_zero_info(f"Wrote {len(rows)} predictions to {path}")
 
     def configure_optimizers(self) -> Any:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -80,3 +83,27 @@ def gather_lists(values: list) -> list:
     gathered: list[list] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, list(values))
     return [item for part in gathered for item in part]
+
+
+def run_directory(trainer) -> Path:
+    """Where a run writes its files: the logger's folder, else the trainer's ``default_root_dir``."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def save_test_summary(trainer, summary: dict[str, Any]) -> Path:
+    """Write ``test_summary.json`` (the numbers a user reads after ``echolab test``) into the run directory."""
+    path = run_directory(trainer) / "test_summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2))
+    return path
+
+
+def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> Path:
+    """Write a CSV table (predictions), creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
