@@ -139,18 +139,18 @@ def test_uniformer_loads_a_wrapped_pretrained_state_dict(tmp_path):
 
 def test_stage1_regressor_loss_does_not_reach_the_encoder():
     model = CoReEcho(encoder=TinyVideoEncoder(1, 4, 2), embedding_plot=False)
-    batch = {"video": torch.randn(4, 2, 1, 4, 16, 16), "ef": torch.tensor([30.0, 45.0, 60.0, 75.0])}
+    batch = {"video": torch.randn(4, 2, 1, 4, 16, 16), "ef": torch.tensor([30.0, 45.0, 50.0, 75.0])}
     with pytest.warns(UserWarning):  # self.log without a trainer
         total = model.training_step(batch, 0)
     total.backward()
     full = {name: p.grad.clone() for name, p in model.encoder.named_parameters()}
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.regressor[-1].parameters())
     model.zero_grad()
     torch.manual_seed(0)
     features = model.encoder(batch["video"].flatten(0, 1))
     rank_n_contrast_loss(features, batch["ef"].repeat_interleave(2)).backward()
     for name, p in model.encoder.named_parameters():  # the encoder's gradient is the RnC gradient alone
         torch.testing.assert_close(full[name], p.grad, rtol=1e-4, atol=1e-6)
-    assert all(p.grad is not None for p in model.regressor.parameters())
 
 
 def test_stage2_module_freezes_and_optimises_the_regressor_only():
@@ -185,7 +185,7 @@ def _summary(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def stage1_run(phantom_echonet_train, tmp_path_factory) -> Path:
-    """Stage 1 fitted with the shipped phantom config, then tested from its best checkpoint."""
+    """Stage 1 fitted with the shipped phantom config as it is, then tested from its best checkpoint."""
     root = tmp_path_factory.mktemp("coreecho")
     run_dir = root / "stage1"
     path = write_config(root / "stage1.yaml", phantom_config(phantom_echonet_train, run_dir))
@@ -209,10 +209,8 @@ def test_stage1_embeddings_follow_ef_and_beat_the_mean(stage1_run):
 def stage2_run(stage1_run, phantom_echonet_train) -> Path:
     run_dir = stage1_run.parent / "stage2"
     config = phantom_config(phantom_echonet_train, run_dir)
-    config["trainer"]["max_epochs"] = 2
-    config["model"]["init_args"].update(
-        stage=2, stage1_checkpoint=str(stage1_run / "checkpoints" / "best.ckpt"), scheduler=None
-    )
+    config["trainer"]["max_epochs"] = config["model"]["init_args"]["scheduler"]["init_args"]["T_max"] = 2
+    config["model"]["init_args"].update(stage=2, stage1_checkpoint=str(stage1_run / "checkpoints" / "best.ckpt"))
     path = write_config(stage1_run.parent / "stage2.yaml", config)
     fit = run_echolab("fit", "--config", str(path))
     assert fit.returncode == 0, fit.stderr[-3000:]

@@ -252,7 +252,7 @@ class CoReEcho(EchoModule):
         embeddings = np.stack([r[3] for r in rows])
         components = principal_components(embeddings, 2)
         pc1_spearman = abs_spearman(components[:, 0], true)
-        self.log("test/pc1_spearman", pc1_spearman)  # every rank holds all rows: the same value everywhere
+        self.log("test/pc1_spearman", pc1_spearman, sync_dist=True)  # every rank holds all rows: the same value
         if not self.trainer.is_global_zero:
             return
         title = f"CoReEcho stage {self.stage} test"
@@ -264,6 +264,7 @@ class CoReEcho(EchoModule):
         summary = {
             "test_mae": mae,
             "test_rmse": float(np.sqrt(np.square(predicted - true).mean())),
+            "test_r2": float(1 - np.square(predicted - true).sum() / np.square(true - true.mean()).sum()),
             "mean_predictor_mae": baseline,
             "ratio": mae / baseline,
             "pc1_spearman": pc1_spearman,
@@ -287,8 +288,8 @@ class CoReEcho(EchoModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         clip_predictions, prediction, _ = self._evaluate(batch)
         owner, videos = batch["clip_owner"], len(batch["ef"])
-        spread = average_clip_predictions(clip_predictions.square(), owner, videos) - prediction.square()
-        spread = spread.clamp_min(0).sqrt()  # population std of the video's clip predictions
+        deviations = clip_predictions - prediction[owner]
+        spread = average_clip_predictions(deviations.square(), owner, videos).sqrt()  # population std over clips
         counts = torch.bincount(owner, minlength=videos)
         self._collected += zip(
             batch["filename"], prediction.tolist(), spread.tolist(), counts.tolist(), batch["ef"].tolist()
