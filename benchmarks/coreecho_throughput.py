@@ -111,7 +111,11 @@ def training_step_time(
 
 
 def loss_cost(
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], videos: int, dim: int, device: torch.device, repeats: int
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    videos: int,
+    dim: int,
+    device: torch.device,
+    repeats: int,
 ) -> tuple[float, float | None]:
     """(seconds of forward + backward, peak MiB on CUDA) for a batch of ``videos`` x 2 views."""
     generator = torch.Generator().manual_seed(0)
@@ -178,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     for videos in args.loss_batches:
         ours, ours_peak = loss_cost(rank_n_contrast_loss, videos, args.embedding_dim, device, args.loss_repeats)
         if videos <= args.reference_max:
-            reference, reference_peak = loss_cost(reference_loop_loss, videos, args.embedding_dim, device, args.loss_repeats)
+            reference, reference_peak = loss_cost(
+                reference_loop_loss, videos, args.embedding_dim, device, args.loss_repeats
+            )
             cells = [f"{1e3 * reference:.1f}", f"{reference / ours:.1f}x"]
         else:
             reference_peak, cells = None, ["skipped", ""]

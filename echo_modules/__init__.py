@@ -1,6 +1,7 @@
 """EchoLab methods: LightningModules and the networks, losses and metrics they are made of."""
 
+from echo_modules.coreecho import CoReEcho
 from echo_modules.ef_regressor import EFRegressor
 from echo_modules.video_classifier import VideoClassifier
 
-__all__ = ["EFRegressor", "VideoClassifier"]
+__all__ = ["CoReEcho", "EFRegressor", "VideoClassifier"]

@@ -179,6 +179,9 @@ def phantom_config(data_dir: Path, run_dir: Path) -> dict:
     return config
 
 
+SHARED_DATA_KEYS = ("clip_length", "period", "frame_size", "channels", "num_eval_clips")
+
+
 def _summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "logs" / "version_0" / "test_summary.json").read_text())
 
@@ -245,7 +248,7 @@ def test_predict_on_a_folder_of_avis_writes_per_video_csv(stage2_run, phantom_ec
     config = phantom_config(phantom_echonet_train, tmp_path / "run")
     config["data"] = {
         "class_path": "datamodules.video_folder.VideoFolderDataModule",
-        "init_args": {key: config["data"]["init_args"][key] for key in ("clip_length", "period", "frame_size", "channels", "num_eval_clips")}
+        "init_args": {key: config["data"]["init_args"][key] for key in SHARED_DATA_KEYS}
         | {"data_dir": str(folder), "num_workers": 0, "batch_size": 2},
     }
     out = tmp_path / "predictions.csv"

@@ -56,7 +56,8 @@ def _rank_worker(rank: int, world_size: int, init_file: str, sizes: list[int], o
 @pytest.mark.parametrize("sizes", [[6, 6], [5, 3]], ids=["equal", "unequal"])
 def test_two_process_loss_and_gradients_equal_single_process(tmp_path, sizes):
     world_size = len(sizes)
-    mp.spawn(_rank_worker, args=(world_size, str(tmp_path / "init"), sizes, str(tmp_path)), nprocs=world_size, join=True)
+    arguments = (world_size, str(tmp_path / "init"), sizes, str(tmp_path))
+    mp.spawn(_rank_worker, args=arguments, nprocs=world_size, join=True)
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(world_size)]
 
     inputs, labels, weight = _global_batch(sum(sizes))
@@ -84,7 +85,10 @@ def test_lightning_ddp_stage1_fit_runs(phantom_echonet, tmp_path):
     config["model"] = {
         "class_path": "echo_modules.coreecho.CoReEcho",
         "init_args": {
-            "encoder": {"class_path": "echo_modules.common.TinyVideoEncoder", "init_args": {"in_channels": 1, "width": 8, "depth": 3}},
+            "encoder": {
+                "class_path": "echo_modules.common.TinyVideoEncoder",
+                "init_args": {"in_channels": 1, "width": 8, "depth": 3},
+            },
             "embedding_plot": False,
         },
     }

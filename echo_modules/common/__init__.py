@@ -3,5 +3,14 @@
 from echo_modules.common.backbones import R2Plus1D18, TinyVideoEncoder, VideoEncoder
 from echo_modules.common.metrics import ef_metrics
 from echo_modules.common.module import EchoModule, average_clip_predictions
+from echo_modules.common.uniformer import UniFormer
 
-__all__ = ["EchoModule", "R2Plus1D18", "TinyVideoEncoder", "VideoEncoder", "average_clip_predictions", "ef_metrics"]
+__all__ = [
+    "EchoModule",
+    "R2Plus1D18",
+    "TinyVideoEncoder",
+    "UniFormer",
+    "VideoEncoder",
+    "average_clip_predictions",
+    "ef_metrics",
+]

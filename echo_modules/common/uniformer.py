@@ -187,10 +187,12 @@ class UniFormer(VideoEncoder):
             LocalBlock(dims[1], mlp_ratio, dropout, rates[starts[1] + i]) for i in range(depths[1])
         )
         self.blocks3 = nn.ModuleList(
-            GlobalBlock(dims[2], dims[2] // head_dim, mlp_ratio, dropout, rates[starts[2] + i]) for i in range(depths[2])
+            GlobalBlock(dims[2], dims[2] // head_dim, mlp_ratio, dropout, rates[starts[2] + i])
+            for i in range(depths[2])
         )
         self.blocks4 = nn.ModuleList(
-            GlobalBlock(dims[3], dims[3] // head_dim, mlp_ratio, dropout, rates[starts[3] + i]) for i in range(depths[3])
+            GlobalBlock(dims[3], dims[3] // head_dim, mlp_ratio, dropout, rates[starts[3] + i])
+            for i in range(depths[3])
         )
         self.norm = nn.BatchNorm3d(dims[3])
         self.apply(_init_weights)
@@ -239,7 +241,9 @@ class UniFormer(VideoEncoder):
             if name == "patch_embed1.proj.weight" and tensor.shape[1] != own[name].shape[1] and own[name].shape[1] == 1:
                 tensor = tensor.sum(dim=1, keepdim=True)  # grey input: the RGB filters summed
             if tensor.shape != own[name].shape:
-                raise ValueError(f"{path}: '{name}' has shape {tuple(tensor.shape)}, this UniFormer needs {tuple(own[name].shape)}")
+                raise ValueError(
+                    f"{path}: '{name}' has shape {tuple(tensor.shape)}, this UniFormer needs {tuple(own[name].shape)}"
+                )
             adapted[name] = tensor
         if not adapted:
             raise ValueError(f"{path}: no parameter matches this UniFormer (is it a UniFormer video checkpoint?)")

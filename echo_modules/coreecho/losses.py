@@ -159,7 +159,8 @@ def gather_with_grad(local: torch.Tensor) -> tuple[torch.Tensor, int]:
     sizes = [torch.zeros((), dtype=torch.long, device=local.device) for _ in range(world_size)]
     dist.all_gather(sizes, torch.tensor(len(local), device=local.device))
     sizes = [int(size) for size in sizes]
-    padded = torch.cat([local, local.new_zeros(max(sizes) - len(local), *local.shape[1:])]) if len(local) < max(sizes) else local
+    padding = local.new_zeros(max(sizes) - len(local), *local.shape[1:])
+    padded = torch.cat([local, padding]) if len(padding) else local
     parts = all_gather(padded.contiguous())
     return torch.cat([part[:size] for part, size in zip(parts, sizes)]), sum(sizes[:rank])
 
@@ -197,7 +198,9 @@ def distributed_rank_n_contrast_loss(
     return share * world_size / (count * (count - 1))
 
 
-def naive_rank_n_contrast_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+def naive_rank_n_contrast_loss(
+    embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 2.0
+) -> torch.Tensor:
     """The loss written as its definition, with Python loops over anchor, positive and candidate (tests only)."""
     labels = _as_label_matrix(labels).to(embeddings.dtype)
     count = len(embeddings)

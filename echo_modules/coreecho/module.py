@@ -160,7 +160,7 @@ class CoReEcho(EchoModule):
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:  # hyperparameters holding objects: a module built in Python, not by the CLI
-            rank_zero_warn(f"{path}: loading with weights_only=False (it pickles objects); only do so for your own runs")
+            rank_zero_warn(f"{path}: loading with weights_only=False (it pickles objects): only for your own runs")
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         state = checkpoint.get("state_dict", checkpoint)
         wanted = {k: v for k, v in state.items() if k.startswith(STAGE1_PREFIXES)}
@@ -203,7 +203,8 @@ class CoReEcho(EchoModule):
         groups = [regressor]
         if self.stage == 1:  # stage 2 optimises the regressor only
             regressor_ids = {id(p) for p in regressor["params"]}
-            groups.insert(0, {"params": [p for p in self.parameters() if p.requires_grad and id(p) not in regressor_ids]})
+            others = [p for p in self.parameters() if p.requires_grad and id(p) not in regressor_ids]
+            groups.insert(0, {"params": others})
         optimizer = self.optimizer(groups)
         if self.scheduler is None:
             return optimizer
