@@ -23,8 +23,10 @@ Disease score (``score``): ``head`` (default; the paper's protocol: a light clas
 ``reconstruction`` (parameter-free: how much more phi_B changes a clip than phi_A does, ``|x - phi_B(x)| -
 |x - phi_A(x)|``; each generator reproduces its own target class, so abnormal clips change under phi_B and normal ones
 under phi_A) or ``bank`` (distance to the normal minus distance to the abnormal bank centroid). All three are logged at
-test. Abnormality maps: where a clip differs from its deformation to the normal class, ``|x - phi_B(x)|``
-(``map_mode: contrast`` subtracts phi_A's reconstruction error so generic reconstruction error cancels).
+test. Abnormality maps: where a clip differs from its deformation to the normal class: ``difference`` =
+``|x - phi_B(x)|``; ``contrast`` (default) = ``relu(|x - phi_B(x)| - |x - phi_A(x)|)``, the part of that difference
+which reproducing the clip as abnormal does not share, so the generators' generic reconstruction error (speckle, edges)
+cancels and what remains is where the normal and abnormal renderings of the clip disagree. Both are scored at test.
 """
 
 from __future__ import annotations
@@ -60,11 +62,13 @@ from echo_modules.cardiacnet.memory_bank import ClassMemoryBanks
 from echo_modules.cardiacnet.networks import ConsistencyDeformationDiscriminator, DeformationGenerator, FeatureHead
 from echo_modules.cardiacnet.optimal_transport import OTMethod
 from echo_modules.common.metrics import ef_metrics
-from echo_modules.common.module import EchoModule, average_clip_predictions, gather_lists
+from echo_modules.common.module import EchoModule, average_clip_predictions, gather_lists, run_directory
 from echo_modules.common.plotting import log_figure
 
 ScoreKind = Literal["head", "reconstruction", "bank"]
 SCORE_KINDS: tuple[str, ...] = ("head", "reconstruction", "bank")
+MapMode = Literal["difference", "contrast"]
+MAP_MODES: tuple[str, ...] = ("difference", "contrast")
 NORMAL, ABNORMAL = 0, 1
 GENERATORS = ("normal_to_abnormal", "abnormal_to_normal")  # phi_A, phi_B
 
@@ -75,7 +79,7 @@ class ClipEvaluation:
 
     scores: dict[str, Tensor]  # score kind -> (N,) higher = more abnormal
     ef: Tensor | None  # (N,) EF in percent when the EF head is on
-    maps: Tensor  # (N, T, H, W) abnormality maps
+    maps: dict[str, Tensor]  # map mode -> (N, T, H, W) abnormality maps
     to_normal: Tensor  # (N, C, T, H, W) phi_B(x), the clip deformed to the normal class
 
 
@@ -121,9 +125,11 @@ class CardiacNet(EchoModule):
         score: ScoreKind = "head",
         predict_ef: bool = False,
         head_lr: float | None = None,
-        map_mode: Literal["difference", "contrast"] = "difference",
+        head_feature_grad: float = 0.0,
+        map_mode: MapMode = "contrast",
         map_sigma: float = 1.0,
         gradient_clip: float | None = None,
+        channels_last: bool = True,
         generator_optimizer: OptimizerCallable = torch.optim.Adam,
         discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
         predictions_csv: str | None = None,
@@ -155,8 +161,12 @@ class CardiacNet(EchoModule):
         score: which disease score drives accuracy, predictions and ``val/auroc`` (all are logged at test).
         predict_ef: train an EF head too (EchoNet / CAMUS) and report EF MAE.
         head_lr: learning rate of the heads (default: the generator optimiser's).
+        head_feature_grad: how much of the heads' loss gradient reaches the generators' encoders: 0 trains the heads
+            on frozen (detached) features, the public evaluation's protocol; > 0 makes them auxiliary heads that also
+            shape the encoders, as the public training's auxiliary mPAP head (weight 0.01) does.
         map_mode / map_sigma: abnormality map definition (module docstring) and Gaussian smoothing in pixels.
         gradient_clip: clip generator and discriminator gradient norms to this value.
+        channels_last: run the 3D/2D convolutions in channels-last memory formats (several times faster on CPU).
         generator_optimizer / discriminator_optimizer: LightningCLI optimiser callables (public code: Adam, lr
             2.25e-5, betas (0.5, 0.99)).
         predictions_csv / maps_dir / map_format: where ``predict`` writes its CSV and per-video maps (default: the
@@ -173,10 +183,14 @@ class CardiacNet(EchoModule):
         generator = dict(
             in_channels=in_channels, widths=widths, latent_dim=latent_dim, num_codes=num_codes,
             commitment=commitment, restart_threshold=code_restart_threshold, position_grid=tuple(position_grid),
+            channels_last=channels_last,
         )  # fmt: skip
         self.normal_to_abnormal = DeformationGenerator(**generator)  # phi_A
         self.abnormal_to_normal = DeformationGenerator(**generator)  # phi_B
-        discriminator = dict(in_channels=in_channels, width=disc_width, num_layers=disc_layers, frames=disc_frames)
+        discriminator = dict(
+            in_channels=in_channels, width=disc_width, num_layers=disc_layers, frames=disc_frames,
+            channels_last=channels_last,
+        )  # fmt: skip
         self.discriminators = nn.ModuleDict(
             {"normal": ConsistencyDeformationDiscriminator(**discriminator),
              "abnormal": ConsistencyDeformationDiscriminator(**discriminator)}
@@ -186,6 +200,8 @@ class CardiacNet(EchoModule):
         self.disease_head = FeatureHead(2 * latent_dim)
         self.ef_head = FeatureHead(2 * latent_dim, bias=50.0) if predict_ef else None
         self.bank_grid = tuple(bank_grid)
+        self.generator_optimizer = generator_optimizer  # the callables (hparams hold their configs under the CLI)
+        self.discriminator_optimizer = discriminator_optimizer
         self.register_buffer("iterations", torch.zeros((), dtype=torch.long))  # training batches seen
         self.register_buffer("decision_threshold", torch.zeros(()))  # on the chosen score, calibrated on validation
         self.register_buffer("train_ef_mean", torch.tensor(math.nan))
@@ -193,11 +209,14 @@ class CardiacNet(EchoModule):
         self.val_accuracy = BinaryAccuracy()
         self.test_auroc = nn.ModuleDict({kind: BinaryAUROC() for kind in SCORE_KINDS})
         self.test_accuracy = BinaryAccuracy()
-        self.test_map = nn.ModuleDict({name: MeanMetric() for name in ("region_mass", "control_mass", "dice")})
+        self.test_map = nn.ModuleDict(
+            {f"{mode}_{name}": MeanMetric() for mode in MAP_MODES for name in ("region_mass", "control_mass", "dice")}
+        )
         self.val_ef = ef_metrics("val/ef_") if predict_ef else None
         self.test_ef = ef_metrics("test/ef_") if predict_ef else None
         self._collected: list[tuple] = []
-        self._examples: list[dict[str, np.ndarray]] = []
+        self._examples: list[dict[str, Any]] = []
+        self._log_dir = Path(".")
 
     # ------------------------------------------------------------------ set-up
 
@@ -228,8 +247,8 @@ class CardiacNet(EchoModule):
         if self.hparams.head_lr is not None:
             head_group["lr"] = self.hparams.head_lr
         generators = [p for name in GENERATORS for p in getattr(self, name).parameters()]
-        generator_optimizer = self.hparams.generator_optimizer([{"params": generators}, head_group])
-        discriminator_optimizer = self.hparams.discriminator_optimizer(self.discriminators.parameters())
+        generator_optimizer = self.generator_optimizer([{"params": generators}, head_group])
+        discriminator_optimizer = self.discriminator_optimizer(self.discriminators.parameters())
         return [generator_optimizer, discriminator_optimizer]
 
     # ------------------------------------------------------------------ pieces
@@ -238,10 +257,15 @@ class CardiacNet(EchoModule):
         return getattr(self, name)
 
     def head_features(self, video: Tensor) -> Tensor:
-        """Detached ``F + P`` of both generators' encoders, concatenated on channels: the heads' input."""
-        with torch.no_grad():
-            parts = [self._generator(name).codebook.positional_encoding(self._generator(name).encoder(video)) for name in GENERATORS]
-        return torch.cat(parts, 1).float()
+        """``F + P`` of both generators' encoders, concatenated on channels: the heads' input."""
+        return torch.cat([self._generator(name).extract(video) for name in GENERATORS], 1).float()
+
+    def _to_heads(self, features: Tensor) -> Tensor:
+        """The heads see ``features`` unchanged; only ``head_feature_grad`` of their gradient flows back."""
+        scale = self.hparams.head_feature_grad
+        if scale == 0:
+            return features.detach()
+        return features.detach() + scale * (features - features.detach())
 
     def _mask_inputs(self, video: Tensor) -> Tensor:
         """MAE-style masking: each ``mask_patch`` square of each frame is zeroed (the mean intensity) with
@@ -253,25 +277,25 @@ class CardiacNet(EchoModule):
         keep = keep.repeat_interleave(patch, -2).repeat_interleave(patch, -1)[..., :height, :width]
         return video * keep
 
-    def _adversarial_generator_loss(self, discriminator: ConsistencyDeformationDiscriminator, fakes: list[Tensor]) -> Tensor:
-        kind, total = self.hparams.gan_loss, 0.0
-        for fake in fakes:
-            global_logits, local_logits = discriminator(fake, discriminator.select_frames(fake))
-            total = total + self.hparams.global_adversarial_weight * generator_adversarial_loss(global_logits, kind)
-            total = total + self.hparams.local_adversarial_weight * generator_adversarial_loss(local_logits, kind)
-        return total / len(fakes)
+    def _adversarial_generator_loss(self, discriminator: ConsistencyDeformationDiscriminator, fakes: Tensor) -> Tensor:
+        """The generators' side of Eq. 2 for generated clips ``fakes`` judged by one class's CDD."""
+        hp = self.hparams
+        global_logits, local_logits = discriminator(fakes, discriminator.select_frames(fakes))
+        return hp.global_adversarial_weight * generator_adversarial_loss(global_logits, hp.gan_loss) + (
+            hp.local_adversarial_weight * generator_adversarial_loss(local_logits, hp.gan_loss)
+        )
 
     def _adversarial_discriminator_loss(
-        self, discriminator: ConsistencyDeformationDiscriminator, real: Tensor, fakes: list[Tensor]
+        self, discriminator: ConsistencyDeformationDiscriminator, real: Tensor, fakes: Tensor
     ) -> Tensor:
-        kind, total = self.hparams.gan_loss, 0.0
-        for fake in fakes:
-            frames = discriminator.select_frames(real)
-            real_global, real_local = discriminator(real, frames)
-            fake_global, fake_local = discriminator(fake.detach(), frames)
-            total = total + self.hparams.global_adversarial_weight * discriminator_adversarial_loss(real_global, fake_global, kind)
-            total = total + self.hparams.local_adversarial_weight * discriminator_adversarial_loss(real_local, fake_local, kind)
-        return total / len(fakes)
+        """The discriminator's side of Eq. 2: real clips of its class against (detached) generated ones."""
+        hp = self.hparams
+        frames = discriminator.select_frames(real)
+        real_global, real_local = discriminator(real, frames)
+        fake_global, fake_local = discriminator(fakes.detach(), frames)
+        return hp.global_adversarial_weight * discriminator_adversarial_loss(real_global, fake_global, hp.gan_loss) + (
+            hp.local_adversarial_weight * discriminator_adversarial_loss(real_local, fake_local, hp.gan_loss)
+        )
 
     def _bank_losses(self, descriptors: dict[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
         """L_dis (Eq. 4) and the trainable L_OT (Eq. 5) over both generators and both classes (zero until the banks
@@ -329,7 +353,9 @@ class CardiacNet(EchoModule):
         fake_abnormal, fake_normal = to_abnormal.video[:size], to_normal.video[size:]
         cycled_normal = self.abnormal_to_normal(fake_abnormal, none)  # phi_B(phi_A(X)) ~ X
         cycled_abnormal = self.normal_to_abnormal(fake_normal, none)  # phi_A(phi_B(Y)) ~ Y
-        identity = reconstruction_loss(to_abnormal.video[size:], abnormal) + reconstruction_loss(to_normal.video[:size], normal)
+        identity = reconstruction_loss(to_abnormal.video[size:], abnormal) + reconstruction_loss(
+            to_normal.video[:size], normal
+        )
         cycle = reconstruction_loss(cycled_normal.video, normal) + reconstruction_loss(cycled_abnormal.video, abnormal)
         quantisation = sum(o.quantisation.loss for o in (to_abnormal, to_normal, cycled_normal, cycled_abnormal))
         descriptors = {
@@ -340,13 +366,16 @@ class CardiacNet(EchoModule):
         adversarial_loss = videos.new_zeros(())
         if adversarial:
             adversarial_loss = self._adversarial_generator_loss(
-                self.discriminators["abnormal"], [fake_abnormal, cycled_abnormal.video]
-            ) + self._adversarial_generator_loss(self.discriminators["normal"], [fake_normal, cycled_normal.video])
-        features = (
-            self.head_features(videos) if self.hparams.mask_ratio > 0
-            else torch.cat([to_abnormal.features, to_normal.features], 1).detach().float()
-        )  # fmt: skip
-        disease_loss, ef_loss = self._head_loss(features, labels, ef)
+                self.discriminators["abnormal"], torch.cat([fake_abnormal, cycled_abnormal.video])
+            ) + self._adversarial_generator_loss(
+                self.discriminators["normal"], torch.cat([fake_normal, cycled_normal.video])
+            )
+        if self.hparams.mask_ratio > 0:  # the heads judge unmasked clips, as at evaluation
+            with torch.set_grad_enabled(self.hparams.head_feature_grad > 0):
+                features = self.head_features(videos)
+        else:
+            features = torch.cat([to_abnormal.features, to_normal.features], 1).float()
+        disease_loss, ef_loss = self._head_loss(self._to_heads(features), labels, ef)
         hp = self.hparams
         generator_loss = (
             hp.identity_weight * identity
@@ -360,7 +389,7 @@ class CardiacNet(EchoModule):
         generator_optimizer.zero_grad()
         self.manual_backward(total)
         if hp.gradient_clip:
-            self.clip_gradients(generator_optimizer, gradient_clip_val=hp.gradient_clip, gradient_clip_algorithm="norm")
+            self.clip_gradients(generator_optimizer, hp.gradient_clip, gradient_clip_algorithm="norm")
         generator_optimizer.step()
         self.untoggle_optimizer(generator_optimizer)
 
@@ -369,14 +398,14 @@ class CardiacNet(EchoModule):
         if adversarial and int(self.iterations) % hp.disc_every == 0:
             self.toggle_optimizer(discriminator_optimizer)
             discriminator_loss = self._adversarial_discriminator_loss(
-                self.discriminators["abnormal"], abnormal, [fake_abnormal.detach(), cycled_abnormal.video.detach()]
+                self.discriminators["abnormal"], abnormal, torch.cat([fake_abnormal, cycled_abnormal.video])
             ) + self._adversarial_discriminator_loss(
-                self.discriminators["normal"], normal, [fake_normal.detach(), cycled_normal.video.detach()]
+                self.discriminators["normal"], normal, torch.cat([fake_normal, cycled_normal.video])
             )
             discriminator_optimizer.zero_grad()
             self.manual_backward(discriminator_loss)
             if hp.gradient_clip:
-                self.clip_gradients(discriminator_optimizer, gradient_clip_val=hp.gradient_clip, gradient_clip_algorithm="norm")
+                self.clip_gradients(discriminator_optimizer, hp.gradient_clip, gradient_clip_algorithm="norm")
             discriminator_optimizer.step()
             self.untoggle_optimizer(discriminator_optimizer)
 
@@ -427,9 +456,7 @@ class CardiacNet(EchoModule):
         features = torch.cat([to_abnormal.features, to_normal.features], 1).float()
         scores["head"] = self.disease_head(features).float()
         ef = self.ef_head(features).float() if self.ef_head is not None else None
-        maps = error_to_normal
-        if self.hparams.map_mode == "contrast":
-            maps = (error_to_normal - error_to_abnormal).clamp_min(0)
+        maps = {"difference": error_to_normal, "contrast": (error_to_normal - error_to_abnormal).clamp_min(0)}
         return ClipEvaluation(scores=scores, ef=ef, maps=maps, to_normal=to_normal.video.float())
 
     def forward(self, video: Tensor) -> Tensor:
@@ -444,6 +471,13 @@ class CardiacNet(EchoModule):
         ef = average_clip_predictions(clips.ef, owner, videos) if clips.ef is not None else None
         return clips, scores, ef
 
+    @staticmethod
+    def ranking_value(score: Tensor) -> Tensor:
+        """``score`` mapped monotonically into (0, 1) for torchmetrics' AUROC, which applies a sigmoid to a batch
+        only when some value lies outside [0, 1]: without this, batches would be transformed inconsistently. The
+        arctangent keeps large scores distinct where a float32 sigmoid would saturate at 1."""
+        return 0.5 + torch.atan(score.double()).float() / math.pi
+
     def probability(self, score: Tensor) -> Tensor:
         """P(abnormal) for the chosen score: a sigmoid around the validation-calibrated threshold."""
         return torch.sigmoid(score - self.decision_threshold)
@@ -457,7 +491,7 @@ class CardiacNet(EchoModule):
         known = labels >= 0
         score = scores[self.hparams.score]
         if known.any():
-            self.val_auroc.update(self.probability(score[known]), labels[known])
+            self.val_auroc.update(self.ranking_value(score[known]), labels[known])
             self.val_accuracy.update(self.probability(score[known]), labels[known])
             self.log("val/auroc", self.val_auroc, prog_bar=True, batch_size=int(known.sum()))
             self.log("val/accuracy", self.val_accuracy, batch_size=int(known.sum()))
@@ -482,6 +516,7 @@ class CardiacNet(EchoModule):
     def on_test_epoch_start(self) -> None:
         self._collected = []
         self._examples = []
+        self._log_dir = run_directory(self.trainer)  # on every rank: a collective under DDP
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         clips, scores, ef = self._video_outputs(batch)
@@ -489,7 +524,7 @@ class CardiacNet(EchoModule):
         known = labels >= 0
         if known.any():
             for kind, metric in self.test_auroc.items():
-                metric.update(scores[kind][known], labels[known])
+                metric.update(self.ranking_value(scores[kind][known]), labels[known])
                 self.log(f"test/auroc_{kind}", metric, batch_size=int(known.sum()))
             chosen = self.probability(scores[self.hparams.score][known])
             self.test_accuracy.update(chosen, labels[known])
@@ -500,30 +535,36 @@ class CardiacNet(EchoModule):
             if finite.any():
                 self.test_ef.update(ef[finite], batch["ef"][finite])
                 self.log_dict(self.test_ef, batch_size=int(finite.sum()))
-        video_maps = average_clip_predictions(clips.maps.mean(1), batch["clip_owner"], videos)  # (V, H, W)
-        video_maps = smooth_maps(video_maps, self.hparams.map_sigma)
         imaged = imaged_area(batch["video"], batch["clip_owner"], videos)
         regions = batch.get("abnormal_region")
         has_region = batch.get("has_abnormal_region", torch.zeros(videos, dtype=torch.bool))
-        region_stats: list[dict[str, float] | None] = [None] * videos
-        for index in range(videos):
-            if regions is None or not bool(has_region[index]) or not bool(regions[index].any()):
-                continue
-            stats = map_region_statistics(video_maps[index], regions[index].to(video_maps.device), imaged[index])
-            if stats is None:
-                continue
-            region_stats[index] = stats
-            for name, metric in self.test_map.items():
-                metric.update(torch.tensor(stats[name], device=self.device))
+        video_maps: dict[str, Tensor] = {}
+        region_stats: list[dict[str, float]] = [{} for _ in range(videos)]
+        for mode, maps in clips.maps.items():  # both map definitions, so a run reports how each localises
+            video_maps[mode] = smooth_maps(
+                average_clip_predictions(maps.mean(1), batch["clip_owner"], videos), self.hparams.map_sigma
+            )  # (V, H, W)
+            for index in range(videos):
+                if regions is None or not bool(has_region[index]) or not bool(regions[index].any()):
+                    continue
+                region = regions[index].to(video_maps[mode].device)
+                stats = map_region_statistics(video_maps[mode][index], region, imaged[index])
+                if stats is None:
+                    continue
+                for name, value in stats.items():
+                    region_stats[index][f"{mode}_{name}"] = value
+                    self.test_map[f"{mode}_{name}"].update(torch.tensor(value, device=self.device))
         score = scores[self.hparams.score]
+        mode = self.hparams.map_mode
         for index in range(videos):
-            stats = region_stats[index] or {}
+            stats = region_stats[index]
             self._collected.append(
                 (batch["filename"][index], float(score[index]), int(labels[index]),
                  float(ef[index]) if ef is not None else math.nan, float(batch["ef"][index]),
-                 stats.get("region_mass", math.nan), stats.get("control_mass", math.nan))
+                 stats.get(f"{mode}_region_mass", math.nan), stats.get(f"{mode}_control_mass", math.nan),
+                 stats.get(f"{mode}_dice", math.nan))
             )  # fmt: skip
-        self._keep_examples(batch, clips, video_maps, labels)
+        self._keep_examples(batch, clips, video_maps[mode], labels)
 
     def _keep_examples(self, batch: dict[str, Any], clips: ClipEvaluation, video_maps: Tensor, labels: Tensor) -> None:
         """A few abnormal videos (first clip) for the test figure and W&B videos."""
@@ -537,7 +578,7 @@ class CardiacNet(EchoModule):
                 "name": batch["filename"][index],
                 "input": batch["video"][clip].float().mean(0).cpu().numpy(),  # (T, H, W)
                 "to_normal": clips.to_normal[clip].mean(0).cpu().numpy(),
-                "maps": clips.maps[clip].cpu().numpy(),
+                "maps": clips.maps[self.hparams.map_mode][clip].cpu().numpy(),
                 "video_map": video_maps[index].cpu().numpy(),
                 "region": region[index].cpu().numpy() if region is not None else None,
             })  # fmt: skip
@@ -545,63 +586,89 @@ class CardiacNet(EchoModule):
     def on_test_epoch_end(self) -> None:
         rows = gather_lists(self._collected)
         self._collected = []
-        region_mass = self.test_map["region_mass"].compute() if self.test_map["region_mass"].update_count else None
-        control_mass = self.test_map["control_mass"].compute() if self.test_map["control_mass"].update_count else None
-        for metric in self.test_map.values():
-            if metric.update_count:
+        for mode in MAP_MODES:  # aggregated over ranks by the metrics
+            means = {name: self.test_map[f"{mode}_{name}"] for name in ("region_mass", "control_mass", "dice")}
+            if not all(metric.update_count for metric in means.values()):
+                continue
+            region, control, dice = (metric.compute() for metric in means.values())
+            prefix = "test/map_" if mode == self.hparams.map_mode else f"test/map_{mode}_"
+            self.log(f"{prefix}region_mass", region)
+            self.log(f"{prefix}control_mass", control)
+            self.log(f"{prefix}region_ratio", region / control.clamp_min(1e-12))
+            self.log(f"{prefix}dice", dice)
+            for metric in means.values():
                 metric.reset()
-        if region_mass is not None and control_mass is not None:
-            self.log("test/map_region_mass", region_mass)
-            self.log("test/map_control_mass", control_mass)
-            self.log("test/map_region_ratio", region_mass / control_mass.clamp_min(1e-12))
+        # every rank reads the epoch metrics (computing them synchronises the torchmetrics states over DDP) and
+        # takes part in logging the examples (log_figure resolves the log dir collectively)
+        logged = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+        self._log_examples(gather_lists(self._examples)[: self.hparams.num_logged_maps])
+        self._examples = []
         if not self.trainer.is_global_zero or not rows:
             return
-        self._log_examples()
         summary = test_summary(rows, self.decision_threshold.item())
         summary["score"] = self.hparams.score
-        summary.update({k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")})
-        rank_zero_info(
-            f"CardiacNet test over {summary['videos']} videos: AUROC {summary.get('auroc', math.nan):.3f} "
-            f"({self.hparams.score} score), accuracy {summary.get('accuracy', math.nan):.3f}"
-            + (f", map mass in region {summary['map_region_mass']:.3f} vs control {summary['map_control_mass']:.3f}"
-               if "map_region_mass" in summary else "")
-        )  # fmt: skip
-        if self.trainer.log_dir:
-            Path(self.trainer.log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(self.trainer.log_dir) / "test_summary.json").write_text(json.dumps(summary, indent=2))
+        summary["map_mode"] = self.hparams.map_mode
+        summary.update(logged)
+        message = (
+            f"CardiacNet test over {summary['videos']} videos: AUROC {summary.get('test/auroc', math.nan):.3f} "
+            f"({self.hparams.score} score), accuracy {summary.get('test/accuracy', math.nan):.3f}"
+        )
+        if "map_region_mass" in summary:
+            message += (
+                f"; {self.hparams.map_mode} map mass in the known region {summary['map_region_mass']:.3f} vs "
+                f"{summary['map_control_mass']:.3f} in same-shape control regions"
+            )
+        if "ef_mae" in summary:
+            message += f"; EF MAE {summary['ef_mae']:.2f}"
+        rank_zero_info(message)
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        (self._log_dir / "test_summary.json").write_text(json.dumps(summary, indent=2))
+        with open(self._log_dir / "test_videos.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(
+                ["FileName", "score", "label", "EF_pred", "EF_true", "map_region_mass", "map_control_mass", "map_dice"]
+            )
+            writer.writerows(sorted(rows))
 
-    def _log_examples(self) -> None:
-        if not self._examples:
+    def _log_examples(self, examples: list[dict[str, Any]]) -> None:
+        """The example figure (PNG in the log dir, image in W&B) and, with a WandbLogger, map videos. Called on every
+        rank with the same (gathered) examples; only rank 0 writes."""
+        if not examples:
             return
-        log_figure(self, "test/abnormality_maps", abnormality_figure(self._examples))
+        log_figure(self, "test/abnormality_maps", abnormality_figure(examples))
         from lightning.pytorch.loggers import WandbLogger
 
         wandb_loggers = [logger for logger in self.trainer.loggers if isinstance(logger, WandbLogger)]
-        if not wandb_loggers:
+        if not wandb_loggers or not self.trainer.is_global_zero:
             return
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "abnormality_maps"
-        paths = [str(write_map_video(out / f"test_{i}.mp4", e["input"], e["to_normal"], e["maps"])) for i, e in enumerate(self._examples)]
+        out = self._log_dir / "abnormality_maps"
+        paths = [
+            str(write_map_video(out / f"test_{i}.mp4", e["input"], e["to_normal"], e["maps"]))
+            for i, e in enumerate(examples)
+        ]
         for logger in wandb_loggers:
             logger.log_video("test/abnormality_map_videos", videos=paths, step=self.trainer.global_step,
-                             caption=[e["name"] for e in self._examples])  # fmt: skip
+                             caption=[e["name"] for e in examples])  # fmt: skip
 
     # ------------------------------------------------------------------ prediction
 
     def on_predict_epoch_start(self) -> None:
         self._collected = []
+        self._log_dir = run_directory(self.trainer)  # on every rank: a collective under DDP
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         clips, scores, ef = self._video_outputs(batch)
         score = scores[self.hparams.score]
         probability = self.probability(score)
-        out = Path(self.hparams.maps_dir or Path(self.trainer.log_dir or ".") / "abnormality_maps")
+        out = Path(self.hparams.maps_dir or self._log_dir / "abnormality_maps")
         for index, name in enumerate(batch["filename"]):
             chosen = batch["clip_owner"] == index
             map_file = ""
             if self.hparams.map_format != "none":
                 map_file = save_video_maps(
                     out, name, batch["video"][chosen].float().mean(1).cpu().numpy(),
-                    clips.to_normal[chosen].mean(1).cpu().numpy(), clips.maps[chosen].cpu().numpy(),
+                    clips.to_normal[chosen].mean(1).cpu().numpy(),
+                    clips.maps[self.hparams.map_mode][chosen].cpu().numpy(),
                     self.hparams.map_format,
                 )  # fmt: skip
             self._collected.append(
@@ -616,12 +683,14 @@ class CardiacNet(EchoModule):
         self._collected = []
         if not self.trainer.is_global_zero:
             return
-        path = Path(self.hparams.predictions_csv or Path(self.trainer.log_dir or ".") / "predictions.csv")
+        path = Path(self.hparams.predictions_csv or self._log_dir / "predictions.csv")
         path.parent.mkdir(parents=True, exist_ok=True)
         number = lambda value: "" if math.isnan(value) else f"{value:.4f}"  # noqa: E731
         with open(path, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["FileName", "score", "probability", "predicted_label", "label", "EF_pred", "EF_true", "map_file"])
+            writer.writerow(
+                ["FileName", "score", "probability", "predicted_label", "label", "EF_pred", "EF_true", "map_file"]
+            )
             for name, score, probability, predicted, label, ef_pred, ef_true, map_file in sorted(rows):
                 writer.writerow([name, f"{score:.5f}", f"{probability:.5f}", predicted, "" if label < 0 else label,
                                  number(ef_pred), number(ef_true), map_file])  # fmt: skip
@@ -679,8 +748,8 @@ def map_region_statistics(
     region = region.bool()
     height, width = region.shape
     generator = torch.Generator().manual_seed(seed)
-    shifts = torch.stack([torch.randint(-height // 2, height // 2 + 1, (placements * 8,), generator=generator),
-                          torch.randint(-width // 2, width // 2 + 1, (placements * 8,), generator=generator)], 1)  # fmt: skip
+    draw = lambda extent: torch.randint(-extent // 2, extent // 2 + 1, (placements * 8,), generator=generator)  # noqa: E731
+    shifts = torch.stack([draw(height), draw(width)], 1)
     control: list[float] = []
     for dy, dx in shifts.tolist():
         if (dy, dx) == (0, 0):
@@ -697,7 +766,8 @@ def map_region_statistics(
     top = torch.zeros_like(region)
     top.view(-1)[torch.topk(video_map.flatten(), area).indices] = True
     dice = 2 * float((top & region).sum()) / (2 * area)
-    return {"region_mass": float(video_map[region].sum() / total), "control_mass": float(np.mean(control)), "dice": dice}
+    region_mass = float(video_map[region].sum() / total)
+    return {"region_mass": region_mass, "control_mass": float(np.mean(control)), "dice": dice}
 
 
 def test_summary(rows: list[tuple], threshold: float) -> dict[str, Any]:
@@ -707,11 +777,15 @@ def test_summary(rows: list[tuple], threshold: float) -> dict[str, Any]:
     summary["abnormal_videos"] = int((labels == ABNORMAL).sum())
     region = np.array([r[5] for r in rows], dtype=float)
     control = np.array([r[6] for r in rows], dtype=float)
+    dice = np.array([r[7] for r in rows], dtype=float)
     if np.isfinite(region).any():
         summary["map_region_mass"] = float(np.nanmean(region))
         summary["map_control_mass"] = float(np.nanmean(control))
         summary["map_region_ratio"] = summary["map_region_mass"] / max(summary["map_control_mass"], 1e-12)
+        summary["map_dice"] = float(np.nanmean(dice))
         summary["map_videos"] = int(np.isfinite(region).sum())
+        finite = np.isfinite(region) & np.isfinite(control)
+        summary["map_region_beats_control"] = float(np.mean(region[finite] > control[finite]))  # share of videos
     ef_pred = np.array([r[3] for r in rows], dtype=float)
     ef_true = np.array([r[4] for r in rows], dtype=float)
     both = np.isfinite(ef_pred) & np.isfinite(ef_true)
@@ -766,13 +840,14 @@ def save_video_maps(
     written path(s) joined by ``;``. ``inputs``/``to_normal``/``maps``: ``(clips, T, H, W)``."""
     flat = lambda array: rearrange(array, "n t h w -> (n t) h w")  # noqa: E731
     written = []
-    stem = out_dir / name
+    stem = out_dir / name  # names may hold folders (CardiacNet "PAH/001", video-folder relative paths)
     if map_format in ("npy", "both"):
         stem.parent.mkdir(parents=True, exist_ok=True)
-        np.save(stem.with_suffix(".npy"), maps.astype(np.float16))
-        written.append(str(stem.with_suffix(".npy")))
+        np.save(stem.parent / f"{stem.name}.npy", maps.astype(np.float16))
+        written.append(str(stem.parent / f"{stem.name}.npy"))
     if map_format in ("avi", "both"):
-        written.append(str(write_map_video(stem.with_suffix(".avi"), flat(inputs), flat(to_normal), flat(maps))))
+        path = stem.parent / f"{stem.name}.avi"
+        written.append(str(write_map_video(path, flat(inputs), flat(to_normal), flat(maps))))
     return ";".join(written)
 
 

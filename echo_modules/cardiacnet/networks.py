@@ -109,22 +109,29 @@ class DeformationGenerator(nn.Module):
         self.channels_last = channels_last
         self.downsampling = 2 ** (len(widths) - 1)
         self.encoder = Encoder3d(in_channels, widths, latent_dim)
-        self.codebook = ConsistencyDeformationCodebook(latent_dim, position_grid, num_codes, commitment, restart_threshold)
+        self.codebook = ConsistencyDeformationCodebook(
+            latent_dim, position_grid, num_codes, commitment, restart_threshold
+        )
         self.decoder = Decoder3d(in_channels, widths, latent_dim)
         if channels_last:
             self.to(memory_format=torch.channels_last_3d)
 
-    def encode(self, video: Tensor, learn_from: Tensor | None = None) -> tuple[Tensor, Quantised]:
-        """Positioned features ``F + P`` and their quantisation for ``video`` ``(B, C, T, H, W)``; ``learn_from``
-        ``(B,)`` marks the clips whose tokens may train the codebook (default all)."""
+    def _prepare(self, video: Tensor) -> Tensor:
         if video.shape[-1] % self.downsampling or video.shape[-2] % self.downsampling:
             raise ValueError(
                 f"frames of {tuple(video.shape[-2:])} px: height and width must be divisible by 2^(len(widths) - 1) = "
                 f"{self.downsampling} (set data.frame_size accordingly)"
             )
-        if self.channels_last:
-            video = video.contiguous(memory_format=torch.channels_last_3d)
-        return self.codebook(self.encoder(video), learn_from)
+        return video.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else video
+
+    def extract(self, video: Tensor) -> Tensor:
+        """Positioned features ``F + P`` ``(B, D, t, h, w)`` of ``video`` ``(B, C, T, H, W)``, not quantised."""
+        return self.codebook.positional_encoding(self.encoder(self._prepare(video)))
+
+    def encode(self, video: Tensor, learn_from: Tensor | None = None) -> tuple[Tensor, Quantised]:
+        """Positioned features ``F + P`` and their quantisation for ``video`` ``(B, C, T, H, W)``; ``learn_from``
+        ``(B,)`` marks the clips whose tokens may train the codebook (default all)."""
+        return self.codebook(self.encoder(self._prepare(video)), learn_from)
 
     def forward(self, video: Tensor, learn_from: Tensor | None = None) -> GeneratorOutput:
         features, quantisation = self.encode(video, learn_from)
@@ -135,20 +142,24 @@ class DeformationGenerator(nn.Module):
         return GeneratorOutput(video=output, features=features, quantisation=quantisation)
 
 
-def _patch_discriminator(dims: int, in_channels: int, width: int, num_layers: int, temporal_strides: int) -> nn.Sequential:
-    """PatchGAN (pix2pix/VQGAN style) in 2D or 3D: strided convs with LeakyReLU and GroupNorm, one logit per patch."""
+def _patch_discriminator(
+    dims: int, in_channels: int, width: int, num_layers: int, temporal_strides: int
+) -> nn.Sequential:
+    """PatchGAN (pix2pix/VQGAN style) in 2D or 3D: strided convs with LeakyReLU and GroupNorm, one logit per patch
+    (2D: 4x4 kernels as pix2pix; 3D: 3x3x3, time strided only in the first ``temporal_strides`` layers)."""
     conv = nn.Conv2d if dims == 2 else nn.Conv3d
+    kernel = 4 if dims == 2 else 3
 
     def stride(layer: int) -> int | tuple[int, int, int]:
         if dims == 2:
             return 2
         return (2 if layer < temporal_strides else 1, 2, 2)
 
-    layers: list[nn.Module] = [conv(in_channels, width, 4 if dims == 2 else 3, stride=stride(0), padding=1), nn.LeakyReLU(0.2)]
+    layers: list[nn.Module] = [conv(in_channels, width, kernel, stride=stride(0), padding=1), nn.LeakyReLU(0.2)]
     channels = width
     for layer in range(1, num_layers):
         wider = min(channels * 2, 8 * width)
-        layers += [conv(channels, wider, 4 if dims == 2 else 3, stride=stride(layer), padding=1), group_norm(wider), nn.LeakyReLU(0.2)]
+        layers += [conv(channels, wider, kernel, stride=stride(layer), padding=1), group_norm(wider), nn.LeakyReLU(0.2)]
         channels = wider
     layers += [conv(channels, 1, 3, padding=1)]
     return nn.Sequential(*layers)
@@ -159,13 +170,24 @@ class ConsistencyDeformationDiscriminator(nn.Module):
     judges the non-overlapping patches of individual frames. Both return patch logits."""
 
     def __init__(
-        self, in_channels: int = 1, width: int = 64, num_layers: int = 3, temporal_strides: int = 2, frames: int = 4
+        self,
+        in_channels: int = 1,
+        width: int = 64,
+        num_layers: int = 3,
+        temporal_strides: int = 2,
+        frames: int = 4,
+        channels_last: bool = True,
     ) -> None:
-        """``frames``: frames per clip the local discriminator sees (drawn at random; 0 = every frame)."""
+        """``frames``: frames per clip the local discriminator sees (drawn at random; 0 = every frame).
+        ``channels_last``: channels-last memory formats for both discriminators (faster convolutions on CPU)."""
         super().__init__()
         self.frames = frames
+        self.channels_last = channels_last
         self.video = _patch_discriminator(3, in_channels, width, num_layers, temporal_strides)
         self.frame = _patch_discriminator(2, in_channels, width, num_layers, 0)
+        if channels_last:
+            self.video.to(memory_format=torch.channels_last_3d)
+            self.frame.to(memory_format=torch.channels_last)
 
     def select_frames(self, video: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Frame indices the local discriminator judges (the same for real and fake clips of one step)."""
@@ -177,8 +199,11 @@ class ConsistencyDeformationDiscriminator(nn.Module):
     def forward(self, video: Tensor, frame_indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(global logits, local logits) for ``video`` ``(B, C, T, H, W)``."""
         frames = video if frame_indices is None else video.index_select(2, frame_indices)
-        local = self.frame(rearrange(frames, "b c t h w -> (b t) c h w"))
-        return self.video(video), local
+        frames = rearrange(frames, "b c t h w -> (b t) c h w")
+        if self.channels_last:
+            video = video.contiguous(memory_format=torch.channels_last_3d)
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        return self.video(video), self.frame(frames)
 
 
 class FeatureHead(nn.Module):

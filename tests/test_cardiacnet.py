@@ -1,0 +1,391 @@
+"""CardiacNet: unit tests of its parts against naive references (optimal transport vs POT, the codebook, the memory
+banks, the losses, the map statistics), then real CLI runs on a phantom CardiacNet-ASD dataset: a short fit separates
+normal from ASD-like videos on the test split and its abnormality maps point at the planted septal gap."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import ot
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from echo_modules.cardiacnet.codebook import FactorisedPositionalEncoding, VectorQuantiser
+from echo_modules.cardiacnet.losses import (
+    centroid_loss,
+    clip_descriptor,
+    discriminator_adversarial_loss,
+    generator_adversarial_loss,
+    ot_separation_loss,
+)
+from echo_modules.cardiacnet.memory_bank import ClassMemoryBanks, MemoryBank
+from echo_modules.cardiacnet.module import best_threshold, map_region_statistics, smooth_maps
+from echo_modules.cardiacnet.optimal_transport import ot_cost, pot_ot_cost, sorted_ot_cost
+from tests.helpers import ROOT, run_echolab, write_config
+
+# ---------------------------------------------------------------------- optimal transport
+
+
+@pytest.mark.parametrize(("n", "m"), [(16, 16), (7, 3), (12, 20), (1, 5), (64, 48)])
+def test_sorted_ot_equals_pot_exact_cost_per_dimension(n, m):
+    generator = torch.Generator().manual_seed(n * 100 + m)
+    source = torch.randn(n, 6, generator=generator, dtype=torch.float64)
+    target = 1.5 * torch.randn(m, 6, generator=generator, dtype=torch.float64) + 0.7
+    weights_source, weights_target = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
+    exact = [
+        ot.emd2(weights_source, weights_target, (source[:, i, None] - target[None, :, i]).square().numpy())
+        for i in range(6)
+    ]
+    for i in range(6):  # each dimension alone is one 1-D problem of Eq. 5
+        assert sorted_ot_cost(source[:, i : i + 1], target[:, i : i + 1]).item() == pytest.approx(exact[i], rel=1e-9)
+    assert sorted_ot_cost(source, target).item() == pytest.approx(float(np.mean(exact)), rel=1e-9)
+
+
+def test_emd2_gradients_flow_and_match_the_sorted_path_in_1d():
+    generator = torch.Generator().manual_seed(3)
+    source = torch.randn(9, 1, generator=generator, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(13, 1, generator=generator, dtype=torch.float64)
+    exact = pot_ot_cost(source, target, "emd")
+    (exact_grad,) = torch.autograd.grad(exact, source)
+    fast = sorted_ot_cost(source, target)
+    (fast_grad,) = torch.autograd.grad(fast, source)
+    assert exact.item() == pytest.approx(fast.item(), rel=1e-9)
+    assert exact_grad.abs().sum() > 0
+    torch.testing.assert_close(exact_grad, fast_grad, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["sorted", "emd", "sinkhorn", "sliced"])
+def test_every_ot_method_is_differentiable_and_grows_with_the_shift(method):
+    generator = torch.Generator().manual_seed(5)
+    source = torch.randn(24, 8, generator=generator, requires_grad=True)
+    target = torch.randn(40, 8, generator=generator)
+    near = ot_cost(source, target, method)
+    far = ot_cost(source, target + 2.0, method)
+    (gradient,) = torch.autograd.grad(far, source)
+    assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+    assert far.item() > near.item() + 1.0  # a shift of 2 per dimension adds ~4 to the mean squared cost
+
+
+def test_per_dimension_matching_never_exceeds_joint_matching():
+    generator = torch.Generator().manual_seed(6)
+    source, target = torch.randn(30, 5, generator=generator), torch.randn(30, 5, generator=generator)
+    assert sorted_ot_cost(source, target).item() <= pot_ot_cost(source, target, "emd").item() + 1e-6
+
+
+# ---------------------------------------------------------------------- codebook
+
+
+def _quantiser(codebook: torch.Tensor, commitment: float = 0.25) -> VectorQuantiser:
+    quantiser = VectorQuantiser(len(codebook), codebook.shape[1], commitment=commitment)
+    with torch.no_grad():
+        quantiser.codebook.copy_(codebook)
+    quantiser.initialised.fill_(True)
+    return quantiser
+
+
+def test_codebook_quantises_to_the_nearest_entry_and_passes_gradients_straight_through():
+    generator = torch.Generator().manual_seed(0)
+    quantiser = _quantiser(torch.randn(16, 4, generator=generator)).eval()
+    features = torch.randn(2, 4, 3, 2, 2, generator=generator, requires_grad=True)
+    result = quantiser(features)
+    flat = features.detach().permute(0, 2, 3, 4, 1).reshape(-1, 4)
+    nearest = torch.cdist(flat, quantiser.codebook.detach()).argmin(1)
+    assert torch.equal(result.indices.flatten(), nearest)
+    expected = quantiser.codebook.detach()[nearest].reshape(2, 3, 2, 2, 4).permute(0, 4, 1, 2, 3)
+    torch.testing.assert_close(result.quantised, expected)
+    upstream = torch.randn_like(result.quantised)
+    (gradient,) = torch.autograd.grad((result.quantised * upstream).sum(), features)
+    torch.testing.assert_close(gradient, upstream)  # straight-through: d quantised / d features = identity
+
+
+def test_quantisation_loss_is_codebook_term_plus_lambda_commitment():
+    generator = torch.Generator().manual_seed(1)
+    quantiser = _quantiser(torch.randn(8, 3, generator=generator), commitment=0.25).train()
+    features = torch.randn(2, 3, 2, 2, 2, generator=generator, requires_grad=True)
+    result = quantiser(features)
+    flat = features.permute(0, 2, 3, 4, 1).reshape(-1, 3)
+    chosen = quantiser.codebook[result.indices.flatten()]
+    expected = F.mse_loss(chosen, flat.detach()) + 0.25 * F.mse_loss(flat, chosen.detach())
+    assert result.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    codebook_grad, feature_grad = torch.autograd.grad(result.loss, [quantiser.codebook, features])
+    reference_codebook, reference_feature = torch.autograd.grad(expected, [quantiser.codebook, features])
+    torch.testing.assert_close(codebook_grad, reference_codebook)
+    torch.testing.assert_close(feature_grad, reference_feature)
+
+
+def test_codebook_learns_only_from_the_clips_it_is_told_to():
+    generator = torch.Generator().manual_seed(2)
+    quantiser = _quantiser(torch.randn(8, 3, generator=generator)).train()
+    features = torch.randn(2, 3, 1, 2, 2, generator=generator)
+    result = quantiser(features, learn_from=torch.tensor([True, False]))
+    (gradient,) = torch.autograd.grad(result.loss, quantiser.codebook)
+    used_by_first = set(result.indices[0].flatten().tolist())
+    others = [k for k in range(8) if k not in used_by_first]
+    assert gradient[others].abs().sum() == 0  # entries only the second clip chose get no codebook gradient
+    assert gradient[sorted(used_by_first)].abs().sum() > 0
+
+
+def test_dead_codebook_entries_are_restarted_and_then_used():
+    generator = torch.Generator().manual_seed(4)
+    codebook = torch.randn(12, 4, generator=generator)
+    codebook[6:] += 100.0  # half the entries sit far from every feature: never chosen
+    quantiser = _quantiser(codebook).train()
+    quantiser.usage_decay = 0.5  # forget quickly so the test needs few steps
+    for _ in range(6):
+        quantiser(torch.randn(4, 4, 2, 3, 3, generator=generator))
+    assert quantiser.restart_dead_codes() >= 6
+    assert quantiser.codebook.detach().abs().max() < 50  # the far entries moved onto features
+    used = quantiser.eval()(torch.randn(8, 4, 2, 3, 3, generator=generator)).indices.unique()
+    assert (used >= 6).any()
+
+
+def test_positional_encoding_is_an_outer_product_and_resizes():
+    encoding = FactorisedPositionalEncoding(dim=3, grid=(4, 2, 2))
+    zeros = torch.zeros(1, 3, 4, 2, 2)
+    expected = encoding.time[:, :, None, None] * encoding.space[:, None]
+    torch.testing.assert_close(encoding(zeros)[0], expected)
+    assert encoding(torch.zeros(2, 3, 8, 4, 4)).shape == (2, 3, 8, 4, 4)
+
+
+# ---------------------------------------------------------------------- memory banks and losses
+
+
+def test_memory_bank_is_a_fifo_saved_in_the_state_dict():
+    bank = MemoryBank(size=4, dim=2)
+    bank.push(torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]))
+    assert len(bank) == 3
+    torch.testing.assert_close(bank.centroid(), torch.tensor([2.0, 2.0]))
+    bank.push(torch.tensor([[4.0, 4.0], [5.0, 5.0]]))  # wraps: the oldest row (1) is overwritten
+    assert len(bank) == 4 and sorted(bank.filled[:, 0].tolist()) == [2.0, 3.0, 4.0, 5.0]
+    restored = MemoryBank(size=4, dim=2)
+    restored.load_state_dict(bank.state_dict())
+    assert torch.equal(restored.features, bank.features) and int(restored.pointer) == int(bank.pointer) == 1
+
+
+def test_class_banks_route_rows_by_label():
+    banks = ClassMemoryBanks(num_classes=2, size=8, dim=3)
+    features = torch.arange(15.0).view(5, 3)
+    banks.enqueue(features, torch.tensor([0, 1, 1, 0, 1]))
+    assert torch.equal(banks[0].filled, features[[0, 3]]) and torch.equal(banks[1].filled, features[[1, 2, 4]])
+    assert banks.ready(2) and not banks.ready(3)
+
+
+def test_adversarial_losses_match_their_definitions():
+    real, fake = torch.randn(4, 1, 3, 3), torch.randn(4, 1, 3, 3)
+    bce = F.binary_cross_entropy_with_logits
+    vanilla = 0.5 * (bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake)))
+    assert discriminator_adversarial_loss(real, fake, "vanilla").item() == pytest.approx(vanilla.item(), rel=1e-6)
+    assert generator_adversarial_loss(fake, "vanilla").item() == pytest.approx(
+        bce(fake, torch.ones_like(fake)).item(), rel=1e-6
+    )
+    hinge = 0.5 * (torch.clamp(1 - real, min=0).mean() + torch.clamp(1 + fake, min=0).mean())
+    assert discriminator_adversarial_loss(real, fake, "hinge").item() == pytest.approx(hinge.item(), rel=1e-6)
+    assert generator_adversarial_loss(fake, "hinge").item() == pytest.approx(-fake.mean().item(), rel=1e-6)
+
+
+def test_bank_losses_pull_to_the_centroid_and_push_from_the_other_class():
+    descriptors = torch.randn(6, 4, requires_grad=True)
+    centroid = torch.randn(4)
+    naive = sum(((descriptors[i] - centroid) ** 2).sum() for i in range(6)) / 24
+    assert centroid_loss(descriptors, centroid).item() == pytest.approx(naive.item(), rel=1e-6)
+    other_bank = torch.randn(20, 4)
+    separation = ot_separation_loss(descriptors, other_bank)  # -OT: minimising it moves the batch away from the bank
+    (gradient,) = torch.autograd.grad(separation, descriptors)
+    moved = descriptors.detach() - 0.5 * gradient
+    assert sorted_ot_cost(moved, other_bank) > sorted_ot_cost(descriptors.detach(), other_bank)
+    assert ot_separation_loss(descriptors, other_bank, margin=1e-6).item() == 0.0  # already further apart
+    assert clip_descriptor(torch.randn(2, 4, 3, 5, 5), (1, 2, 2)).shape == (2, 16)
+
+
+# ---------------------------------------------------------------------- evaluation helpers
+
+
+def test_map_statistics_find_mass_in_the_region_and_not_in_a_flat_map():
+    region = torch.zeros(32, 32, dtype=torch.bool)
+    region[14:18, 10:13] = True
+    imaged = torch.ones(32, 32, dtype=torch.bool)
+    focused = torch.full((32, 32), 0.01)
+    focused[region] = 1.0
+    stats = map_region_statistics(focused, region, imaged)
+    assert stats["region_mass"] > 10 * stats["control_mass"] and stats["dice"] == 1.0
+    flat = map_region_statistics(torch.ones(32, 32), region, imaged)
+    assert flat["region_mass"] == pytest.approx(flat["control_mass"], rel=1e-6)
+    assert smooth_maps(focused[None], 1.0).sum().item() == pytest.approx(focused.sum().item(), rel=0.05)
+
+
+def test_best_threshold_separates_the_classes():
+    scores = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
+    labels = np.array([0, 0, 0, 1, 1])
+    threshold = best_threshold(scores, labels)
+    assert 0.3 < threshold < 0.8
+    assert best_threshold(scores, np.zeros(5, int)) is None
+
+
+# ---------------------------------------------------------------------- real runs on a phantom CardiacNet dataset
+
+
+@pytest.fixture(scope="module")
+def cardiacnet_pah_phantom(tmp_path_factory):
+    """A small phantom in the CardiacNet-PAH layout (80 videos, half with a dilated right heart)."""
+    from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset
+
+    return write_cardiacnet_dataset(
+        tmp_path_factory.mktemp("cardiacnet") / "CardiacNet", num_videos=80, seed=0, subset="PAH",
+        size_range=(96, 128), num_frames_range=(24, 40),
+    )  # fmt: skip
+
+
+def tiny_cardiacnet_config(data_dir, run_dir, max_epochs: int = 16, subset: str = "PAH") -> dict:
+    """A CardiacNet config on the phantom that trains on a CPU in about a minute (1 x 8 x 32 x 32 clips, 7 steps
+    per epoch on 80 videos)."""
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": max_epochs,
+            "default_root_dir": str(run_dir),
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "log_every_n_steps": 2,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(run_dir), "name": "logs", "version": 0}},
+            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                           "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True}}],
+        },  # fmt: skip
+        "model": {
+            "class_path": "echo_modules.cardiacnet.CardiacNet",
+            "init_args": {
+                "widths": [8, 16, 32], "latent_dim": 32, "num_codes": 128, "position_grid": [8, 8, 8],
+                "disc_width": 8, "disc_layers": 2, "disc_frames": 2, "gan_loss": "vanilla",
+                "identity_weight": 2.5, "cycle_weight": 10.0, "centroid_weight": 0.01, "ot_weight": 0.01,
+                "bank_size": 64, "bank_min_fill": 8, "head_feature_grad": 1.0,
+                "generator_optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 2.0e-3, "betas": [0.5, 0.99]}},
+                "discriminator_optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 2.0e-3, "betas": [0.5, 0.99]}},
+            },  # fmt: skip
+        },
+        "data": {
+            "class_path": "datamodules.cardiacnet.CardiacNetDataModule",
+            "init_args": {
+                "data_dir": str(data_dir), "subset": subset, "paired": True, "clip_length": 8, "period": 2,
+                "frame_size": 32, "channels": 1, "batch_size": 4, "num_workers": 0, "num_eval_clips": 2,
+                "cache_dir": str(run_dir.parent / "cache"),
+            },  # fmt: skip
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def fitted_pah(cardiacnet_pah_phantom, tmp_path_factory) -> dict:
+    """One short fit on the PAH phantom, then `echolab test` on its last checkpoint."""
+    run_dir = tmp_path_factory.mktemp("cardiacnet_run") / "run"
+    path = write_config(run_dir.parent / "fit.yaml", tiny_cardiacnet_config(cardiacnet_pah_phantom, run_dir))
+    fit = run_echolab("fit", "--config", str(path))
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    test = run_echolab("test", "--config", str(path), "--ckpt_path", str(checkpoint), "--trainer.logger.init_args.version", "test")
+    assert test.returncode == 0, test.stderr[-3000:]
+    summary = json.loads((run_dir / "logs" / "test" / "test_summary.json").read_text())
+    return {"run_dir": run_dir, "config": path, "checkpoint": checkpoint, "summary": summary}
+
+
+@pytest.mark.slow
+def test_short_fit_separates_normal_from_disease_videos(fitted_pah):
+    summary = fitted_pah["summary"]
+    assert summary["videos"] == 16 and summary["abnormal_videos"] == 8  # the whole phantom test split
+    assert summary["test/auroc"] >= 0.8, summary
+    metrics = pd.read_csv(fitted_pah["run_dir"] / "logs" / "version_0" / "metrics.csv")
+    for column in ("train/identity_l1", "train/cycle_l1", "train/adversarial", "train/discriminator_loss",
+                   "train/ot_separation", "train/centroid", "train/quantisation"):  # fmt: skip
+        assert metrics[column].notna().any() and np.isfinite(metrics[column].dropna()).all(), column
+    assert metrics["train/ot_separation"].dropna().lt(0).any()  # the banks filled and L_OT was trained
+    assert (fitted_pah["run_dir"] / "logs" / "test" / "figures" / "test_abnormality_maps.png").is_file()
+
+
+@pytest.mark.slow
+def test_abnormality_maps_point_at_the_planted_region(fitted_pah):
+    summary = fitted_pah["summary"]
+    assert summary["map_videos"] == 8  # every abnormal test video has its planted region
+    assert summary["map_region_mass"] > 1.2 * summary["map_control_mass"], summary
+    assert summary["map_region_beats_control"] >= 0.75, summary
+
+
+@pytest.mark.slow
+def test_checkpoint_holds_banks_and_predict_writes_scores_and_map_videos(fitted_pah, tmp_path):
+    checkpoint = torch.load(fitted_pah["checkpoint"], map_location="cpu", weights_only=False)
+    state = checkpoint["state_dict"]
+    for name in ("normal_to_abnormal", "abnormal_to_normal"):
+        for label in (0, 1):
+            assert int(state[f"banks.{name}.banks.{label}.count"]) == 64  # full FIFO banks travel with the model
+    usage = state["abnormal_to_normal.codebook.quantiser.usage"]
+    assert (usage > 0).float().mean() > 0.5  # restarts keep most codebook entries in use
+    csv_path, maps_dir = tmp_path / "predictions.csv", tmp_path / "maps"
+    predict = run_echolab(
+        "predict", "--config", str(fitted_pah["config"]), "--ckpt_path", str(fitted_pah["checkpoint"]),
+        "--model.init_args.predictions_csv", str(csv_path), "--model.init_args.maps_dir", str(maps_dir),
+        "--model.init_args.map_format", "both", "--trainer.logger.init_args.version", "predict",
+    )  # fmt: skip
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    table = pd.read_csv(csv_path)
+    assert len(table) == 16 and table["probability"].between(0, 1).all()
+    assert set(table["label"]) == {0, 1}
+    first = table["map_file"].iloc[0].split(";")
+    maps = np.load(first[0])
+    assert maps.ndim == 4 and maps.shape[1:] == (8, 32, 32)  # (clips, T, H, W)
+    import cv2
+
+    capture = cv2.VideoCapture(first[1])
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    assert frames == maps.shape[0] * maps.shape[1] and int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)) == 3 * 32
+    capture.release()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["phantom", "pah", "asd", "echonet", "camus"])
+def test_config_builds_model_and_data(name, cardiacnet_pah_phantom, tmp_path, monkeypatch):
+    """Each shipped config instantiates its model and DataModule on a phantom of its dataset's layout."""
+    from cli import run_cli
+
+    monkeypatch.setattr("sys.argv", ["echolab"])  # LightningCLI reads args=... only
+    data_dir = cardiacnet_pah_phantom
+    if name == "echonet":
+        from datamodules.phantom.echonet_writer import write_echonet_dataset
+
+        data_dir = write_echonet_dataset(tmp_path / "echonet", 4, size=64, num_frames_range=(20, 24))
+    if name == "asd":
+        from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset
+
+        data_dir = write_cardiacnet_dataset(tmp_path / "asd", 4, subset="ASD", size_range=(64, 64), num_frames_range=(20, 20))
+    if name == "camus":
+        from datamodules.phantom.camus_writer import write_camus_dataset
+
+        data_dir = write_camus_dataset(tmp_path / "camus", 4)
+    cli = run_cli(
+        ["--config", str(ROOT / "configs" / "cardiacnet" / f"{name}.yaml"), "--data.init_args.data_dir", str(data_dir),
+         "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "run")],
+        run=False,
+    )  # fmt: skip
+    assert type(cli.model).__name__ == "CardiacNet"
+    assert cli.datamodule.paired and cli.model.hparams.in_channels == cli.datamodule.channels
+    if name in ("echonet", "camus"):
+        assert cli.datamodule.label_from_ef_below == 50 and cli.model.ef_head is not None
+
+
+def test_auroc_over_batches_equals_auroc_of_all_scores():
+    """torchmetrics squashes a batch with a sigmoid only when a value leaves [0, 1]; scores go through a fixed
+    monotone map first, so batches that do and do not look like probabilities are ranked together correctly."""
+    from torchmetrics.classification import BinaryAUROC
+
+    from echo_modules.cardiacnet.module import CardiacNet
+
+    scores = torch.tensor([0.3, 0.9, -0.2, 1.5, 0.1, 0.6, 40.0, -3.0])
+    labels = torch.tensor([0, 1, 0, 1, 0, 0, 1, 0])
+    batched = BinaryAUROC()
+    for start in range(0, 8, 2):  # batches [0.3, 0.9] and [0.1, 0.6] lie in [0, 1], the others do not
+        batched.update(CardiacNet.ranking_value(scores[start : start + 2]), labels[start : start + 2])
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    exact = (positives[:, None] > negatives[None, :]).float().mean()
+    assert batched.compute().item() == pytest.approx(exact.item())
