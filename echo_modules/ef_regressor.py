@@ -19,7 +19,6 @@ from echo_modules.common.module import (
     EchoModule,
     average_clip_predictions,
     gather_lists,
-    run_directory,
     save_test_summary,
     write_csv,
 )
@@ -116,7 +115,7 @@ class EFRegressor(EchoModule):
                 f"Test EF MAE {mae:.2f} over {len(rows)} videos; always predicting the training mean "
                 f"({self.train_ef_mean.item():.1f}%) gives {baseline:.2f} (ratio {mae / baseline:.2f})"
             )
-            save_test_summary(self.trainer, summary)
+            save_test_summary(self.run_dir, summary)
 
     def on_predict_epoch_start(self) -> None:
         self._collected = []
@@ -133,7 +132,7 @@ class EFRegressor(EchoModule):
         table = [
             [name, f"{predicted:.3f}", "" if math.isnan(true) else f"{true:.3f}"] for name, predicted, true in sorted(rows)
         ]
-        path = self.predictions_csv or run_directory(self.trainer) / "predictions.csv"
+        path = self.predictions_csv or self.run_dir / "predictions.csv"
         path = write_csv(path, ["FileName", "EF_pred", "EF_true"], table)
         rank_zero_info(f"Wrote {len(rows)} EF predictions to {path}")
 

@@ -29,7 +29,6 @@ from echo_modules.common.module import (
     EchoModule,
     average_clip_predictions,
     gather_lists,
-    run_directory,
     save_test_summary,
     write_csv,
 )
@@ -180,7 +179,7 @@ class VideoClassifier(EchoModule):
         rank_zero_info(
             f"Test over {len(rows)} videos: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "videos")
         )
-        save_test_summary(self.trainer, summary)
+        save_test_summary(self.run_dir, summary)
 
     def on_predict_epoch_start(self) -> None:
         self._collected = []
@@ -197,7 +196,7 @@ class VideoClassifier(EchoModule):
         width = len(rows[0][1]) if rows else 1
         header = ["FileName", *(f"prob_{i}" for i in range(width)), "target"]
         table = [[name, *(f"{p:.5f}" for p in probs), target] for name, probs, target in sorted(rows, key=lambda r: r[0])]
-        path = write_csv(self.predictions_csv or run_directory(self.trainer) / "predictions.csv", header, table)
+        path = write_csv(self.predictions_csv or self.run_dir / "predictions.csv", header, table)
         rank_zero_info(f"Wrote {len(rows)} predictions to {path}")
 
     def configure_optimizers(self) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -99,3 +100,22 @@ class RecordBatches(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         with open(self.path, "a") as handle:
             handle.write(f"{trainer.global_step} {' '.join(batch['filename'])} {batch['video'].sum().item():.4f}\n")
+
+
+def check_ddp_test_and_predict(config_path: Path, checkpoint: Path, run_dir: Path, data_dir: Path) -> None:
+    """``echolab test`` and ``predict`` with a 2-process DDP config finish (rank-0-only code must not enter a
+    collective such as ``trainer.log_dir``) and report every TEST video exactly once."""
+    import pandas as pd
+
+    files = pd.read_csv(data_dir / "FileList.csv")
+    test_names = sorted(Path(str(name)).stem for name in files.loc[files["Split"].str.upper() == "TEST", "FileName"])
+    for command in ("test", "predict"):
+        result = run_echolab(command, "--config", str(config_path), "--ckpt_path", str(checkpoint), timeout=300)
+        assert result.returncode == 0, f"DDP {command}: " + result.stderr[-3000:]
+    logs = sorted((run_dir / "logs").glob("version_*"))
+    summaries = [json.loads(p.read_text()) for p in (run_dir / "logs").glob("version_*/test_summary.json")]
+    assert len(summaries) == 1 and summaries[0]["videos"] == len(test_names), (logs, summaries)
+    assert list((run_dir / "logs").glob("version_*/figures/test_ef_agreement.png"))
+    predictions = [pd.read_csv(p) for p in (run_dir / "logs").glob("version_*/predictions.csv")]
+    assert len(predictions) == 1
+    assert sorted(Path(str(name)).stem for name in predictions[0]["FileName"]) == test_names

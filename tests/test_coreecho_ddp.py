@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from echo_modules.coreecho.losses import distributed_rank_n_contrast_loss, rank_n_contrast_loss
-from tests.helpers import run_echolab, tiny_ef_config, write_config
+from tests.helpers import check_ddp_test_and_predict, run_echolab, tiny_ef_config, write_config
 
 TEMPERATURE = 2.0
 
@@ -78,7 +78,8 @@ def test_two_process_loss_and_gradients_equal_single_process(tmp_path, sizes):
 
 @pytest.mark.slow
 def test_lightning_ddp_stage1_fit_runs(phantom_echonet, tmp_path):
-    """A 2-process Lightning fit of stage 1 (gathering inside training_step) runs and logs a finite loss."""
+    """A 2-process Lightning fit of stage 1 (gathering inside training_step) runs and logs a finite loss; DDP test and
+    predict then report every test video once."""
     run_dir = tmp_path / "ddp"
     config = tiny_ef_config(phantom_echonet, run_dir, **{"trainer.max_epochs": 1})
     config["trainer"].update(strategy="ddp", devices=2, limit_train_batches=3)
@@ -93,9 +94,12 @@ def test_lightning_ddp_stage1_fit_runs(phantom_echonet, tmp_path):
         },
     }
     config["data"]["init_args"]["num_views"] = 2
-    fit = run_echolab("fit", "--config", str(write_config(tmp_path / "ddp.yaml", config)))
+    config["trainer"]["callbacks"][0]["init_args"] = {"dirpath": str(run_dir / "checkpoints"), "save_last": True}
+    path = write_config(tmp_path / "ddp.yaml", config)
+    fit = run_echolab("fit", "--config", str(path))
     assert fit.returncode == 0, fit.stderr[-3000:]
     metrics = pd.read_csv(run_dir / "logs" / "version_0" / "metrics.csv")
     losses = metrics["train/rnc_loss"].dropna()
     assert len(losses) == 3 and losses.between(0, 50).all()
     assert metrics["val/mae"].notna().any()
+    check_ddp_test_and_predict(path, run_dir / "checkpoints" / "last.ckpt", run_dir, phantom_echonet)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.helpers import run_echolab, tiny_ef_config, write_config
+from tests.helpers import check_ddp_test_and_predict, run_echolab, tiny_ef_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +59,7 @@ def test_ddp_two_processes_validates_every_video_once(phantom_echonet, tmp_path)
     assert validate.returncode == 0, validate.stderr[-3000:]
     single_row = metrics_table(tmp_path / "single").dropna(subset=["val/mae"]).iloc[-1]
     assert single_row["val/mae"] == pytest.approx(ddp_row["val/mae"], rel=1e-5)
+    check_ddp_test_and_predict(path, run_dir / "checkpoints" / "last.ckpt", run_dir, phantom_echonet)
 
 
 def test_bf16_mixed_cpu_fit_runs(phantom_echonet, tmp_path):

@@ -31,6 +31,18 @@ class EchoModule(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self._rng_states_to_restore: dict[str, Any] | None = None
+        self._run_dir: Path | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's output folder (figures, ``test_summary.json``, predictions).
+
+        ``trainer.log_dir`` is a collective under DDP (rank 0 broadcasts it), so it is resolved on every rank when
+        testing or predicting starts and cached; code that runs on rank 0 only reads this cached value.
+        """
+        if self._run_dir is None:
+            self._run_dir = run_directory(self.trainer)
+        return self._run_dir
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         states = _collect_rng_states(include_cuda=torch.cuda.is_available())
@@ -63,7 +75,11 @@ class EchoModule(L.LightningModule):
         self._broadcast_buffers()
 
     def on_test_start(self) -> None:
+        self._run_dir = run_directory(self.trainer)  # on every rank: a collective under DDP
         self._broadcast_buffers()
+
+    def on_predict_start(self) -> None:
+        self._run_dir = run_directory(self.trainer)  # on every rank: a collective under DDP
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._rng_states_to_restore is not None:
@@ -86,13 +102,14 @@ def gather_lists(values: list) -> list:
 
 
 def run_directory(trainer) -> Path:
-    """Where a run writes its files: the logger's folder, else the trainer's ``default_root_dir``."""
+    """Where a run writes its files: the logger's folder, else the trainer's ``default_root_dir``. Call it on every
+    rank (``trainer.log_dir`` broadcasts from rank 0); rank-0-only code uses :attr:`EchoModule.run_dir`."""
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
-def save_test_summary(trainer, summary: dict[str, Any]) -> Path:
-    """Write ``test_summary.json`` (the numbers a user reads after ``echolab test``) into the run directory."""
-    path = run_directory(trainer) / "test_summary.json"
+def save_test_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
+    """Write ``test_summary.json`` (the numbers a user reads after ``echolab test``) into ``run_dir``."""
+    path = Path(run_dir) / "test_summary.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2))
     return path

@@ -31,16 +31,16 @@ def ef_agreement_figure(predicted: np.ndarray, true: np.ndarray, title: str = ""
 
 
 def log_figure(module, key: str, figure: plt.Figure) -> None:
-    """Log a figure to W&B when the trainer has a WandbLogger; always also save a PNG into the run's log dir."""
+    """Log a figure to W&B when the trainer has a WandbLogger; always also save a PNG into the run's folder
+    (``module.run_dir``, resolved on every rank beforehand, so this may be called on rank 0 only)."""
     from lightning.pytorch.loggers import WandbLogger
 
     trainer = module.trainer
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[figure], step=trainer.global_step)
-    log_dir = trainer.log_dir or trainer.default_root_dir
-    if log_dir and trainer.is_global_zero:
-        out = Path(log_dir) / "figures"
+    if trainer.is_global_zero:
+        out = Path(module.run_dir) / "figures"
         out.mkdir(parents=True, exist_ok=True)
         figure.savefig(out / f"{key.replace('/', '_')}.png", dpi=100)
     plt.close(figure)

@@ -8,8 +8,6 @@ Evaluation averages the predictions of several clips per video, as the paper doe
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import pickle
 from pathlib import Path
@@ -28,7 +26,7 @@ from datamodules.errors import ConfigError
 from echo_modules.coreecho.heads import ProjectionHead, RegressionHead
 from echo_modules.coreecho.losses import distributed_rank_n_contrast_loss
 from echo_modules.common.metrics import ef_metrics
-from echo_modules.common.module import EchoModule, average_clip_predictions, gather_lists
+from echo_modules.common.module import EchoModule, average_clip_predictions, gather_lists, save_test_summary, write_csv
 from echo_modules.common.plotting import ef_agreement_figure, log_figure
 
 #: state-dict prefixes a stage-2 run takes from the stage-1 checkpoint
@@ -277,9 +275,7 @@ class CoReEcho(EchoModule):
             f"({self.train_ef_mean.item():.1f}%) gives {baseline:.2f} (ratio {mae / baseline:.2f}); "
             f"|Spearman(PC1, EF)| = {pc1_spearman:.3f}"
         )
-        if self.trainer.log_dir:
-            Path(self.trainer.log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(self.trainer.log_dir) / "test_summary.json").write_text(json.dumps(summary, indent=2))
+        save_test_summary(self.run_dir, summary)
 
     # ------------------------------------------------------------------ prediction
 
@@ -302,14 +298,12 @@ class CoReEcho(EchoModule):
         self._collected = []
         if not self.trainer.is_global_zero:
             return
-        path = Path(self.predictions_csv or Path(self.trainer.log_dir or ".") / "predictions.csv")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["FileName", "EF_pred", "EF_clip_std", "num_clips", "EF_true"])
-            for name, predicted, spread, clips, true in sorted(rows):
-                ef_true = "" if math.isnan(true) else f"{true:.3f}"
-                writer.writerow([name, f"{predicted:.3f}", f"{spread:.3f}", clips, ef_true])
+        table = [
+            [name, f"{predicted:.3f}", f"{spread:.3f}", clips, "" if math.isnan(true) else f"{true:.3f}"]
+            for name, predicted, spread, clips, true in sorted(rows)
+        ]
+        header = ["FileName", "EF_pred", "EF_clip_std", "num_clips", "EF_true"]
+        path = write_csv(self.predictions_csv or self.run_dir / "predictions.csv", header, table)
         rank_zero_info(f"Wrote {len(rows)} EF predictions to {path}")
 
 
