@@ -455,6 +455,12 @@ class VideoDataModule(L.LightningDataModule):
         values = [r.ef for r in self.records.get("TRAIN", []) if math.isfinite(r.ef)]
         return float(np.mean(values)) if values else math.nan
 
+    @property
+    def train_ef_std(self) -> float:
+        """Standard deviation of the training split's EF: the scale EF heads predict in."""
+        values = [r.ef for r in self.records.get("TRAIN", []) if math.isfinite(r.ef)]
+        return float(np.std(values)) if len(values) > 1 else math.nan
+
     # ------------------------------------------------------------------ datasets and loaders
 
     def _seed(self) -> int:

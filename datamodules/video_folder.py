@@ -42,3 +42,7 @@ class VideoFolderDataModule(VideoDataModule):
     @property
     def train_ef_mean(self) -> float:
         return math.nan
+
+    @property
+    def train_ef_std(self) -> float:
+        return math.nan

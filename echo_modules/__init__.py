@@ -1,7 +1,8 @@
 """EchoLab methods: LightningModules and the networks, losses and metrics they are made of."""
 
+from echo_modules.cardiacnet import CardiacNet
 from echo_modules.coreecho import CoReEcho
 from echo_modules.ef_regressor import EFRegressor
 from echo_modules.video_classifier import VideoClassifier
 
-__all__ = ["CoReEcho", "EFRegressor", "VideoClassifier"]
+__all__ = ["CardiacNet", "CoReEcho", "EFRegressor", "VideoClassifier"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor

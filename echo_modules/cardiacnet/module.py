@@ -41,7 +41,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
@@ -60,9 +59,18 @@ from echo_modules.cardiacnet.losses import (
 )
 from echo_modules.cardiacnet.memory_bank import ClassMemoryBanks
 from echo_modules.cardiacnet.networks import ConsistencyDeformationDiscriminator, DeformationGenerator, FeatureHead
+from echo_modules.cardiacnet.evaluation import (
+    best_threshold,
+    imaged_area,
+    map_region_statistics,
+    smooth_maps,
+    structure_dice,
+    test_summary,
+)
 from echo_modules.cardiacnet.optimal_transport import OTMethod
+from echo_modules.cardiacnet.visualisation import abnormality_figure, save_video_maps, write_map_video
 from echo_modules.common.metrics import ef_metrics
-from echo_modules.common.module import EchoModule, average_clip_predictions, gather_lists, run_directory
+from echo_modules.common.module import EchoModule, average_clip_predictions, gather_lists
 from echo_modules.common.plotting import log_figure
 
 ScoreKind = Literal["head", "reconstruction", "bank"]
@@ -70,6 +78,7 @@ SCORE_KINDS: tuple[str, ...] = ("head", "reconstruction", "bank")
 MapMode = Literal["difference", "contrast"]
 MAP_MODES: tuple[str, ...] = ("difference", "contrast")
 NORMAL, ABNORMAL = 0, 1
+STRUCTURE_DICE_KINDS: tuple[str, ...] = ("abnormal", "normal", "unpaired")
 GENERATORS = ("normal_to_abnormal", "abnormal_to_normal")  # phi_A, phi_B
 
 
@@ -126,6 +135,8 @@ class CardiacNet(EchoModule):
         predict_ef: bool = False,
         head_lr: float | None = None,
         head_feature_grad: float = 0.0,
+        disease_pooling: list[str] = ["mean", "max"],  # noqa: B006
+        ef_pooling: list[str] = ["mean", "time_max", "time_min"],  # noqa: B006
         map_mode: MapMode = "contrast",
         map_sigma: float = 1.0,
         gradient_clip: float | None = None,
@@ -164,6 +175,9 @@ class CardiacNet(EchoModule):
         head_feature_grad: how much of the heads' loss gradient reaches the generators' encoders: 0 trains the heads
             on frozen (detached) features, the public evaluation's protocol; > 0 makes them auxiliary heads that also
             shape the encoders, as the public training's auxiliary mPAP head (weight 0.01) does.
+        disease_pooling / ef_pooling: how the heads pool the features (``FeatureHead``): global mean (the public
+            head) plus global max for the disease head, so a lesion of a few tokens is not averaged away; plus each
+            location's extremes over the clip for the EF head, which is about how far the walls move.
         map_mode / map_sigma: abnormality map definition (module docstring) and Gaussian smoothing in pixels.
         gradient_clip: clip generator and discriminator gradient norms to this value.
         channels_last: run the 3D/2D convolutions in channels-last memory formats (several times faster on CPU).
@@ -197,14 +211,15 @@ class CardiacNet(EchoModule):
         )  # fmt: skip
         descriptor_dim = latent_dim * math.prod(bank_grid)
         self.banks = nn.ModuleDict({name: ClassMemoryBanks(2, bank_size, descriptor_dim) for name in GENERATORS})
-        self.disease_head = FeatureHead(2 * latent_dim)
-        self.ef_head = FeatureHead(2 * latent_dim, bias=50.0) if predict_ef else None
+        self.disease_head = FeatureHead(2 * latent_dim, pooling=disease_pooling)
+        self.ef_head = FeatureHead(2 * latent_dim, pooling=ef_pooling) if predict_ef else None  # standardised EF
         self.bank_grid = tuple(bank_grid)
         self.generator_optimizer = generator_optimizer  # the callables (hparams hold their configs under the CLI)
         self.discriminator_optimizer = discriminator_optimizer
         self.register_buffer("iterations", torch.zeros((), dtype=torch.long))  # training batches seen
         self.register_buffer("decision_threshold", torch.zeros(()))  # on the chosen score, calibrated on validation
         self.register_buffer("train_ef_mean", torch.tensor(math.nan))
+        self.register_buffer("train_ef_std", torch.tensor(math.nan))
         self.val_auroc = BinaryAUROC()
         self.val_accuracy = BinaryAccuracy()
         self.test_auroc = nn.ModuleDict({kind: BinaryAUROC() for kind in SCORE_KINDS})
@@ -212,11 +227,13 @@ class CardiacNet(EchoModule):
         self.test_map = nn.ModuleDict(
             {f"{mode}_{name}": MeanMetric() for mode in MAP_MODES for name in ("region_mass", "control_mass", "dice")}
         )
+        # the paper's ASD Dice: chambers of a clip vs of its deformation to normal (abnormal and normal clips), and
+        # vs another video's deformation (what unrelated hearts would score)
+        self.test_structure = nn.ModuleDict({name: MeanMetric() for name in STRUCTURE_DICE_KINDS})
         self.val_ef = ef_metrics("val/ef_") if predict_ef else None
         self.test_ef = ef_metrics("test/ef_") if predict_ef else None
         self._collected: list[tuple] = []
         self._examples: list[dict[str, Any]] = []
-        self._log_dir = Path(".")
 
     # ------------------------------------------------------------------ set-up
 
@@ -234,12 +251,26 @@ class CardiacNet(EchoModule):
     def on_fit_start(self) -> None:
         if self.trainer.global_step != 0:  # resumed: the buffers come from the checkpoint
             return
-        mean = getattr(getattr(self.trainer, "datamodule", None), "train_ef_mean", math.nan)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        mean = getattr(datamodule, "train_ef_mean", math.nan)
+        std = getattr(datamodule, "train_ef_std", math.nan)
         if math.isfinite(mean):
             self.train_ef_mean.fill_(mean)
-            if self.ef_head is not None:
-                with torch.no_grad():
-                    self.ef_head.linear.bias.fill_(mean)
+        if math.isfinite(std) and std > 0:
+            self.train_ef_std.fill_(std)
+
+    def ef_from_head(self, features: Tensor) -> Tensor:
+        """EF in percent: the head predicts standardised EF (``(EF - mean) / std`` of the training split), so its
+        small initial outputs start at the mean and one unit of output is one standard deviation; predicting percent
+        directly makes the last layer's weights crawl towards tens of points at the generators' learning rate."""
+        mean, std = self._ef_scale()
+        return mean + std * self.ef_head(features).float()
+
+    def _ef_scale(self) -> tuple[Tensor, Tensor]:
+        """Training-split EF mean and standard deviation (50 and 10 before a datamodule has told them)."""
+        mean = self.train_ef_mean if torch.isfinite(self.train_ef_mean) else self.train_ef_mean.new_tensor(50.0)
+        std = self.train_ef_std if torch.isfinite(self.train_ef_std) else self.train_ef_std.new_tensor(10.0)
+        return mean, std
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         heads = [self.disease_head] + ([self.ef_head] if self.ef_head is not None else [])
@@ -324,7 +355,7 @@ class CardiacNet(EchoModule):
         known = torch.isfinite(ef)
         if not known.any():
             return disease, None
-        ef_loss = F.l1_loss(self.ef_head(features[known]), ef[known].float())
+        ef_loss = F.l1_loss(self.ef_from_head(features[known]), ef[known].float())
         return disease, ef_loss
 
     # ------------------------------------------------------------------ training (the algorithm box)
@@ -385,7 +416,8 @@ class CardiacNet(EchoModule):
             + hp.centroid_weight * centroid
             + hp.ot_weight * separation
         )
-        total = generator_loss + disease_loss + (ef_loss if ef_loss is not None else 0.0)
+        # the EF L1 (logged in percent) enters the total in standard deviations, next to the disease BCE
+        total = generator_loss + disease_loss + (ef_loss / self._ef_scale()[1] if ef_loss is not None else 0.0)
         generator_optimizer.zero_grad()
         self.manual_backward(total)
         if hp.gradient_clip:
@@ -455,7 +487,7 @@ class CardiacNet(EchoModule):
         scores["bank"] = bank_score
         features = torch.cat([to_abnormal.features, to_normal.features], 1).float()
         scores["head"] = self.disease_head(features).float()
-        ef = self.ef_head(features).float() if self.ef_head is not None else None
+        ef = self.ef_from_head(features) if self.ef_head is not None else None
         maps = {"difference": error_to_normal, "contrast": (error_to_normal - error_to_abnormal).clamp_min(0)}
         return ClipEvaluation(scores=scores, ef=ef, maps=maps, to_normal=to_normal.video.float())
 
@@ -516,7 +548,6 @@ class CardiacNet(EchoModule):
     def on_test_epoch_start(self) -> None:
         self._collected = []
         self._examples = []
-        self._log_dir = run_directory(self.trainer)  # on every rank: a collective under DDP
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         clips, scores, ef = self._video_outputs(batch)
@@ -554,6 +585,7 @@ class CardiacNet(EchoModule):
                 for name, value in stats.items():
                     region_stats[index][f"{mode}_{name}"] = value
                     self.test_map[f"{mode}_{name}"].update(torch.tensor(value, device=self.device))
+        structure = self._structure_dice(batch, clips, labels)
         score = scores[self.hparams.score]
         mode = self.hparams.map_mode
         for index in range(videos):
@@ -562,9 +594,28 @@ class CardiacNet(EchoModule):
                 (batch["filename"][index], float(score[index]), int(labels[index]),
                  float(ef[index]) if ef is not None else math.nan, float(batch["ef"][index]),
                  stats.get(f"{mode}_region_mass", math.nan), stats.get(f"{mode}_control_mass", math.nan),
-                 stats.get(f"{mode}_dice", math.nan))
+                 stats.get(f"{mode}_dice", math.nan), float(structure[index]))
             )  # fmt: skip
         self._keep_examples(batch, clips, video_maps[mode], labels)
+
+    def _structure_dice(self, batch: dict[str, Any], clips: ClipEvaluation, labels: Tensor) -> Tensor:
+        """Per-video chamber Dice of each clip with its deformation to normal (``structure_dice``), logged by
+        class, plus the same against the next video's deformation as an unpaired control."""
+        owner, videos = batch["clip_owner"], len(labels)
+        inputs, recovered = batch["video"].float().mean(1), clips.to_normal.mean(1)  # (N, T, H, W)
+        per_video = average_clip_predictions(structure_dice(inputs, recovered), owner, videos)
+        for kind, chosen in (("abnormal", labels == ABNORMAL), ("normal", labels == NORMAL)):
+            values = per_video[chosen & torch.isfinite(per_video)]
+            if len(values):
+                self.test_structure[kind].update(values)
+        if videos > 1:
+            first_clip = torch.zeros(videos, dtype=torch.long, device=owner.device).index_reduce_(
+                0, owner, torch.arange(len(owner), device=owner.device), "amin", include_self=False
+            )
+            other = first_clip[(owner + 1) % videos]  # a clip of the next video in the batch
+            unpaired = structure_dice(inputs, recovered[other])
+            self.test_structure["unpaired"].update(unpaired[torch.isfinite(unpaired)])
+        return per_video
 
     def _keep_examples(self, batch: dict[str, Any], clips: ClipEvaluation, video_maps: Tensor, labels: Tensor) -> None:
         """A few abnormal videos (first clip) for the test figure and W&B videos."""
@@ -588,7 +639,7 @@ class CardiacNet(EchoModule):
         self._collected = []
         for mode in MAP_MODES:  # aggregated over ranks by the metrics
             means = {name: self.test_map[f"{mode}_{name}"] for name in ("region_mass", "control_mass", "dice")}
-            if not all(metric.update_count for metric in means.values()):
+            if not self._updated_on_any_rank(*means.values()):
                 continue
             region, control, dice = (metric.compute() for metric in means.values())
             prefix = "test/map_" if mode == self.hparams.map_mode else f"test/map_{mode}_"
@@ -598,6 +649,10 @@ class CardiacNet(EchoModule):
             self.log(f"{prefix}dice", dice)
             for metric in means.values():
                 metric.reset()
+        for kind, metric in self.test_structure.items():
+            if self._updated_on_any_rank(metric):
+                self.log(f"test/structure_dice{'' if kind == 'abnormal' else '_' + kind}", metric.compute())
+                metric.reset()
         # every rank reads the epoch metrics (computing them synchronises the torchmetrics states over DDP) and
         # takes part in logging the examples (log_figure resolves the log dir collectively)
         logged = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
@@ -605,7 +660,7 @@ class CardiacNet(EchoModule):
         self._examples = []
         if not self.trainer.is_global_zero or not rows:
             return
-        summary = test_summary(rows, self.decision_threshold.item())
+        summary = test_summary(rows, self.decision_threshold.item(), self.train_ef_mean.item())
         summary["score"] = self.hparams.score
         summary["map_mode"] = self.hparams.map_mode
         summary.update(logged)
@@ -618,17 +673,30 @@ class CardiacNet(EchoModule):
                 f"; {self.hparams.map_mode} map mass in the known region {summary['map_region_mass']:.3f} vs "
                 f"{summary['map_control_mass']:.3f} in same-shape control regions"
             )
+        if "structure_dice" in summary:
+            message += f"; chamber Dice of abnormal clips vs their deformation to normal {summary['structure_dice']:.3f}"
         if "ef_mae" in summary:
             message += f"; EF MAE {summary['ef_mae']:.2f}"
+            if "ef_mean_predictor_mae" in summary:
+                message += f" (the training mean gives {summary['ef_mean_predictor_mae']:.2f})"
         rank_zero_info(message)
-        self._log_dir.mkdir(parents=True, exist_ok=True)
-        (self._log_dir / "test_summary.json").write_text(json.dumps(summary, indent=2))
-        with open(self._log_dir / "test_videos.csv", "w", newline="") as handle:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "test_summary.json").write_text(json.dumps(summary, indent=2))
+        with open(self.run_dir / "test_videos.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(
-                ["FileName", "score", "label", "EF_pred", "EF_true", "map_region_mass", "map_control_mass", "map_dice"]
+                ["FileName", "score", "label", "EF_pred", "EF_true", "map_region_mass", "map_control_mass", "map_dice",
+                 "structure_dice"]
             )
             writer.writerows(sorted(rows))
+
+    def _updated_on_any_rank(self, *metrics: MeanMetric) -> bool:
+        """Whether every metric saw an update on some rank: the same answer on all ranks (a rank may hold no
+        abnormal video), so that all of them, or none, enter the metrics' synchronising ``compute``."""
+        counts = torch.tensor([metric.update_count for metric in metrics], device=self.device)
+        if self.trainer.world_size > 1:
+            counts = self.all_gather(counts).sum(0)
+        return bool((counts > 0).all())
 
     def _log_examples(self, examples: list[dict[str, Any]]) -> None:
         """The example figure (PNG in the log dir, image in W&B) and, with a WandbLogger, map videos. Called on every
@@ -641,7 +709,7 @@ class CardiacNet(EchoModule):
         wandb_loggers = [logger for logger in self.trainer.loggers if isinstance(logger, WandbLogger)]
         if not wandb_loggers or not self.trainer.is_global_zero:
             return
-        out = self._log_dir / "abnormality_maps"
+        out = self.run_dir / "abnormality_maps"
         paths = [
             str(write_map_video(out / f"test_{i}.mp4", e["input"], e["to_normal"], e["maps"]))
             for i, e in enumerate(examples)
@@ -654,13 +722,12 @@ class CardiacNet(EchoModule):
 
     def on_predict_epoch_start(self) -> None:
         self._collected = []
-        self._log_dir = run_directory(self.trainer)  # on every rank: a collective under DDP
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         clips, scores, ef = self._video_outputs(batch)
         score = scores[self.hparams.score]
         probability = self.probability(score)
-        out = Path(self.hparams.maps_dir or self._log_dir / "abnormality_maps")
+        out = Path(self.hparams.maps_dir or self.run_dir / "abnormality_maps")
         for index, name in enumerate(batch["filename"]):
             chosen = batch["clip_owner"] == index
             map_file = ""
@@ -683,7 +750,7 @@ class CardiacNet(EchoModule):
         self._collected = []
         if not self.trainer.is_global_zero:
             return
-        path = Path(self.hparams.predictions_csv or self._log_dir / "predictions.csv")
+        path = Path(self.hparams.predictions_csv or self.run_dir / "predictions.csv")
         path.parent.mkdir(parents=True, exist_ok=True)
         number = lambda value: "" if math.isnan(value) else f"{value:.4f}"  # noqa: E731
         with open(path, "w", newline="") as handle:
@@ -695,179 +762,3 @@ class CardiacNet(EchoModule):
                 writer.writerow([name, f"{score:.5f}", f"{probability:.5f}", predicted, "" if label < 0 else label,
                                  number(ef_pred), number(ef_true), map_file])  # fmt: skip
         rank_zero_info(f"Wrote {len(rows)} CardiacNet predictions to {path}")
-
-
-# ---------------------------------------------------------------------- evaluation helpers
-
-
-def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """The threshold on ``scores`` with the best balanced accuracy for binary ``labels`` (a midpoint between
-    consecutive distinct scores); None when a class is missing."""
-    if labels.min() == labels.max():
-        return None
-    values = np.unique(scores)
-    candidates = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])
-    positives, negatives = labels == 1, labels == 0
-    balanced = [
-        0.5 * ((scores[positives] > c).mean() + (scores[negatives] <= c).mean()) for c in candidates
-    ]
-    return float(candidates[int(np.argmax(balanced))])
-
-
-def smooth_maps(maps: Tensor, sigma: float) -> Tensor:
-    """Gaussian-smooth ``(V, H, W)`` maps (``sigma`` in pixels; 0 = unchanged)."""
-    if sigma <= 0:
-        return maps
-    radius = max(1, int(math.ceil(3 * sigma)))
-    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    padded = F.pad(maps[:, None], (radius, radius, radius, radius), mode="replicate")
-    smoothed = F.conv2d(F.conv2d(padded, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
-    return smoothed[:, 0]
-
-
-def imaged_area(video: Tensor, clip_owner: Tensor, num_videos: int) -> Tensor:
-    """``(V, H, W)`` bool: pixels whose intensity ever changes over a video's clips (the ultrasound sector; the
-    background outside it is constant)."""
-    spread = (video.amax(dim=(1, 2)) - video.amin(dim=(1, 2))).float()  # (N, H, W)
-    per_video = average_clip_predictions(spread, clip_owner, num_videos)
-    return per_video > 1e-3
-
-
-def map_region_statistics(
-    video_map: Tensor, region: Tensor, imaged: Tensor, placements: int = 64, seed: int = 0
-) -> dict[str, float] | None:
-    """Share of a map's mass inside the known abnormal ``region`` vs inside random same-shape regions (the region
-    translated to places that lie wholly in the imaged area), and the Dice of the map's top pixels (as many as the
-    region has) with the region. None when the map is empty or no control placement fits."""
-    video_map = video_map.float().clamp_min(0) * imaged
-    total = video_map.sum()
-    if total <= 0:
-        return None
-    region = region.bool()
-    height, width = region.shape
-    generator = torch.Generator().manual_seed(seed)
-    draw = lambda extent: torch.randint(-extent // 2, extent // 2 + 1, (placements * 8,), generator=generator)  # noqa: E731
-    shifts = torch.stack([draw(height), draw(width)], 1)
-    control: list[float] = []
-    for dy, dx in shifts.tolist():
-        if (dy, dx) == (0, 0):
-            continue
-        moved = torch.roll(region, shifts=(dy, dx), dims=(0, 1))
-        if moved.sum() != region.sum() or not bool(imaged[moved].all()):
-            continue
-        control.append(float(video_map[moved].sum() / total))
-        if len(control) == placements:
-            break
-    if not control:
-        return None
-    area = int(region.sum())
-    top = torch.zeros_like(region)
-    top.view(-1)[torch.topk(video_map.flatten(), area).indices] = True
-    dice = 2 * float((top & region).sum()) / (2 * area)
-    region_mass = float(video_map[region].sum() / total)
-    return {"region_mass": region_mass, "control_mass": float(np.mean(control)), "dice": dice}
-
-
-def test_summary(rows: list[tuple], threshold: float) -> dict[str, Any]:
-    """Per-run numbers for ``test_summary.json`` from the gathered per-video rows."""
-    labels = np.array([r[2] for r in rows])
-    summary: dict[str, Any] = {"videos": len(rows), "decision_threshold": threshold}
-    summary["abnormal_videos"] = int((labels == ABNORMAL).sum())
-    region = np.array([r[5] for r in rows], dtype=float)
-    control = np.array([r[6] for r in rows], dtype=float)
-    dice = np.array([r[7] for r in rows], dtype=float)
-    if np.isfinite(region).any():
-        summary["map_region_mass"] = float(np.nanmean(region))
-        summary["map_control_mass"] = float(np.nanmean(control))
-        summary["map_region_ratio"] = summary["map_region_mass"] / max(summary["map_control_mass"], 1e-12)
-        summary["map_dice"] = float(np.nanmean(dice))
-        summary["map_videos"] = int(np.isfinite(region).sum())
-        finite = np.isfinite(region) & np.isfinite(control)
-        summary["map_region_beats_control"] = float(np.mean(region[finite] > control[finite]))  # share of videos
-    ef_pred = np.array([r[3] for r in rows], dtype=float)
-    ef_true = np.array([r[4] for r in rows], dtype=float)
-    both = np.isfinite(ef_pred) & np.isfinite(ef_true)
-    if both.any():
-        summary["ef_mae"] = float(np.abs(ef_pred[both] - ef_true[both]).mean())
-    return summary
-
-
-def _to_uint8(frames: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
-    low = float(np.min(frames)) if low is None else low
-    high = float(np.max(frames)) if high is None else high
-    return np.clip((frames - low) / max(high - low, 1e-6) * 255, 0, 255).astype(np.uint8)
-
-
-def map_video_frames(inputs: np.ndarray, to_normal: np.ndarray, maps: np.ndarray) -> np.ndarray:
-    """BGR frames ``(T, H, 3W, 3)``: the input, its deformation to normal, and the map as a JET overlay."""
-    import cv2
-
-    low, high = float(np.min(inputs)), float(np.max(inputs))
-    grey_in, grey_out = _to_uint8(inputs, low, high), _to_uint8(to_normal, low, high)
-    heat = _to_uint8(maps, 0.0, float(np.quantile(maps, 0.995)) if maps.size else 1.0)
-    frames = []
-    for frame_in, frame_out, frame_heat in zip(grey_in, grey_out, heat):
-        colour_in = cv2.cvtColor(frame_in, cv2.COLOR_GRAY2BGR)
-        overlay = cv2.addWeighted(colour_in, 0.5, cv2.applyColorMap(frame_heat, cv2.COLORMAP_JET), 0.5, 0)
-        frames.append(np.concatenate([colour_in, cv2.cvtColor(frame_out, cv2.COLOR_GRAY2BGR), overlay], 1))
-    return np.stack(frames)
-
-
-def write_map_video(path: Path, inputs: np.ndarray, to_normal: np.ndarray, maps: np.ndarray, fps: float = 8.0) -> Path:
-    """Write :func:`map_video_frames` as an AVI (MJPEG) or MP4 (mp4v) by the suffix of ``path``."""
-    import cv2
-
-    frames = map_video_frames(inputs, to_normal, maps)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix == ".mp4" else "MJPG"))
-    writer = cv2.VideoWriter(str(path), fourcc, fps, (frames.shape[2], frames.shape[1]), True)
-    if not writer.isOpened():
-        raise OSError(f"OpenCV cannot open a video writer for {path}")
-    try:
-        for frame in frames:
-            writer.write(frame)
-    finally:
-        writer.release()
-    return path
-
-
-def save_video_maps(
-    out_dir: Path, name: str, inputs: np.ndarray, to_normal: np.ndarray, maps: np.ndarray, map_format: str
-) -> str:
-    """Write one video's maps (clips concatenated in time) as ``<name>.avi`` and/or ``<name>.npy``; returns the
-    written path(s) joined by ``;``. ``inputs``/``to_normal``/``maps``: ``(clips, T, H, W)``."""
-    flat = lambda array: rearrange(array, "n t h w -> (n t) h w")  # noqa: E731
-    written = []
-    stem = out_dir / name  # names may hold folders (CardiacNet "PAH/001", video-folder relative paths)
-    if map_format in ("npy", "both"):
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        np.save(stem.parent / f"{stem.name}.npy", maps.astype(np.float16))
-        written.append(str(stem.parent / f"{stem.name}.npy"))
-    if map_format in ("avi", "both"):
-        path = stem.parent / f"{stem.name}.avi"
-        written.append(str(write_map_video(path, flat(inputs), flat(to_normal), flat(maps))))
-    return ";".join(written)
-
-
-def abnormality_figure(examples: list[dict[str, Any]]):
-    """Rows of (input frame, deformed to normal, clip-mean map with the known region outlined)."""
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(len(examples), 3, figsize=(7.5, 2.5 * len(examples)), squeeze=False)
-    for row, example in zip(axes, examples):
-        middle = example["input"].shape[0] // 2
-        row[0].imshow(example["input"][middle], cmap="gray")
-        row[1].imshow(example["to_normal"][middle], cmap="gray")
-        row[2].imshow(example["input"].mean(0), cmap="gray")
-        row[2].imshow(example["video_map"], cmap="jet", alpha=0.5)
-        if example["region"] is not None and example["region"].any():
-            row[2].contour(example["region"].astype(float), levels=[0.5], colors="white", linewidths=0.8)
-        row[0].set_ylabel(str(example["name"])[:18], fontsize=7)
-        for axis, title in zip(row, ("input", "deformed to normal", "abnormality map")):
-            axis.set_title(title, fontsize=8)
-            axis.set_xticks([])
-            axis.set_yticks([])
-    figure.tight_layout()
-    return figure

@@ -206,17 +206,34 @@ class ConsistencyDeformationDiscriminator(nn.Module):
         return self.video(video), self.frame(frames)
 
 
-class FeatureHead(nn.Module):
-    """A light head on (frozen) generator features, as the public evaluation's classifier: Conv3d (stride 2), ReLU,
-    global average pooling, linear. One output: a disease logit, or EF in percent."""
+POOLINGS = ("mean", "max", "time_max", "time_min")
 
-    def __init__(self, in_channels: int, hidden: int | None = None, bias: float = 0.0) -> None:
+
+class FeatureHead(nn.Module):
+    """A light head on generator features, as the public evaluation's classifier: Conv3d (stride 2), ReLU, global
+    pooling, linear. One output: a disease logit, or (standardised) EF.
+
+    ``pooling`` (concatenated): ``mean`` (the public head's global average); ``max`` (the strongest response anywhere:
+    a local lesion such as a septal gap covers a few tokens and vanishes in a global average); ``time_max`` /
+    ``time_min`` (each location's extremes over the clip, averaged over space: how far features swing where the
+    walls move, which EF is about)."""
+
+    def __init__(self, in_channels: int, hidden: int | None = None, pooling: Sequence[str] = ("mean",)) -> None:
         super().__init__()
+        unknown = set(pooling) - set(POOLINGS)
+        if unknown or not pooling:
+            raise ValueError(f"pooling must be a non-empty subset of {POOLINGS}, got {list(pooling)}")
         hidden = hidden or 2 * in_channels
+        self.pooling = tuple(pooling)
         self.conv = nn.Conv3d(in_channels, hidden, 3, stride=2, padding=1)
-        self.linear = nn.Linear(hidden, 1)
-        nn.init.constant_(self.linear.bias, bias)
+        self.linear = nn.Linear(len(self.pooling) * hidden, 1)
 
     def forward(self, features: Tensor) -> Tensor:
-        pooled = F.adaptive_avg_pool3d(F.relu(self.conv(features)), 1).flatten(1)
-        return self.linear(pooled).squeeze(-1)
+        activations = F.relu(self.conv(features))  # (B, hidden, t, h, w)
+        pools = {
+            "mean": lambda: activations.mean((2, 3, 4)),
+            "max": lambda: activations.amax((2, 3, 4)),
+            "time_max": lambda: activations.amax(2).mean((2, 3)),
+            "time_min": lambda: activations.amin(2).mean((2, 3)),
+        }
+        return self.linear(torch.cat([pools[name]() for name in self.pooling], 1)).squeeze(-1)
