@@ -58,3 +58,24 @@ def test_every_config_parses():
             with pytest.raises(SystemExit) as exit_info:
                 run_cli(args)
             assert exit_info.value.code in (0, None), config
+
+
+@pytest.mark.slow
+def test_shipped_config_refreshes_last_checkpoint_every_epoch(phantom_echonet, tmp_path):
+    """The shipped configs keep best.ckpt (monitored) and a last.ckpt written after every validation, even when the
+    monitored metric does not improve, so `--ckpt_path last` resumes the latest epoch, not the best one."""
+    import torch
+
+    run = tmp_path / "run"
+    fit = run_echolab(
+        "fit", "--config", str(ROOT / "configs" / "ef_regressor" / "phantom.yaml"),
+        "--data.init_args.data_dir", str(phantom_echonet), "--data.init_args.num_workers", "0",
+        "--data.init_args.frame_size", "32", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+        "--trainer.limit_val_batches", "1", "--trainer.logger", "false", "--trainer.default_root_dir", str(run),
+        "--trainer.callbacks.init_args.monitor", "epoch", "--trainer.callbacks.init_args.mode", "min",  # never improves
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    checkpoints = tmp_path / "runs" / "ef_regressor_phantom" / "checkpoints"
+    assert torch.load(checkpoints / "best.ckpt", weights_only=False)["epoch"] == 0
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["epoch"] == 1

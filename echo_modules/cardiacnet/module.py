@@ -1,4 +1,4 @@
-"""CardiacNet (Yang et al., MICCAI 2024): learning to reconstruct abnormalities for cardiac disease assessment.
+"""CardiacNet (Yang et al., ECCV 2024): learning to reconstruct abnormalities for cardiac disease assessment.
 
 Two generators of the same structure deform a normal echo video into an abnormal one (phi_A) and back (phi_B). One
 training step, as in the paper's algorithm (manual optimisation: generators and discriminators take turns):
@@ -13,8 +13,9 @@ training step, as in the paper's algorithm (manual optimisation: generators and 
      gradient) and the *other* class's bank (a detached target), so maximising it does move the encoders;
    - the Consistency Deformation Discriminators (Eq. 2: a global 3D PatchGAN on the clip, a local 2D PatchGAN on
      frame patches) judge the deformed and the cycled videos, from ``disc_start`` on;
-   - the disease head (and the EF head on EchoNet/CAMUS) learn on *detached* generator features: the public
-     evaluation's frozen-feature classifier, trained alongside instead of in a second run.
+   - the disease head (and the EF head on EchoNet/CAMUS, which predicts standardised EF) learn on *detached*
+     generator features by default: the public evaluation's frozen-feature classifier, trained alongside instead of
+     in a second run (``head_feature_grad`` > 0 lets them shape the encoders, as the public mPAP head does).
 2. Discriminators (their own optimiser, every ``disc_every`` steps from ``disc_start``): real clips of their class vs
    the detached deformed and cycled clips.
 3. The banks take this step's descriptors (gathered from all DDP ranks); dead codebook entries are restarted.
@@ -27,6 +28,8 @@ test. Abnormality maps: where a clip differs from its deformation to the normal 
 ``|x - phi_B(x)|``; ``contrast`` (default) = ``relu(|x - phi_B(x)| - |x - phi_A(x)|)``, the part of that difference
 which reproducing the clip as abnormal does not share, so the generators' generic reconstruction error (speckle, edges)
 cancels and what remains is where the normal and abnormal renderings of the clip disagree. Both are scored at test.
+Structure consistency (the paper's ASD Dice): chambers of a clip vs chambers of its deformation to normal
+(``evaluation.structure_dice``), with another heart's deformation as an unpaired control.
 """
 
 from __future__ import annotations
