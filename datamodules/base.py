@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.data._utils.collate import default_collate
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -499,6 +499,20 @@ class VideoDataModule(L.LightningDataModule):
         if isinstance(dataset, VideoClipDataset) and type(dataset).__getitem__ is VideoClipDataset.__getitem__:
             dataset.defer_normalisation = True
         return dataset
+
+    def use_model_normalisation(self, mean: float, std: float) -> None:
+        """Normalise with the statistics a model was trained with (its checkpoint's) instead of this dataset's own,
+        unless ``mean``/``std`` were given explicitly: a model expects the intensities it was trained on, e.g. when
+        predicting on a folder of new videos or testing on another dataset. Called by the model before test/predict."""
+        if self.mean is not None and self.std is not None:
+            return
+        own = (float(self.norm_mean), float(self.norm_std))
+        if abs(own[0] - mean) > 1e-6 * max(1.0, abs(mean)) or abs(own[1] - std) > 1e-6 * max(1.0, abs(std)):
+            rank_zero_info(
+                f"{self.data_dir}: normalising with the training run's statistics from the checkpoint (mean {mean:.3f}, "
+                f"std {std:.3f}) instead of this data's own (mean {own[0]:.3f}, std {own[1]:.3f})"
+            )
+        self.norm_mean, self.norm_std = float(mean), float(std)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Normalise uint8 clips (``video``, ``normal_video``, ...) on the device they were moved to."""

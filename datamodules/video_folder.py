@@ -18,8 +18,8 @@ from datamodules.errors import DataError
 class VideoFolderDataModule(VideoDataModule):
     """Videos found in a folder, for prediction. Arguments as :class:`datamodules.base.VideoDataModule`.
 
-    Normalisation: pass the training run's ``mean``/``std`` (printed in its config) for predictions that match
-    its preprocessing; without them the statistics are computed from the folder's own videos.
+    Normalisation: with ``--ckpt_path`` the checkpoint's training statistics are used (EchoLab checkpoints carry
+    them); ``mean``/``std`` override them; only without either are the folder's own statistics used.
     """
 
     dataset_name = "video folder"
@@ -36,7 +36,8 @@ class VideoFolderDataModule(VideoDataModule):
     def _normalisation(self, train_records: list[VideoRecord]) -> tuple[float, float]:
         if self.mean is not None and self.std is not None:
             return self.mean, self.std
-        rank_zero_info(f"{self.data_dir}: no mean/std given, computing them from the folder's own videos")
+        rank_zero_info(f"{self.data_dir}: computing normalisation statistics from the folder's own videos (a checkpoint's "
+                       "training statistics replace them at predict time)")
         return super()._normalisation(self.records["TEST"])
 
     @property

@@ -264,3 +264,15 @@ def test_predict_on_a_folder_of_avis_writes_per_video_csv(stage2_run, phantom_ec
     )
     assert (table["num_clips"] == 4).all() and (table["EF_clip_std"] >= 0).all() and table["EF_true"].isna().all()
     assert table["EF_pred"].between(5, 95).all()
+    # the folder was normalised with the training run's statistics (carried by the checkpoint), not its own: the
+    # same predictions as with those statistics given explicitly
+    assert "normalising with the training run's statistics from the checkpoint" in result.stdout + result.stderr
+    stats = torch.load(stage2_run / "checkpoints" / "last.ckpt", weights_only=True)["normalisation"]
+    explicit_out = tmp_path / "explicit.csv"
+    explicit = run_echolab(
+        "predict", "--config", str(tmp_path / "predict.yaml"), "--ckpt_path", str(stage2_run / "checkpoints" / "last.ckpt"),
+        "--model.init_args.predictions_csv", str(explicit_out),
+        "--data.init_args.mean", str(stats["mean"]), "--data.init_args.std", str(stats["std"]),
+    )  # fmt: skip
+    assert explicit.returncode == 0, explicit.stderr[-3000:]
+    pd.testing.assert_frame_equal(table, pd.read_csv(explicit_out))

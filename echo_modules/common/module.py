@@ -32,6 +32,7 @@ class EchoModule(L.LightningModule):
         super().__init__()
         self._rng_states_to_restore: dict[str, Any] | None = None
         self._run_dir: Path | None = None
+        self._checkpoint_normalisation: dict[str, float] | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -50,6 +51,9 @@ class EchoModule(L.LightningModule):
         # tensors and plain numbers only, so the checkpoint loads with torch.load(weights_only=True)
         states["numpy"] = (name, torch.from_numpy(keys.astype("int64")), int(position), int(has_gauss), float(cached))
         checkpoint["rng_states"] = states
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if getattr(datamodule, "norm_mean", None) is not None:  # the intensities this model was trained on
+            checkpoint["normalisation"] = {"mean": float(datamodule.norm_mean), "std": float(datamodule.norm_std)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("rng_states")
@@ -57,6 +61,14 @@ class EchoModule(L.LightningModule):
             name, keys, position, has_gauss, cached = states["numpy"]
             states = {**states, "numpy": (name, keys.numpy().astype("uint32"), position, has_gauss, cached)}
         self._rng_states_to_restore = states
+        self._checkpoint_normalisation = checkpoint.get("normalisation")
+
+    def _apply_checkpoint_normalisation(self) -> None:
+        """Before test/predict from a checkpoint: let the DataModule normalise as the training run did."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self._checkpoint_normalisation is not None and hasattr(datamodule, "use_model_normalisation"):
+            stats = self._checkpoint_normalisation
+            datamodule.use_model_normalisation(stats["mean"], stats["std"])
 
     def _broadcast_buffers(self) -> None:
         """Give every rank rank 0's buffers (e.g. BatchNorm running statistics) before evaluating.
@@ -76,10 +88,12 @@ class EchoModule(L.LightningModule):
 
     def on_test_start(self) -> None:
         self._run_dir = run_directory(self.trainer)  # on every rank: a collective under DDP
+        self._apply_checkpoint_normalisation()
         self._broadcast_buffers()
 
     def on_predict_start(self) -> None:
         self._run_dir = run_directory(self.trainer)  # on every rank: a collective under DDP
+        self._apply_checkpoint_normalisation()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._rng_states_to_restore is not None:
