@@ -443,7 +443,7 @@ def test_ef_head_on_echonet_phantom_beats_the_mean_predictor(phantom_echonet_tra
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["phantom", "pah", "asd", "echonet", "camus"])
+@pytest.mark.parametrize("name", ["phantom", "phantom_asd", "pah", "asd", "echonet", "camus"])
 def test_config_builds_model_and_data(name, cardiacnet_pah_phantom, tmp_path, monkeypatch):
     """Each shipped config instantiates its model and DataModule on a phantom of its dataset's layout."""
     from cli import run_cli
@@ -454,7 +454,7 @@ def test_config_builds_model_and_data(name, cardiacnet_pah_phantom, tmp_path, mo
         from datamodules.phantom.echonet_writer import write_echonet_dataset
 
         data_dir = write_echonet_dataset(tmp_path / "echonet", 4, size=64, num_frames_range=(20, 24))
-    if name == "asd":
+    if name in ("asd", "phantom_asd"):
         from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset
 
         data_dir = write_cardiacnet_dataset(tmp_path / "asd", 4, subset="ASD", size_range=(64, 64), num_frames_range=(20, 20))

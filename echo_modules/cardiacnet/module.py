@@ -34,8 +34,6 @@ Structure consistency (the paper's ASD Dice): chambers of a clip vs chambers of 
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +71,13 @@ from echo_modules.cardiacnet.evaluation import (
 from echo_modules.cardiacnet.optimal_transport import OTMethod
 from echo_modules.cardiacnet.visualisation import abnormality_figure, save_video_maps, write_map_video
 from echo_modules.common.metrics import ef_metrics
-from echo_modules.common.module import EchoModule, average_clip_predictions, gather_lists
+from echo_modules.common.module import (
+    EchoModule,
+    average_clip_predictions,
+    gather_lists,
+    save_test_summary,
+    write_csv,
+)
 from echo_modules.common.plotting import log_figure
 
 ScoreKind = Literal["head", "reconstruction", "bank"]
@@ -683,15 +687,10 @@ class CardiacNet(EchoModule):
             if "ef_mean_predictor_mae" in summary:
                 message += f" (the training mean gives {summary['ef_mean_predictor_mae']:.2f})"
         rank_zero_info(message)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "test_summary.json").write_text(json.dumps(summary, indent=2))
-        with open(self.run_dir / "test_videos.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(
-                ["FileName", "score", "label", "EF_pred", "EF_true", "map_region_mass", "map_control_mass", "map_dice",
-                 "structure_dice"]
-            )
-            writer.writerows(sorted(rows))
+        save_test_summary(self.run_dir, summary)
+        header = ["FileName", "score", "label", "EF_pred", "EF_true", "map_region_mass", "map_control_mass", "map_dice",
+                  "structure_dice"]  # fmt: skip
+        write_csv(self.run_dir / "test_videos.csv", header, sorted(rows))
 
     def _updated_on_any_rank(self, *metrics: MeanMetric) -> bool:
         """Whether every metric saw an update on some rank: the same answer on all ranks (a rank may hold no
@@ -753,15 +752,12 @@ class CardiacNet(EchoModule):
         self._collected = []
         if not self.trainer.is_global_zero:
             return
-        path = Path(self.hparams.predictions_csv or self.run_dir / "predictions.csv")
-        path.parent.mkdir(parents=True, exist_ok=True)
         number = lambda value: "" if math.isnan(value) else f"{value:.4f}"  # noqa: E731
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(
-                ["FileName", "score", "probability", "predicted_label", "label", "EF_pred", "EF_true", "map_file"]
-            )
-            for name, score, probability, predicted, label, ef_pred, ef_true, map_file in sorted(rows):
-                writer.writerow([name, f"{score:.5f}", f"{probability:.5f}", predicted, "" if label < 0 else label,
-                                 number(ef_pred), number(ef_true), map_file])  # fmt: skip
+        table = [
+            [name, f"{score:.5f}", f"{probability:.5f}", predicted, "" if label < 0 else label, number(ef_pred),
+             number(ef_true), map_file]
+            for name, score, probability, predicted, label, ef_pred, ef_true, map_file in sorted(rows)
+        ]  # fmt: skip
+        header = ["FileName", "score", "probability", "predicted_label", "label", "EF_pred", "EF_true", "map_file"]
+        path = write_csv(self.hparams.predictions_csv or self.run_dir / "predictions.csv", header, table)
         rank_zero_info(f"Wrote {len(rows)} CardiacNet predictions to {path}")
