@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -119,3 +120,15 @@ def test_lightning_ddp_fit_keeps_identical_banks_on_both_ranks(cardiacnet_pah_ph
     for key in ("test/auroc", "test/accuracy", "map_region_mass", "map_control_mass", "test/map_region_mass",
                 "test/structure_dice", "structure_dice", "test/structure_dice_normal"):
         assert ddp[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
+
+    # predict on 2 ranks: one CSV row and one map video per test video, written once
+    predict_config = tiny_cardiacnet_config(cardiacnet_pah_phantom, run_dir)
+    predict_config["trainer"].update(strategy="ddp", devices=2)
+    predict_config["trainer"]["logger"]["init_args"]["version"] = "ddp_predict"
+    path = write_config(tmp_path / "ddp_predict.yaml", predict_config)
+    predict = run_echolab("predict", "--config", str(path), "--ckpt_path", str(checkpoint_path), timeout=300)
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    table = pd.read_csv(run_dir / "logs" / "ddp_predict" / "predictions.csv")
+    assert len(table) == table["FileName"].nunique() == 16
+    videos = list((run_dir / "logs" / "ddp_predict" / "abnormality_maps").rglob("*.avi"))
+    assert len(videos) == 16
