@@ -397,27 +397,6 @@ class CamusDataModule(VideoDataModule):
     def __init__(
         self,
         data_dir: str,
-        clip_length: int = 16,
-        period: int = 1,
-        frame_size: int = 112,
-        channels: int = 3,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        num_eval_clips: int | None = None,
-        num_views: int = 1,
-        train_transforms: A.Compose | None = None,
-        on_bad_video: Literal["skip", "raise"] = "skip",
-        decode_cache: bool = True,
-        cache_dir: str | None = None,
-        mean: float | None = None,
-        std: float | None = None,
-        max_videos_per_split: int | None = None,
-        predict_split: Literal["TRAIN", "VAL", "TEST", "ALL"] = "TEST",
-        seed: int | None = None,
-        pin_memory: bool = False,
-        label_from_ef_below: float | None = None,
-        paired: bool = False,
         task: Literal["sequence", "frames", "synthesis"] = "sequence",
         views: Literal["2CH", "4CH", "both"] = "both",
         exclude_quality: list[str] | None = None,
@@ -425,8 +404,13 @@ class CamusDataModule(VideoDataModule):
         split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
         split_seed: int = 0,
         sequence_masks: bool = False,
+        clip_length: int = 16,
+        period: int = 1,
+        **kwargs: Any,
     ) -> None:
-        """See :class:`datamodules.base.VideoDataModule` for the shared arguments (``on_bad_video`` also covers
+        """The shared arguments (``clip_length``, ``batch_size``, ``paired``...) are those of
+        :class:`datamodules.base.VideoDataModule`, passed through ``kwargs`` (LightningCLI reads their types and
+        help from there); only the defaults this dataset changes are restated here (``on_bad_video`` also covers
         missing or malformed Info cfgs and unreadable ``_gt`` files).
 
         task: ``sequence`` (half-sequence clips, EF, ED/ES masks), ``frames`` (ED/ES image + mask items) or
@@ -437,11 +421,7 @@ class CamusDataModule(VideoDataModule):
         split_fractions / split_seed: the seeded patient split used otherwise (train, val, test).
         sequence_masks: add ``masks`` (labels of every clip frame) where ``half_sequence_gt`` files exist.
         """
-        super().__init__(
-            data_dir, clip_length, period, frame_size, channels, batch_size, eval_batch_size, num_workers,
-            num_eval_clips, num_views, train_transforms, on_bad_video, decode_cache, cache_dir, mean, std,
-            max_videos_per_split, predict_split, seed, pin_memory, label_from_ef_below, paired,
-        )  # fmt: skip
+        super().__init__(data_dir, clip_length=clip_length, period=period, **kwargs)
         if task not in ("sequence", "frames", "synthesis"):
             raise ConfigError(f"data.task must be sequence, frames or synthesis, got {task!r}")
         if views not in ("2CH", "4CH", "both"):

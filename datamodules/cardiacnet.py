@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import albumentations as A
 import cv2
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
@@ -58,43 +57,23 @@ class CardiacNetDataModule(VideoDataModule):
     def __init__(
         self,
         data_dir: str,
-        clip_length: int = 16,
-        period: int = 2,
-        frame_size: int = 112,
-        channels: int = 3,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        num_eval_clips: int | None = 4,
-        num_views: int = 1,
-        train_transforms: A.Compose | None = None,
-        on_bad_video: Literal["skip", "raise"] = "skip",
-        decode_cache: bool = True,
-        cache_dir: str | None = None,
-        mean: float | None = None,
-        std: float | None = None,
-        max_videos_per_split: int | None = None,
-        predict_split: Literal["TRAIN", "VAL", "TEST", "ALL"] = "TEST",
-        seed: int | None = None,
-        pin_memory: bool = False,
-        label_from_ef_below: float | None = None,
-        paired: bool = False,
         subset: Literal["PAH", "ASD"] = "PAH",
         split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
         split_seed: int = 0,
         crop_to_content: bool = True,
+        clip_length: int = 16,
+        num_eval_clips: int | None = 4,
+        **kwargs: Any,
     ) -> None:
-        """See :class:`datamodules.base.VideoDataModule` for the shared arguments.
+        """The shared arguments (``clip_length``, ``batch_size``, ``paired``...) are those of
+        :class:`datamodules.base.VideoDataModule`, passed through ``kwargs`` (LightningCLI reads their types and
+        help from there); only the defaults this dataset changes are restated here.
 
         subset: ``PAH`` (PAH vs Non-PAH) or ``ASD`` (ASD vs Non-ASD).
         split_fractions / split_seed: the seeded, class-stratified patient split (train, val, test).
         crop_to_content: crop each video to the non-zero bounding box of its first frame before resizing.
         """
-        super().__init__(
-            data_dir, clip_length, period, frame_size, channels, batch_size, eval_batch_size, num_workers,
-            num_eval_clips, num_views, train_transforms, on_bad_video, decode_cache, cache_dir, mean, std,
-            max_videos_per_split, predict_split, seed, pin_memory, label_from_ef_below, paired,
-        )  # fmt: skip
+        super().__init__(data_dir, clip_length=clip_length, num_eval_clips=num_eval_clips, **kwargs)
         if subset not in ("PAH", "ASD"):
             raise ConfigError(f"data.subset must be PAH or ASD, got {subset!r}")
         self.subset = subset

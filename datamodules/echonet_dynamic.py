@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-import albumentations as A
 import numpy as np
 import pandas as pd
 from lightning.pytorch.utilities import rank_zero_warn
@@ -57,40 +56,18 @@ class EchoNetDynamicDataModule(VideoDataModule):
     def __init__(
         self,
         data_dir: str,
-        clip_length: int = 32,
-        period: int = 2,
-        frame_size: int = 112,
-        channels: int = 3,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        num_eval_clips: int | None = None,
-        num_views: int = 1,
-        train_transforms: A.Compose | None = None,
-        on_bad_video: Literal["skip", "raise"] = "skip",
-        decode_cache: bool = True,
-        cache_dir: str | None = None,
-        mean: float | None = None,
-        std: float | None = None,
-        max_videos_per_split: int | None = None,
-        predict_split: Literal["TRAIN", "VAL", "TEST", "ALL"] = "TEST",
-        seed: int | None = None,
-        pin_memory: bool = False,
-        label_from_ef_below: float | None = None,
-        paired: bool = False,
         val_folds: list[int] | None = None,
         test_folds: list[int] | None = None,
+        **kwargs: Any,
     ) -> None:
-        """See :class:`datamodules.base.VideoDataModule` for the shared arguments.
+        """The shared arguments (``clip_length``, ``batch_size``, ``paired``...) are those of
+        :class:`datamodules.base.VideoDataModule`, passed through ``kwargs`` (LightningCLI reads their types and
+        help from there); only the defaults this dataset changes are restated here.
 
         val_folds / test_folds: for EchoNet-Pediatric, whose Split column is an integer fold 0-9
         (default: fold 8 validation, fold 9 test, the rest training).
         """
-        super().__init__(
-            data_dir, clip_length, period, frame_size, channels, batch_size, eval_batch_size, num_workers,
-            num_eval_clips, num_views, train_transforms, on_bad_video, decode_cache, cache_dir, mean, std,
-            max_videos_per_split, predict_split, seed, pin_memory, label_from_ef_below, paired,
-        )  # fmt: skip
+        super().__init__(data_dir, **kwargs)
         self.file_list = self.data_dir / "FileList.csv"
         if not self.file_list.is_file():
             raise ConfigError(f"data.data_dir '{data_dir}' has no FileList.csv: is it an EchoNet-Dynamic folder?")

@@ -22,10 +22,9 @@ import re
 import zipfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from xml.etree import ElementTree
 
-import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
@@ -205,43 +204,24 @@ class HMCQUDataModule(VideoDataModule):
     def __init__(
         self,
         data_dir: str,
-        clip_length: int = 16,
-        period: int = 1,
-        frame_size: int = 112,
-        channels: int = 3,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        num_eval_clips: int | None = 4,
-        num_views: int = 1,
-        train_transforms: A.Compose | None = None,
-        on_bad_video: Literal["skip", "raise"] = "skip",
-        decode_cache: bool = True,
-        cache_dir: str | None = None,
-        mean: float | None = None,
-        std: float | None = None,
-        max_videos_per_split: int | None = None,
-        predict_split: Literal["TRAIN", "VAL", "TEST", "ALL"] = "TEST",
-        seed: int | None = None,
-        pin_memory: bool = False,
-        label_from_ef_below: float | None = None,
-        paired: bool = False,
         table: str | None = None,
         split_fractions: tuple[float, float, float] = (0.65, 0.1, 0.25),
         split_seed: int = 0,
         require_masks: bool = False,
+        clip_length: int = 16,
+        period: int = 1,
+        num_eval_clips: int | None = 4,
+        **kwargs: Any,
     ) -> None:
-        """See :class:`datamodules.base.VideoDataModule` for the shared arguments.
+        """The shared arguments (``clip_length``, ``batch_size``, ``paired``...) are those of
+        :class:`datamodules.base.VideoDataModule`, passed through ``kwargs`` (LightningCLI reads their types and
+        help from there); only the defaults this dataset changes are restated here.
 
         table: the spreadsheet, relative to data_dir (default: HMC_QU.xlsx, else HMC_QU.csv).
         split_fractions / split_seed: the seeded patient split (train, val, test), stratified by the video label.
         require_masks: keep only videos with an LV-wall mask file (segmentation use).
         """
-        super().__init__(
-            data_dir, clip_length, period, frame_size, channels, batch_size, eval_batch_size, num_workers,
-            num_eval_clips, num_views, train_transforms, on_bad_video, decode_cache, cache_dir, mean, std,
-            max_videos_per_split, predict_split, seed, pin_memory, label_from_ef_below, paired,
-        )  # fmt: skip
+        super().__init__(data_dir, clip_length=clip_length, period=period, num_eval_clips=num_eval_clips, **kwargs)
         candidates = [self.data_dir / table] if table else [self.data_dir / name for name in TABLE_NAMES]
         found = [path for path in candidates if path.is_file()]
         if not found:
