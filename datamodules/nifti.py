@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import asdict
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from datamodules.video import DecodedVideoCache, VideoInfo, _atomic_save_npy, _atomic_write_text, decode_video
+from datamodules.video import DecodedVideoCache, VideoInfo, _atomic_write_text
 
 Box = tuple[int, int, int, int]  # top, bottom, left, right (bottom/right exclusive)
 
@@ -265,27 +264,20 @@ class ResizedVideoCache(DecodedVideoCache):
     def _box_path(self, key: str) -> Path:
         return self.root / f"{key}.box.json"
 
-    def info(self, path: str | Path) -> VideoInfo:
-        path = Path(path)
-        if not path.is_file():
-            return VideoInfo(0, 0, 0, 0.0, "file not found")
-        key = self._key(path)
-        info_path = self._info_path(key)
-        complete = info_path.is_file() and self._box_path(key).is_file()
-        if complete and (not self.store_frames or self._frames_path(key).is_file()):
-            return VideoInfo(**json.loads(info_path.read_text()))
-        frames, info = decode_video(path)
+    def _entry_complete(self, key: str) -> bool:
+        return super()._entry_complete(key) and self._box_path(key).is_file()
+
+    def _prepare(self, path: Path, key: str, frames: np.ndarray, info: VideoInfo) -> tuple[np.ndarray, VideoInfo]:
+        """Crop to the content box (when ``crop``), resize, and keep the box beside the entry (an empty box for a
+        file that failed to decode, so the failure stays cached)."""
         box: Box = (0, 0, 0, 0)
         if info.error is None:
             box = content_box(frames[0]) if self.crop else (0, frames.shape[1], 0, frames.shape[2])
             label = path.name.endswith(self.label_suffixes)
             frames = crop_and_resize(frames, box, self.size, cv2.INTER_NEAREST if label else cv2.INTER_AREA)
             info = VideoInfo(len(frames), self.size, self.size, info.fps)
-            if self.store_frames:
-                _atomic_save_npy(self._frames_path(key), frames)
         _atomic_write_text(self._box_path(key), json.dumps(list(box)))
-        _atomic_write_text(info_path, json.dumps(asdict(info)))
-        return info
+        return frames, info
 
     def crop_box(self, path: str | Path) -> Box:
         """The box the sequence was cut to before resizing, in its original frame."""

@@ -130,13 +130,22 @@ class DecodedVideoCache:
             return VideoInfo(0, 0, 0, 0.0, "file not found")
         key = self._key(path)
         info_path = self._info_path(key)
-        if info_path.is_file() and (not self.store_frames or self._frames_path(key).is_file()):
+        if self._entry_complete(key) and (not self.store_frames or self._frames_path(key).is_file()):
             return VideoInfo(**json.loads(info_path.read_text()))
-        frames, info = decode_video(path)
+        frames, info = self._prepare(path, key, *decode_video(path))
         if self.store_frames and info.error is None:
             _atomic_save_npy(self._frames_path(key), frames)
         _atomic_write_text(info_path, json.dumps(asdict(info)))
         return info
+
+    def _entry_complete(self, key: str) -> bool:
+        """Whether the manifest entries of ``key`` exist (subclasses add their own side files)."""
+        return self._info_path(key).is_file()
+
+    def _prepare(self, path: Path, key: str, frames: np.ndarray, info: VideoInfo) -> tuple[np.ndarray, VideoInfo]:
+        """Turn freshly decoded frames into what the cache stores (here: unchanged); also called for a file that
+        failed to decode (``info.error`` set), so subclasses can record the failure in their side files."""
+        return frames, info
 
     def frames(self, path: str | Path) -> np.ndarray:
         """Memory-mapped grey frames ``(T, H, W)`` of a video already validated by :meth:`info`."""
