@@ -40,6 +40,13 @@ def run_echolab(*args: str, cwd: Path | None = None, timeout: float = 600) -> su
     )
 
 
+def tiny_data_options(cache_dir: Path, **overrides) -> dict:
+    """Keyword arguments for a video DataModule small enough for CPU tests (grey 8 x 32 x 32 clips, no workers)."""
+    options = dict(frame_size=32, channels=1, batch_size=4, num_workers=0, clip_length=8, num_eval_clips=2,
+                   cache_dir=str(cache_dir))  # fmt: skip
+    return options | overrides
+
+
 def tiny_ef_config(data_dir: Path, run_dir: Path, **overrides) -> dict:
     """A small EFRegressor config on the phantom that trains in seconds on a CPU."""
     config = {

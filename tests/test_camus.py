@@ -17,6 +17,7 @@ from datamodules.errors import ConfigError, DataError
 from datamodules.nifti import decode_image_sequence, read_label_map
 from datamodules.phantom.camus_writer import half_sequence_video, write_camus_dataset
 from datamodules.phantom.simulator import LEFT_ATRIUM, LV_CAVITY
+from tests.helpers import tiny_data_options
 
 NUM_PATIENTS = 10
 SIZE = 64
@@ -33,17 +34,7 @@ def camus_mhd(tmp_path_factory):
 
 
 def make(data_dir, tmp_path, **kwargs) -> CamusDataModule:
-    options = dict(
-        frame_size=48,
-        channels=1,
-        batch_size=4,
-        num_workers=0,
-        num_eval_clips=2,
-        clip_length=8,
-        cache_dir=str(tmp_path / "cache"),
-    )
-    options.update(kwargs)
-    module = CamusDataModule(str(data_dir), **options)
+    module = CamusDataModule(str(data_dir), **tiny_data_options(tmp_path / "cache", frame_size=48) | kwargs)
     module.prepare_data()
     module.setup("fit")
     return module
@@ -270,16 +261,7 @@ def test_ef_regressor_runs_on_camus(camus_nifti, tmp_path):
     from echo_modules.common import TinyVideoEncoder
 
     L.seed_everything(0)
-    module = CamusDataModule(
-        str(camus_nifti),
-        frame_size=32,
-        channels=1,
-        batch_size=4,
-        num_workers=0,
-        clip_length=8,
-        num_eval_clips=2,
-        cache_dir=str(tmp_path / "cache"),
-    )
+    module = CamusDataModule(str(camus_nifti), **tiny_data_options(tmp_path / "cache"))
     model = EFRegressor(encoder=TinyVideoEncoder(in_channels=1, width=4, depth=2))
     trainer = L.Trainer(
         accelerator="cpu",

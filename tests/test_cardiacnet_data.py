@@ -16,6 +16,7 @@ from datamodules.cardiacnet import CardiacNetDataModule
 from datamodules.errors import ConfigError, DataError
 from datamodules.nifti import content_box, crop_and_resize
 from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset
+from tests.helpers import tiny_data_options
 
 NUM_VIDEOS = 30
 
@@ -29,17 +30,7 @@ def cardiacnet(tmp_path_factory):
 
 
 def make(data_dir, tmp_path, **kwargs) -> CardiacNetDataModule:
-    options = dict(
-        frame_size=40,
-        channels=1,
-        batch_size=4,
-        num_workers=0,
-        clip_length=8,
-        period=2,
-        num_eval_clips=2,
-        cache_dir=str(tmp_path / "cache"),
-    )
-    options.update(kwargs)
+    options = tiny_data_options(tmp_path / "cache", frame_size=40, period=2) | kwargs
     module = CardiacNetDataModule(str(data_dir), **options)
     module.prepare_data()
     module.setup("fit")

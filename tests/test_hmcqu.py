@@ -16,6 +16,7 @@ from datamodules.errors import ConfigError, DataError
 from datamodules.hmcqu import HMCQUDataModule, patient_of, read_table, read_xlsx_first_sheet
 from datamodules.phantom.hmcqu_writer import ABNORMAL_SEGMENT, write_hmcqu_dataset
 from datamodules.video import decode_video
+from tests.helpers import tiny_data_options
 
 NUM_VIDEOS = 20
 
@@ -26,18 +27,7 @@ def hmcqu(tmp_path_factory):
 
 
 def make(data_dir, tmp_path, **kwargs) -> HMCQUDataModule:
-    options = dict(
-        frame_size=32,
-        channels=1,
-        batch_size=4,
-        num_workers=0,
-        clip_length=8,
-        period=1,
-        num_eval_clips=2,
-        cache_dir=str(tmp_path / "cache"),
-    )
-    options.update(kwargs)
-    module = HMCQUDataModule(str(data_dir), **options)
+    module = HMCQUDataModule(str(data_dir), **tiny_data_options(tmp_path / "cache", period=1) | kwargs)
     module.prepare_data()
     module.setup("fit")
     return module
@@ -151,16 +141,7 @@ def test_wall_motion_classifier_smoke(hmcqu, tmp_path):
     from echo_modules.common import TinyVideoEncoder
     from echo_modules.video_classifier import VideoClassifier
 
-    module = HMCQUDataModule(
-        str(hmcqu),
-        frame_size=32,
-        channels=1,
-        batch_size=4,
-        num_workers=0,
-        clip_length=8,
-        num_eval_clips=2,
-        cache_dir=str(tmp_path / "cache"),
-    )
+    module = HMCQUDataModule(str(hmcqu), **tiny_data_options(tmp_path / "cache"))
     model = VideoClassifier(
         TinyVideoEncoder(in_channels=1, width=4, depth=2), num_classes=7, multilabel=True, target="wall_motion"
     )

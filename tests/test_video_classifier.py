@@ -13,6 +13,7 @@ from torch import nn
 
 from echo_modules.common import TinyVideoEncoder
 from echo_modules.video_classifier import VideoClassifier
+from tests.helpers import tiny_data_options
 
 
 class MeanEncoder(nn.Module):
@@ -93,16 +94,7 @@ def test_fit_separates_phantom_pah_from_normal(tmp_path):
     )
     L.seed_everything(0)
     data = CardiacNetDataModule(
-        str(root),
-        clip_length=8,
-        period=2,
-        frame_size=32,
-        channels=1,
-        batch_size=8,
-        num_workers=0,
-        num_eval_clips=2,
-        split_fractions=(0.6, 0.1, 0.3),
-        cache_dir=str(tmp_path / "cache"),
+        str(root), **tiny_data_options(tmp_path / "cache", period=2, batch_size=8, split_fractions=(0.6, 0.1, 0.3))
     )
     model = VideoClassifier(
         TinyVideoEncoder(in_channels=1, width=8, depth=3),
