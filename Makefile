@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA ?= data/phantom_echonet
 DEMO_RUN ?= runs/quickstart
 
-.PHONY: install demo test bench clean
+.PHONY: install demo lint test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ demo: install
 	$(VENV)/bin/echolab fit --config configs/quickstart.yaml --config configs/quickstart_stage2.yaml --data.init_args.data_dir $(DEMO_DATA)
 	$(VENV)/bin/echolab test --config configs/quickstart.yaml --config configs/quickstart_stage2.yaml --data.init_args.data_dir $(DEMO_DATA) --ckpt_path $(DEMO_RUN)_stage2/checkpoints/best.ckpt
 
-test: install
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: install lint
 	$(PY) -m pytest -q
 
 bench: install

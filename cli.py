@@ -115,8 +115,12 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> EchoLabCLI:
 def phantom_main(args: list[str]) -> None:
     """``echolab phantom``: write a phantom dataset in a real dataset's on-disk layout."""
     parser = argparse.ArgumentParser(prog="echolab phantom", description=phantom_main.__doc__)
-    parser.add_argument("--format", choices=["echonet", "camus", "cardiacnet", "hmcqu"], default="echonet",
-                        help="on-disk layout to write")
+    parser.add_argument(
+        "--format",
+        choices=["echonet", "camus", "cardiacnet", "hmcqu"],
+        default="echonet",
+        help="on-disk layout to write",
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--num-videos", type=int, default=100, help="videos (CAMUS: patients, two views each)")
     parser.add_argument("--seed", type=int, default=0)

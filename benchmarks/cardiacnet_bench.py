@@ -87,12 +87,18 @@ def ot_table(
         # POT per dimension: time one dimension first, then as many as fit the budget, and scale to all dimensions
         one = timed(forward_backward(lambda s, t: per_dimension_emd(s, t, 1), source, target), device, 1)
         solved = int(max(1, min(dims, budget // max(one, 1e-9))))
-        pot_time = timed(forward_backward(lambda s, t: per_dimension_emd(s, t, solved), source, target), device, 1)
+        pot_time = timed(
+            forward_backward(lambda s, t, solved=solved: per_dimension_emd(s, t, solved), source, target), device, 1
+        )
         pot_all = pot_time * dims / solved
         note = "" if solved == dims else f" (from {solved} dims)"
         with torch.no_grad():
-            exact = np.array([pot_ot_cost(source[:, i : i + 1], target[:, i : i + 1], "emd").item() for i in range(min(solved, 8))])
-            fast = np.array([sorted_ot_cost(source[:, i : i + 1], target[:, i : i + 1]).item() for i in range(min(solved, 8))])
+            exact = np.array(
+                [pot_ot_cost(source[:, i : i + 1], target[:, i : i + 1], "emd").item() for i in range(min(solved, 8))]
+            )
+            fast = np.array(
+                [sorted_ot_cost(source[:, i : i + 1], target[:, i : i + 1]).item() for i in range(min(solved, 8))]
+            )
         difference = float(np.max(np.abs(fast - exact) / np.abs(exact)))
         joint = (
             f"{timed(forward_backward(lambda s, t: pot_ot_cost(s, t, 'emd'), source, target), device, 1) * 1e3:.0f} ms"
@@ -102,7 +108,9 @@ def ot_table(
             f"{timed(forward_backward(lambda s, t: pot_ot_cost(s, t, 'sinkhorn'), source, target), device, 1) * 1e3:.0f} ms"
             if n <= sinkhorn_max else f"skipped (n > {sinkhorn_max})"
         )  # fmt: skip
-        sliced = timed(forward_backward(lambda s, t: pot_ot_cost(s, t, "sliced", seed=0), source, target), device, repeats)
+        sliced = timed(
+            forward_backward(lambda s, t: pot_ot_cost(s, t, "sliced", seed=0), source, target), device, repeats
+        )
         rows.append(
             f"| {n} | {sorted_time * 1e3:.2f} ms | {pot_all * 1e3:.0f} ms{note} | {pot_all / sorted_time:.0f}x | {joint} "
             f"| {sinkhorn} | {sliced * 1e3:.1f} ms | {difference:.1e} |"

@@ -144,8 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loss-repeats", type=int, default=5, help="timed loss passes per row (after one warm-up)")
     parser.add_argument("--backbones", nargs="+", default=["r2plus1d18", "uniformer_s"], choices=sorted(BACKBONES))
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    parser.add_argument("--loss-batches", nargs="+", type=int, default=[8, 16, 32, 64, 128, 256],
-                        help="global batch sizes in videos (x 2 views) for the loss table")
+    parser.add_argument(
+        "--loss-batches",
+        nargs="+",
+        type=int,
+        default=[8, 16, 32, 64, 128, 256],
+        help="global batch sizes in videos (x 2 views) for the loss table",
+    )
     parser.add_argument("--reference-max", type=int, default=256, help="skip the Python-loop loss above this batch")
     parser.add_argument("--embedding-dim", type=int, default=512)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -156,8 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"## CoReEcho stage-1 training step ({device}, {torch.get_num_threads()} threads, "
-          f"{args.batch} clips of {args.frames}x{args.size}x{args.size}, 3 channels)\n")
+    print(
+        f"## CoReEcho stage-1 training step ({device}, {torch.get_num_threads()} threads, "
+        f"{args.batch} clips of {args.frames}x{args.size}x{args.size}, 3 channels)\n"
+    )
     print("| backbone | precision | step (s) | clips/s |")
     print("|---|---|---:|---:|")
     fp32_throughput: dict[str, float] = {}

@@ -378,9 +378,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         own, children = peak_rss_mib()
         load_end = os.getloadavg()[0]
         busy = max(load_start, load_end) > (os.cpu_count() or 1)
-        print(f"\nPeak RSS: main process {own:.0f} MiB, largest worker {children:.0f} MiB. Total time "
-              f"{time.perf_counter() - start:.0f} s. 1-min load average {load_start:.2f} at start, {load_end:.2f} at "
-              "end" + (" (more than the CPUs: other processes competed, expect noisy numbers)." if busy else "."))
+        print(
+            f"\nPeak RSS: main process {own:.0f} MiB, largest worker {children:.0f} MiB. Total time "
+            f"{time.perf_counter() - start:.0f} s. 1-min load average {load_start:.2f} at start, {load_end:.2f} at "
+            "end" + (" (more than the CPUs: other processes competed, expect noisy numbers)." if busy else ".")
+        )
     finally:
         if temporary:
             shutil.rmtree(out_dir, ignore_errors=True)

@@ -151,12 +151,16 @@ class VideoClipDataset(Dataset):
         record = self.records[index]
         if self.train:
             rng = np.random.default_rng([self.seed, epoch, index])
-            starts = [random_clip_start(record.num_frames, self.clip_length, self.period, rng) for _ in range(self.num_views)]
+            starts = [
+                random_clip_start(record.num_frames, self.clip_length, self.period, rng) for _ in range(self.num_views)
+            ]
             augment_seeds = [int(rng.integers(2**31 - 1)) for _ in starts]
         else:
             starts = list(evaluation_clip_starts(record.num_frames, self.clip_length, self.period, self.num_eval_clips))
             augment_seeds = [None] * len(starts)
-        clip_indices, real = zip(*(clip_frame_indices(s, self.clip_length, self.period, record.num_frames) for s in starts))
+        clip_indices, real = zip(
+            *(clip_frame_indices(s, self.clip_length, self.period, record.num_frames) for s in starts)
+        )
         frames = self._frames(record, np.concatenate(clip_indices))
         frames = resize_clip(frames, self.frame_size)
         masks = resize_masks(self._masks(record), self.frame_size)

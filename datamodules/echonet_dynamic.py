@@ -81,7 +81,9 @@ class EchoNetDynamicDataModule(VideoDataModule):
         try:
             fold = int(float(text))
         except ValueError as error:
-            raise DataError(f"{self.file_list}: unknown Split value '{value}' (expected TRAIN/VAL/TEST or a fold)") from error
+            raise DataError(
+                f"{self.file_list}: unknown Split value '{value}' (expected TRAIN/VAL/TEST or a fold)"
+            ) from error
         return "VAL" if fold in self.val_folds else "TEST" if fold in self.test_folds else "TRAIN"
 
     def _video_path(self, name: str) -> Path:

@@ -36,8 +36,10 @@ class VideoFolderDataModule(VideoDataModule):
     def _normalisation(self, train_records: list[VideoRecord]) -> tuple[float, float]:
         if self.mean is not None and self.std is not None:
             return self.mean, self.std
-        rank_zero_info(f"{self.data_dir}: computing normalisation statistics from the folder's own videos (a checkpoint's "
-                       "training statistics replace them at predict time)")
+        rank_zero_info(
+            f"{self.data_dir}: computing normalisation statistics from the folder's own videos (a checkpoint's "
+            "training statistics replace them at predict time)"
+        )
         return super()._normalisation(self.records["TEST"])
 
     @property

@@ -130,7 +130,8 @@ class EFRegressor(EchoModule):
         if not self.trainer.is_global_zero:
             return
         table = [
-            [name, f"{predicted:.3f}", "" if math.isnan(true) else f"{true:.3f}"] for name, predicted, true in sorted(rows)
+            [name, f"{predicted:.3f}", "" if math.isnan(true) else f"{true:.3f}"]
+            for name, predicted, true in sorted(rows)
         ]
         path = self.predictions_csv or self.run_dir / "predictions.csv"
         path = write_csv(path, ["FileName", "EF_pred", "EF_true"], table)

@@ -195,7 +195,9 @@ class VideoClassifier(EchoModule):
             return
         width = len(rows[0][1]) if rows else 1
         header = ["FileName", *(f"prob_{i}" for i in range(width)), "target"]
-        table = [[name, *(f"{p:.5f}" for p in probs), target] for name, probs, target in sorted(rows, key=lambda r: r[0])]
+        table = [
+            [name, *(f"{p:.5f}" for p in probs), target] for name, probs, target in sorted(rows, key=lambda r: r[0])
+        ]
         path = write_csv(self.predictions_csv or self.run_dir / "predictions.csv", header, table)
         rank_zero_info(f"Wrote {len(rows)} predictions to {path}")
 

@@ -35,7 +35,11 @@ def run_echolab(*args: str, cwd: Path | None = None, timeout: float = 600) -> su
     """Run ``cli.py`` in a fresh interpreter, as a user's ``echolab`` command would."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", WANDB_MODE="offline")
     return subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd or ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        cwd=cwd or ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -59,18 +63,29 @@ def tiny_ef_config(data_dir: Path, run_dir: Path, **overrides) -> dict:
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "log_every_n_steps": 1,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run_dir), "name": "logs", "version": 0}},
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(run_dir), "name": "logs", "version": 0},
+            },
             "callbacks": [
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True, "every_n_train_steps": 3, "save_top_k": -1},
+                    "init_args": {
+                        "dirpath": str(run_dir / "checkpoints"),
+                        "save_last": True,
+                        "every_n_train_steps": 3,
+                        "save_top_k": -1,
+                    },
                 }
             ],
         },
         "model": {
             "class_path": "echo_modules.EFRegressor",
             "init_args": {
-                "encoder": {"class_path": "echo_modules.common.TinyVideoEncoder", "init_args": {"in_channels": 1, "width": 8, "depth": 3}},
+                "encoder": {
+                    "class_path": "echo_modules.common.TinyVideoEncoder",
+                    "init_args": {"in_channels": 1, "width": 8, "depth": 3},
+                },
                 "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3.0e-3}},
             },
         },

@@ -14,14 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from echo_modules.cardiacnet.codebook import FactorisedPositionalEncoding, VectorQuantiser
-from echo_modules.cardiacnet.losses import (
-    centroid_loss,
-    clip_descriptor,
-    discriminator_adversarial_loss,
-    generator_adversarial_loss,
-    ot_separation_loss,
-)
-from echo_modules.cardiacnet.memory_bank import ClassMemoryBanks, MemoryBank
 from echo_modules.cardiacnet.evaluation import (
     best_threshold,
     cavity_masks,
@@ -31,6 +23,14 @@ from echo_modules.cardiacnet.evaluation import (
     smooth_maps,
     structure_dice,
 )
+from echo_modules.cardiacnet.losses import (
+    centroid_loss,
+    clip_descriptor,
+    discriminator_adversarial_loss,
+    generator_adversarial_loss,
+    ot_separation_loss,
+)
+from echo_modules.cardiacnet.memory_bank import ClassMemoryBanks, MemoryBank
 from echo_modules.cardiacnet.optimal_transport import ot_cost, pot_ot_cost, sorted_ot_cost
 from tests.helpers import ROOT, run_echolab, write_config
 
@@ -226,7 +226,9 @@ def test_map_statistics_find_mass_in_the_region_and_not_in_a_flat_map():
 
 def test_otsu_threshold_splits_two_intensity_populations():
     generator = torch.Generator().manual_seed(0)
-    values = torch.cat([0.2 + 0.05 * torch.randn(500, generator=generator), 0.8 + 0.05 * torch.randn(300, generator=generator)])
+    values = torch.cat(
+        [0.2 + 0.05 * torch.randn(500, generator=generator), 0.8 + 0.05 * torch.randn(300, generator=generator)]
+    )
     assert 0.35 < otsu_threshold(values).item() < 0.65
 
 
@@ -256,7 +258,9 @@ def test_blood_pool_segmentation_finds_the_phantom_chambers_and_structure_dice_t
     for clip, mask in zip(clips, masks):
         imaged = (clip.amax(0) - clip.amin(0)) > 1e-3
         cavities = cavity_masks(clip, imaged, otsu_threshold(smooth_maps(clip, 1.5)[:, imaged].flatten()))
-        left_heart = torch.from_numpy(cv2.dilate((mask > 0).any(0).numpy().astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+        left_heart = torch.from_numpy(
+            cv2.dilate((mask > 0).any(0).numpy().astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        )
         assert dice_score(cavities & left_heart, (mask == 1) | (mask == 3)).mean() > 0.8
     noisy = clips + 0.02 * torch.randn(clips.shape, generator=torch.Generator().manual_seed(0))
     same, other = structure_dice(clips, noisy), structure_dice(clips, clips.roll(1, 0))
@@ -298,27 +302,58 @@ def tiny_cardiacnet_config(data_dir, run_dir, max_epochs: int = 16, subset: str 
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "log_every_n_steps": 2,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(run_dir), "name": "logs", "version": 0}},
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                           "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True}}],
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(run_dir), "name": "logs", "version": 0},
+            },
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True},
+                }
+            ],
         },  # fmt: skip
         "model": {
             "class_path": "echo_modules.cardiacnet.CardiacNet",
             "init_args": {
-                "widths": [8, 16, 32], "latent_dim": 32, "num_codes": 128, "position_grid": [8, 8, 8],
-                "disc_width": 8, "disc_layers": 2, "disc_frames": 2, "gan_loss": "vanilla",
-                "identity_weight": 2.5, "cycle_weight": 10.0, "centroid_weight": 0.01, "ot_weight": 0.01,
-                "bank_size": 64, "bank_min_fill": 8, "head_feature_grad": 1.0,
-                "generator_optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 2.0e-3, "betas": [0.5, 0.99]}},
-                "discriminator_optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 2.0e-3, "betas": [0.5, 0.99]}},
+                "widths": [8, 16, 32],
+                "latent_dim": 32,
+                "num_codes": 128,
+                "position_grid": [8, 8, 8],
+                "disc_width": 8,
+                "disc_layers": 2,
+                "disc_frames": 2,
+                "gan_loss": "vanilla",
+                "identity_weight": 2.5,
+                "cycle_weight": 10.0,
+                "centroid_weight": 0.01,
+                "ot_weight": 0.01,
+                "bank_size": 64,
+                "bank_min_fill": 8,
+                "head_feature_grad": 1.0,
+                "generator_optimizer": {
+                    "class_path": "torch.optim.Adam",
+                    "init_args": {"lr": 2.0e-3, "betas": [0.5, 0.99]},
+                },
+                "discriminator_optimizer": {
+                    "class_path": "torch.optim.Adam",
+                    "init_args": {"lr": 2.0e-3, "betas": [0.5, 0.99]},
+                },
             },  # fmt: skip
         },
         "data": {
             "class_path": "datamodules.cardiacnet.CardiacNetDataModule",
             "init_args": {
-                "data_dir": str(data_dir), "subset": subset, "paired": True, "clip_length": 8, "period": 2,
-                "frame_size": 32, "channels": 1, "batch_size": 4, "num_workers": 0, "num_eval_clips": 2,
+                "data_dir": str(data_dir),
+                "subset": subset,
+                "paired": True,
+                "clip_length": 8,
+                "period": 2,
+                "frame_size": 32,
+                "channels": 1,
+                "batch_size": 4,
+                "num_workers": 0,
+                "num_eval_clips": 2,
                 "cache_dir": str(run_dir.parent / "cache"),
             },  # fmt: skip
         },
@@ -333,7 +368,9 @@ def fitted_pah(cardiacnet_pah_phantom, tmp_path_factory) -> dict:
     fit = run_echolab("fit", "--config", str(path))
     assert fit.returncode == 0, fit.stderr[-3000:]
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    test = run_echolab("test", "--config", str(path), "--ckpt_path", str(checkpoint), "--trainer.logger.init_args.version", "test")
+    test = run_echolab(
+        "test", "--config", str(path), "--ckpt_path", str(checkpoint), "--trainer.logger.init_args.version", "test"
+    )
     assert test.returncode == 0, test.stderr[-3000:]
     summary = json.loads((run_dir / "logs" / "test" / "test_summary.json").read_text())
     return {"run_dir": run_dir, "config": path, "checkpoint": checkpoint, "summary": summary}
@@ -459,8 +496,15 @@ def test_ef_head_on_echonet_phantom_beats_the_mean_predictor(phantom_echonet_tra
     path = write_config(tmp_path / "fit.yaml", config)
     fit = run_echolab("fit", "--config", str(path))
     assert fit.returncode == 0, fit.stderr[-3000:]
-    test = run_echolab("test", "--config", str(path), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
-                       "--trainer.logger.init_args.version", "test")
+    test = run_echolab(
+        "test",
+        "--config",
+        str(path),
+        "--ckpt_path",
+        str(run_dir / "checkpoints" / "last.ckpt"),
+        "--trainer.logger.init_args.version",
+        "test",
+    )
     assert test.returncode == 0, test.stderr[-3000:]
     summary = json.loads((run_dir / "logs" / "test" / "test_summary.json").read_text())
     assert summary["ef_ratio"] < 0.6, summary  # measured 0.40 (EF MAE 5.3 vs 13.1)
@@ -482,7 +526,9 @@ def test_config_builds_model_and_data(name, cardiacnet_pah_phantom, tmp_path, mo
     if name in ("asd", "phantom_asd"):
         from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset
 
-        data_dir = write_cardiacnet_dataset(tmp_path / "asd", 4, subset="ASD", size_range=(64, 64), num_frames_range=(20, 20))
+        data_dir = write_cardiacnet_dataset(
+            tmp_path / "asd", 4, subset="ASD", size_range=(64, 64), num_frames_range=(20, 20)
+        )
     if name == "camus":
         from datamodules.phantom.camus_writer import write_camus_dataset
 

@@ -117,8 +117,16 @@ def test_lightning_ddp_fit_keeps_identical_banks_on_both_ranks(cardiacnet_pah_ph
         summaries[name] = json.loads((run_dir / "logs" / name / "test_summary.json").read_text())
     ddp, single = summaries["ddp_test"], summaries["single_test"]
     assert ddp["videos"] == single["videos"] == 16
-    for key in ("test/auroc", "test/accuracy", "map_region_mass", "map_control_mass", "test/map_region_mass",
-                "test/structure_dice", "structure_dice", "test/structure_dice_normal"):
+    for key in (
+        "test/auroc",
+        "test/accuracy",
+        "map_region_mass",
+        "map_control_mass",
+        "test/map_region_mass",
+        "test/structure_dice",
+        "structure_dice",
+        "test/structure_dice_normal",
+    ):
         assert ddp[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
 
     # predict on 2 ranks: one CSV row and one map video per test video, written once

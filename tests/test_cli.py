@@ -35,7 +35,9 @@ def test_bad_config_fails_before_work_with_one_line(good_config, tmp_path, edit,
 
 
 def test_phantom_command_writes_echonet_layout(tmp_path):
-    result = run_echolab("phantom", "--format", "echonet", "--out", str(tmp_path / "ph"), "--num-videos", "6", "--seed", "2")
+    result = run_echolab(
+        "phantom", "--format", "echonet", "--out", str(tmp_path / "ph"), "--num-videos", "6", "--seed", "2"
+    )
     assert result.returncode == 0, result.stderr
     files = pd.read_csv(tmp_path / "ph" / "FileList.csv")
     assert len(files) == 6 and len(list((tmp_path / "ph" / "Videos").glob("*.avi"))) == 6
@@ -48,13 +50,20 @@ def test_every_config_parses():
     from cli import run_cli
 
     configs = [
-        [str(c)] for c in sorted((ROOT / "configs").rglob("*.yaml"))
+        [str(c)]
+        for c in sorted((ROOT / "configs").rglob("*.yaml"))
         if c.parent.name not in {"trainer", "logger"} and c.name != "quickstart_stage2.yaml"
     ]
     configs.append([str(ROOT / "configs" / "quickstart.yaml"), str(ROOT / "configs" / "quickstart_stage2.yaml")])
     for config in configs:
         for fragment in ("trainer/cpu.yaml", "logger/csv.yaml"):
-            args = ["fit", *(f"--config={c}" for c in config), "--config", str(ROOT / "configs" / fragment), "--print_config"]
+            args = [
+                "fit",
+                *(f"--config={c}" for c in config),
+                "--config",
+                str(ROOT / "configs" / fragment),
+                "--print_config",
+            ]
             with pytest.raises(SystemExit) as exit_info:
                 run_cli(args)
             assert exit_info.value.code in (0, None), config

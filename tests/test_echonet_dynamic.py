@@ -65,7 +65,12 @@ def test_train_batch_format_and_determinism(phantom_echonet):
     batch = module.on_after_batch_transfer(dict(raw), 0)  # what the LightningModule receives
     assert batch["video"].shape == (4, 3, 8, 112, 112) and batch["video"].dtype == torch.float32
     dataset = module.make_dataset(module.records["TRAIN"], train=True)
-    order = [module.records["TRAIN"].index(r) for name in batch["filename"] for r in module.records["TRAIN"] if r.filename == name]
+    order = [
+        module.records["TRAIN"].index(r)
+        for name in batch["filename"]
+        for r in module.records["TRAIN"]
+        if r.filename == name
+    ]
     direct = torch.stack([dataset[(i, 0)]["video"] for i in order])  # normalised in the dataset: the same numbers
     assert torch.allclose(direct, batch["video"], atol=1e-5)
     assert batch["frames_mask"].shape == (4, 8) and batch["frames_mask"].all()
@@ -164,7 +169,9 @@ def test_pediatric_style_file_list(phantom_echonet, tmp_path):
     files = pd.read_csv(root / "FileList.csv")
     files["FileName"] = files["FileName"] + ".avi"
     files["Split"] = np.arange(len(files)) % 10
-    files.drop(columns=["FPS", "NumberOfFrames", "FrameHeight", "FrameWidth"]).to_csv(root / "FileList.csv", index=False)
+    files.drop(columns=["FPS", "NumberOfFrames", "FrameHeight", "FrameWidth"]).to_csv(
+        root / "FileList.csv", index=False
+    )
     module = make(root)
     assert len(module.records["TEST"]) == len(files) // 10 and len(module.records["VAL"]) == len(files) // 10
     assert all(r.fps > 0 and r.num_frames > 0 for r in module.records["TRAIN"])

@@ -21,14 +21,28 @@ def metrics_table(run_dir) -> pd.DataFrame:
 def test_learns_ef_well_below_mean_predictor(phantom_echonet_train, tmp_path):
     run_dir = tmp_path / "run"
     config = tiny_ef_config(
-        phantom_echonet_train, run_dir, **{"trainer.max_epochs": 10, "data.init_args.frame_size": 48,
-                                           "data.init_args.clip_length": 16, "data.init_args.batch_size": 8,
-                                           "data.init_args.num_eval_clips": 4}
+        phantom_echonet_train,
+        run_dir,
+        **{
+            "trainer.max_epochs": 10,
+            "data.init_args.frame_size": 48,
+            "data.init_args.clip_length": 16,
+            "data.init_args.batch_size": 8,
+            "data.init_args.num_eval_clips": 4,
+        },
     )
     config["model"]["init_args"]["encoder"]["init_args"]["width"] = 16
     config["model"]["init_args"]["optimizer"]["init_args"]["lr"] = 1.0e-3
-    config["model"]["init_args"]["scheduler"] = {"class_path": "torch.optim.lr_scheduler.CosineAnnealingLR", "init_args": {"T_max": 10}}
-    config["trainer"]["callbacks"][0]["init_args"] = {"dirpath": str(run_dir / "checkpoints"), "filename": "best", "monitor": "val/mae", "save_last": True}
+    config["model"]["init_args"]["scheduler"] = {
+        "class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
+        "init_args": {"T_max": 10},
+    }
+    config["trainer"]["callbacks"][0]["init_args"] = {
+        "dirpath": str(run_dir / "checkpoints"),
+        "filename": "best",
+        "monitor": "val/mae",
+        "save_last": True,
+    }
     path = write_config(tmp_path / "fit.yaml", config)
     fit = run_echolab("fit", "--config", str(path))
     assert fit.returncode == 0, fit.stderr[-3000:]
@@ -55,7 +69,9 @@ def test_ddp_two_processes_validates_every_video_once(phantom_echonet, tmp_path)
     # the same checkpoint validated in one process gives the same MAE
     single = tiny_ef_config(phantom_echonet, tmp_path / "single")
     single_path = write_config(tmp_path / "single.yaml", single)
-    validate = run_echolab("validate", "--config", str(single_path), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"))
+    validate = run_echolab(
+        "validate", "--config", str(single_path), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")
+    )
     assert validate.returncode == 0, validate.stderr[-3000:]
     single_row = metrics_table(tmp_path / "single").dropna(subset=["val/mae"]).iloc[-1]
     assert single_row["val/mae"] == pytest.approx(ddp_row["val/mae"], rel=1e-5)
@@ -107,7 +123,10 @@ def test_killed_fit_resumes_to_identical_result(phantom_echonet, tmp_path):
 def test_wandb_offline_run_has_metrics(phantom_echonet, tmp_path):
     run_dir = tmp_path / "wandb_run"
     config = tiny_ef_config(phantom_echonet, run_dir, **{"trainer.max_epochs": 1})
-    config["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "echolab-tests", "save_dir": str(run_dir)}}
+    config["trainer"]["logger"] = {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "init_args": {"project": "echolab-tests", "save_dir": str(run_dir)},
+    }
     fit = run_echolab("fit", "--config", str(write_config(tmp_path / "wandb.yaml", config)))
     assert fit.returncode == 0, fit.stderr[-3000:]
     runs = list((run_dir / "wandb").glob("offline-run-*"))
@@ -122,8 +141,15 @@ def test_predict_writes_csv(phantom_echonet, tmp_path):
     path = write_config(tmp_path / "p.yaml", config)
     assert run_echolab("fit", "--config", str(path)).returncode == 0
     out = tmp_path / "predictions.csv"
-    result = run_echolab("predict", "--config", str(path), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
-                         "--model.init_args.predictions_csv", str(out))
+    result = run_echolab(
+        "predict",
+        "--config",
+        str(path),
+        "--ckpt_path",
+        str(run_dir / "checkpoints" / "last.ckpt"),
+        "--model.init_args.predictions_csv",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(out)
     files = pd.read_csv(phantom_echonet / "FileList.csv")

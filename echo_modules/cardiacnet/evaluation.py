@@ -24,9 +24,7 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float | None:
     values = np.unique(scores)
     candidates = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])
     positives, negatives = labels == 1, labels == 0
-    balanced = [
-        0.5 * ((scores[positives] > c).mean() + (scores[negatives] <= c).mean()) for c in candidates
-    ]
+    balanced = [0.5 * ((scores[positives] > c).mean() + (scores[negatives] <= c).mean()) for c in candidates]
     return float(candidates[int(np.argmax(balanced))])
 
 
@@ -167,5 +165,9 @@ def structure_dice(inputs: Tensor, recovered: Tensor, sigma: float = 1.5) -> Ten
             scores.append(clip.new_tensor(float("nan")))
             continue
         threshold = otsu_threshold(smooth_maps(clip, sigma)[:, imaged].flatten())
-        scores.append(dice_score(cavity_masks(clip, imaged, threshold, sigma), cavity_masks(other, imaged, threshold, sigma)).mean())
+        scores.append(
+            dice_score(
+                cavity_masks(clip, imaged, threshold, sigma), cavity_masks(other, imaged, threshold, sigma)
+            ).mean()
+        )
     return torch.stack(scores)

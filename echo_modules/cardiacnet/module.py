@@ -49,6 +49,14 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from datamodules.errors import ConfigError
+from echo_modules.cardiacnet.evaluation import (
+    best_threshold,
+    imaged_area,
+    map_region_statistics,
+    smooth_maps,
+    structure_dice,
+    test_summary,
+)
 from echo_modules.cardiacnet.losses import (
     GANLoss,
     centroid_loss,
@@ -60,14 +68,6 @@ from echo_modules.cardiacnet.losses import (
 )
 from echo_modules.cardiacnet.memory_bank import ClassMemoryBanks
 from echo_modules.cardiacnet.networks import ConsistencyDeformationDiscriminator, DeformationGenerator, FeatureHead
-from echo_modules.cardiacnet.evaluation import (
-    best_threshold,
-    imaged_area,
-    map_region_statistics,
-    smooth_maps,
-    structure_dice,
-    test_summary,
-)
 from echo_modules.cardiacnet.optimal_transport import OTMethod
 from echo_modules.cardiacnet.visualisation import abnormality_figure, save_video_maps, write_map_video
 from echo_modules.common.metrics import ef_metrics
@@ -681,7 +681,9 @@ class CardiacNet(EchoModule):
                 f"{summary['map_control_mass']:.3f} in same-shape control regions"
             )
         if "structure_dice" in summary:
-            message += f"; chamber Dice of abnormal clips vs their deformation to normal {summary['structure_dice']:.3f}"
+            message += (
+                f"; chamber Dice of abnormal clips vs their deformation to normal {summary['structure_dice']:.3f}"
+            )
         if "ef_mae" in summary:
             message += f"; EF MAE {summary['ef_mae']:.2f}"
             if "ef_mean_predictor_mae" in summary:

@@ -66,7 +66,9 @@ class TinyVideoEncoder(VideoEncoder):
             channels = out_channels
         self.features = nn.Sequential(*layers)
         self.temporal = nn.Sequential(
-            nn.Conv1d(channels, channels, kernel_size=3, padding=1, bias=False), nn.BatchNorm1d(channels), nn.ReLU(inplace=True)
+            nn.Conv1d(channels, channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm1d(channels),
+            nn.ReLU(inplace=True),
         )
         self.mix = nn.Sequential(nn.Linear(3 * channels, out_features), nn.ReLU(inplace=True))
         self.out_features = out_features

@@ -24,8 +24,11 @@ def ef_agreement_figure(predicted: np.ndarray, true: np.ndarray, title: str = ""
     bland_altman.scatter(mean, difference, s=8, alpha=0.7)
     for value, style in ((bias, "-"), (bias + spread, "--"), (bias - spread, "--")):
         bland_altman.axhline(value, color="k", ls=style, lw=1)
-    bland_altman.set(xlabel="mean of predicted and true EF (%)", ylabel="predicted - true (%)",
-                     title=f"bias {bias:.2f}, limits ±{spread:.2f}")
+    bland_altman.set(
+        xlabel="mean of predicted and true EF (%)",
+        ylabel="predicted - true (%)",
+        title=f"bias {bias:.2f}, limits ±{spread:.2f}",
+    )
     figure.tight_layout()
     return figure
 

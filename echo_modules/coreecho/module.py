@@ -23,11 +23,11 @@ from torch import nn
 from torchmetrics import SumMetric
 
 from datamodules.errors import ConfigError
-from echo_modules.coreecho.heads import ProjectionHead, RegressionHead
-from echo_modules.coreecho.losses import distributed_rank_n_contrast_loss
 from echo_modules.common.metrics import ef_metrics
 from echo_modules.common.module import EchoModule, average_clip_predictions, gather_lists, save_test_summary, write_csv
 from echo_modules.common.plotting import ef_agreement_figure, log_figure
+from echo_modules.coreecho.heads import ProjectionHead, RegressionHead
+from echo_modules.coreecho.losses import distributed_rank_n_contrast_loss
 
 #: state-dict prefixes a stage-2 run takes from the stage-1 checkpoint
 STAGE1_PREFIXES = ("encoder.", "projector.", "regressor.")
