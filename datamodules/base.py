@@ -26,20 +26,18 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.data._utils.collate import default_collate
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from datamodules.cache import DecodedVideoCache, VideoInfo, default_cache_dir, fill_cache, read_frames
 from datamodules.errors import ConfigError, DataError
+from datamodules.splits import SPLITS
 from datamodules.tracings import mask_from_tracing
-from datamodules.transforms import apply_to_clip, resize_clip, resize_masks
+from datamodules.transforms import RESIZE_MODES, ResizeMode, apply_to_clip, resize_clip, resize_masks
 from datamodules.video import (
-    DecodedVideoCache,
-    VideoInfo,
+    BACKENDS,
     clip_frame_indices,
-    default_cache_dir,
     evaluation_clip_starts,
     random_clip_start,
-    read_frames,
+    resolve_backend,
 )
-
-SPLITS = ("TRAIN", "VAL", "TEST")
 
 
 @dataclass
@@ -59,6 +57,7 @@ class VideoRecord:
     num_frames: int = 0
     height: int = 0
     width: int = 0
+    expected_frames: int = 0  # the frame count the dataset's index declares (0: it declares none)
     abnormal_region: np.ndarray | None = None  # (H, W) bool where a known abnormality lives (phantom ground truth)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -88,6 +87,11 @@ class VideoClipDataset(Dataset):
     views); evaluation items hold every (or ``num_eval_clips`` evenly spaced) clip: ``(N, C, T, H, W)``. Training
     randomness is a pure function of ``(seed, epoch, index)``: the sampler passes ``(index, epoch)`` keys, so a
     resumed run draws exactly the clips the uninterrupted run would have drawn, with any number of workers.
+
+    Datasets customise items through hooks, not by overriding ``__getitem__`` (which would turn off the uint8
+    hand-off, see ``defer_normalisation``): :meth:`clip_starts` (where clips begin), :meth:`_frames` / :meth:`_masks`
+    (pixels and key-frame masks), :meth:`frame_masks` (per-frame label maps, augmented with the clip and returned as
+    ``masks``) and :meth:`extra_fields` (dataset-specific keys).
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class VideoClipDataset(Dataset):
         transform: A.BaseCompose | None = None,
         seed: int = 0,
         read_from_cache: bool = True,
+        resize: ResizeMode = "stretch",
     ) -> None:
         self.records = list(records)
         self.cache = cache
@@ -122,6 +127,7 @@ class VideoClipDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.read_from_cache = read_from_cache
+        self.resize = resize
         # loaders built by VideoDataModule set this: items then carry uint8 grey clips (12x fewer bytes to collate
         # and move between processes) and VideoDataModule.on_after_batch_transfer normalises them on the device
         self.defer_normalisation = False
@@ -133,7 +139,7 @@ class VideoClipDataset(Dataset):
         if self.read_from_cache:
             return np.asarray(self.cache.frames(record.path)[indices])
         unique, inverse = np.unique(indices, return_inverse=True)
-        return read_frames(record.path, unique)[inverse]
+        return read_frames(record.path, unique, self.cache.backend)[inverse]
 
     def _masks(self, record: VideoRecord) -> np.ndarray:
         """(3, H, W) uint8: ED mask, ES mask (label 1 = LV cavity) and the abnormal region (zeros when unknown)."""
@@ -146,40 +152,57 @@ class VideoClipDataset(Dataset):
             masks[2] = region if region.shape == masks.shape[1:] else resize_masks(region[None], masks.shape[1])[0]
         return masks
 
+    def clip_starts(self, record: VideoRecord, rng: np.random.Generator | None) -> list[int]:
+        """First frames of the item's clips: ``num_views`` random starts in training (``rng`` is the item's generator,
+        a pure function of seed, epoch and index), every or ``num_eval_clips`` evenly spaced starts at evaluation
+        (``rng`` None)."""
+        if rng is not None:
+            return [
+                random_clip_start(record.num_frames, self.clip_length, self.period, rng) for _ in range(self.num_views)
+            ]
+        return list(evaluation_clip_starts(record.num_frames, self.clip_length, self.period, self.num_eval_clips))
+
+    def frame_masks(self, record: VideoRecord, indices: np.ndarray, real: np.ndarray) -> np.ndarray | None:
+        """Label maps ``(len(indices), H, W)`` of the clip frames ``indices`` (``real`` False on padding), augmented
+        with the frames and returned as ``masks`` ``(N, T, H, W)``; None (here) when the dataset has none."""
+        return None
+
+    def extra_fields(self, record: VideoRecord) -> dict[str, Any]:
+        """Dataset-specific item fields, added to (or replacing) the base's."""
+        return {}
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         record = self.records[index]
-        if self.train:
-            rng = np.random.default_rng([self.seed, epoch, index])
-            starts = [
-                random_clip_start(record.num_frames, self.clip_length, self.period, rng) for _ in range(self.num_views)
-            ]
-            augment_seeds = [int(rng.integers(2**31 - 1)) for _ in starts]
-        else:
-            starts = list(evaluation_clip_starts(record.num_frames, self.clip_length, self.period, self.num_eval_clips))
-            augment_seeds = [None] * len(starts)
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
+        starts = self.clip_starts(record, rng)
+        augment_seeds = [int(rng.integers(2**31 - 1)) for _ in starts] if rng is not None else [None] * len(starts)
         clip_indices, real = zip(
-            *(clip_frame_indices(s, self.clip_length, self.period, record.num_frames) for s in starts)
+            *(clip_frame_indices(s, self.clip_length, self.period, record.num_frames) for s in starts), strict=True
         )
-        frames = self._frames(record, np.concatenate(clip_indices))
-        frames = resize_clip(frames, self.frame_size)
-        masks = resize_masks(self._masks(record), self.frame_size)
+        indices = np.concatenate(clip_indices)
+        frames = resize_clip(self._frames(record, indices), self.frame_size, self.resize)
+        key_masks = resize_masks(self._masks(record), self.frame_size, self.resize)  # ED, ES, abnormal region
+        sequence = self.frame_masks(record, indices, np.concatenate(real))
+        if sequence is not None:
+            sequence = resize_masks(sequence, self.frame_size, self.resize)
 
-        clips, out_masks = [], masks
+        clips, clip_masks, out_masks = [], [], key_masks
         for number, seed in enumerate(augment_seeds):
-            clip = frames[number * self.clip_length : (number + 1) * self.clip_length]  # (T, H, W)
+            window = slice(number * self.clip_length, (number + 1) * self.clip_length)
+            clip = frames[window]  # (T, H, W)
+            masks = key_masks if sequence is None else np.concatenate([key_masks, sequence[window]])
             if self.train and self.transform is not None:
-                clip, view_masks = apply_to_clip(self.transform, clip, masks, seed=seed)
-                if number == 0:
-                    out_masks = view_masks
+                clip, masks = apply_to_clip(self.transform, clip, masks, seed=seed)
+            if number == 0:
+                out_masks = masks[:3]
             clips.append(clip)
+            clip_masks.append(masks[3:])
         video = torch.from_numpy(np.stack(clips))[:, None]  # (N, 1, T, H, W) uint8
         frames_mask = torch.from_numpy(np.stack(real))  # (N, T)
         if not self.defer_normalisation:
             video = normalise_clips(video, frames_mask, self.mean, self.std, self.channels)
-        if self.train and self.num_views == 1:
-            video, frames_mask = video[0], frames_mask[0]
-        return {
+        item: dict[str, Any] = {
             "video": video,
             "frames_mask": frames_mask,
             "ef": torch.tensor(record.ef, dtype=torch.float32),
@@ -188,12 +211,20 @@ class VideoClipDataset(Dataset):
             "fps": torch.tensor(record.fps, dtype=torch.float32),
             "ed_index": torch.tensor(record.ed_index, dtype=torch.long),
             "es_index": torch.tensor(record.es_index, dtype=torch.long),
-            "ed_mask": torch.from_numpy(out_masks[0].astype(np.int64)),
-            "es_mask": torch.from_numpy(out_masks[1].astype(np.int64)),
+            "ed_mask": torch.from_numpy(np.asarray(out_masks[0], np.int64)),
+            "es_mask": torch.from_numpy(np.asarray(out_masks[1], np.int64)),
             "has_masks": torch.tensor(record.has_tracings),
-            "abnormal_region": torch.from_numpy(out_masks[2].astype(bool)),
+            "abnormal_region": torch.from_numpy(np.asarray(out_masks[2]).astype(bool)),
             "has_abnormal_region": torch.tensor(record.abnormal_region is not None),
         }
+        if sequence is not None:
+            item["masks"] = torch.from_numpy(np.stack(clip_masks).astype(np.int64))  # (N, T, H, W)
+        item.update(self.extra_fields(record))
+        if self.train and self.num_views == 1:
+            item["video"], item["frames_mask"] = video[0], frames_mask[0]
+            if "masks" in item:
+                item["masks"] = item["masks"][0]
+        return item
 
 
 class PairedClipDataset(Dataset):
@@ -275,9 +306,14 @@ class EpochKeySampler(DistributedSampler):
 
 
 class VideoDataModule(L.LightningDataModule):
-    """Base of the video DataModules: subclasses implement :meth:`scan_records` for their layout."""
+    """Base of the video DataModules: subclasses implement :meth:`scan_records` for their layout.
+
+    Their datasets are ``dataset_class(records, cache, **dataset_kwargs(train))``: a subclass names its dataset class
+    and adds its own arguments in :meth:`dataset_kwargs` instead of copying :meth:`make_dataset`.
+    """
 
     dataset_name = "video"
+    dataset_class: type[Dataset] = VideoClipDataset
 
     def __init__(
         self,
@@ -303,15 +339,28 @@ class VideoDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         label_from_ef_below: float | None = None,
         paired: bool = False,
+        resize: ResizeMode = "stretch",
+        video_backend: Literal["auto", "decord", "pyav", "opencv"] = "auto",
+        truncation_threshold: float = 0.9,
+        decode_workers: int | None = None,
     ) -> None:
         """Args:
         data_dir: root of the dataset in its published layout.
         clip_length / period: frames per clip and the step between them (EchoNet: 32 every 2nd frame).
         frame_size: frames (and masks) are resized to this square size.
+        resize: how a non-square video becomes square: ``stretch`` (its aspect changes; a warning says so once per
+            dataset), ``pad`` (zero-padded to a centred square first) or ``crop`` (centre-cropped to a square first).
         channels: grey is repeated to this many channels (3 for Kinetics-pretrained backbones).
         num_eval_clips: clips per video at evaluation (None = every possible start, as EchoNet-Dynamic's test).
         num_views: random clips per video per training item (2 for contrastive methods).
         on_bad_video: skip undecodable/truncated videos with a warning and a count, or raise naming the file.
+        truncation_threshold: a video that decodes fewer than this fraction of the frames its index file declares
+            (EchoNet's NumberOfFrames, CAMUS's NbFrame) is truncated, i.e. a bad video; the releases' off-by-a-few
+            disagreements pass (the decoded count wins). 0 turns the check off.
+        video_backend: the decoder of video containers: ``auto`` (decord when installed, else PyAV, else OpenCV),
+            or one of them by name.
+        decode_workers: processes that decode the videos into the cache on the first run (default: ``num_workers``;
+            0 decodes in the main process).
         decode_cache: keep decoded uint8 frames on disk (fast loading); off = decode clip frames per item.
         mean / std: normalisation override; by default computed once from the training split and cached.
         max_videos_per_split: use only the first N videos of each split (quick experiments).
@@ -333,6 +382,14 @@ class VideoDataModule(L.LightningDataModule):
             raise ConfigError(f"clip_length ({clip_length}) and period ({period}) must be >= 1")
         if num_views < 1:
             raise ConfigError(f"num_views must be >= 1, got {num_views}")
+        if resize not in RESIZE_MODES:
+            raise ConfigError(f"data.resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        if video_backend != "auto" and video_backend not in BACKENDS:
+            raise ConfigError(f"data.video_backend must be auto or one of {', '.join(BACKENDS)}, got {video_backend!r}")
+        if not 0 <= truncation_threshold <= 1:
+            raise ConfigError(f"data.truncation_threshold must lie in [0, 1], got {truncation_threshold}")
+        if decode_workers is not None and decode_workers < 0:
+            raise ConfigError(f"data.decode_workers must be >= 0, got {decode_workers}")
         self.clip_length = clip_length
         self.period = period
         self.frame_size = frame_size
@@ -354,6 +411,10 @@ class VideoDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.label_from_ef_below = label_from_ef_below
         self.paired = paired
+        self.resize = resize
+        self.video_backend = resolve_backend(video_backend) if video_backend != "auto" else "auto"
+        self.truncation_threshold = truncation_threshold
+        self.decode_workers = num_workers if decode_workers is None else decode_workers
         self.records: dict[str, list[VideoRecord]] = {}
         self.skipped: list[tuple[str, str]] = []
         self._scanned: list[VideoRecord] | None = None
@@ -371,7 +432,11 @@ class VideoDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ validation, caching, statistics
 
     def _cache(self) -> DecodedVideoCache:
-        return DecodedVideoCache(self.cache_dir, store_frames=self.decode_cache)
+        return DecodedVideoCache(self.cache_dir, store_frames=self.decode_cache, backend=self.video_backend)
+
+    def cache_paths(self) -> list[Path]:
+        """Every file ``prepare_data`` decodes into the cache (subclasses add their label maps)."""
+        return [record.path for record in self._selected_records()]
 
     def _selected_records(self) -> list[VideoRecord]:
         """The scanned records (scanned once, so its warnings appear once), limited by ``max_videos_per_split``."""
@@ -390,17 +455,29 @@ class VideoDataModule(L.LightningDataModule):
         return chosen
 
     def prepare_data(self) -> None:
-        """Decode and validate every video once (rank 0 of each node); later calls read the cached manifest."""
-        cache = self._cache()
-        for record in self._selected_records():
-            cache.info(record.path)
+        """Decode and validate every video once (rank 0 of each node), ``decode_workers`` at a time, with a progress
+        bar and a final count; later calls find everything cached and only read the manifest."""
+        report = fill_cache(
+            self._cache(), self.cache_paths(), self.decode_workers, description=f"{self.dataset_name}: decoding"
+        )
+        if report.decoded:
+            rank_zero_info(
+                f"{self.dataset_name}: decoded {report.decoded} files into {self.cache_dir} in {report.seconds:.1f} s "
+                f"({report.decoded / max(report.seconds, 1e-9):.1f}/s, {report.workers} processes; "
+                f"{report.cached} were cached already, {report.unusable} are unusable)"
+            )
 
     def _validate(self, records: list[VideoRecord]) -> list[VideoRecord]:
         cache = self._cache()
-        usable, skipped = [], []
+        usable, skipped, non_square = [], [], []
         for record in records:
             info: VideoInfo = cache.info(record.path)
             problem = info.error
+            if problem is None and info.num_frames < self.truncation_threshold * record.expected_frames:
+                problem = (
+                    f"truncated: decodes {info.num_frames} of the {record.expected_frames} frames its index declares "
+                    f"(below the truncation_threshold {self.truncation_threshold:g})"
+                )
             if problem is None and info.num_frames < self.required_frames(record):
                 problem = f"decodes {info.num_frames} frames but its annotations need {self.required_frames(record)}"
             if problem is not None:
@@ -410,6 +487,15 @@ class VideoDataModule(L.LightningDataModule):
                 continue
             fps = record.fps if math.isfinite(record.fps) and record.fps > 0 else info.fps
             usable.append(replace(record, num_frames=info.num_frames, height=info.height, width=info.width, fps=fps))
+            source_height, source_width = info.source_shape
+            if source_height != source_width:
+                non_square.append(f"{Path(record.path).name} {source_height}x{source_width}")
+        if non_square and self.resize == "stretch":
+            rank_zero_warn(
+                f"{self.dataset_name}: {len(non_square)} of {len(records)} videos are not square (e.g. "
+                f"{', '.join(non_square[:3])} H x W); resize: stretch changes their aspect ratio to fit "
+                f"{self.frame_size}x{self.frame_size} (set data.resize to pad or crop to keep it)"
+            )
         if skipped:
             listed = "; ".join(f"{Path(p).name} ({why})" for p, why in skipped[:5])
             more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
@@ -422,7 +508,8 @@ class VideoDataModule(L.LightningDataModule):
             return self.mean, self.std
         if not train_records:
             raise DataError(f"{self.data_dir}: the training split is empty, cannot compute normalisation statistics")
-        names = "|".join(sorted(str(r.path) for r in train_records)) + f"|{self.frame_size}"
+        mode = "" if self.resize == "stretch" else f"|{self.resize}"  # stretch keeps existing statistics files valid
+        names = "|".join(sorted(str(r.path) for r in train_records)) + f"|{self.frame_size}{mode}"
         stats_path = self.cache_dir / f"normalisation-{hashlib.sha1(names.encode()).hexdigest()[:16]}.json"
         if stats_path.is_file():
             stats = json.loads(stats_path.read_text())
@@ -436,8 +523,8 @@ class VideoDataModule(L.LightningDataModule):
             if self.decode_cache:
                 frames = np.asarray(cache.frames(record.path))
             else:
-                frames = read_frames(record.path, np.arange(record.num_frames))
-            frames = resize_clip(frames, self.frame_size).astype(np.float64)
+                frames = read_frames(record.path, np.arange(record.num_frames), self.video_backend)
+            frames = resize_clip(frames, self.frame_size, self.resize).astype(np.float64)
             total += frames.sum()
             total_sq += np.square(frames).sum()
             count += frames.size
@@ -474,23 +561,26 @@ class VideoDataModule(L.LightningDataModule):
 
         return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
-    def make_dataset(self, records: list[VideoRecord], train: bool) -> VideoClipDataset:
-        return VideoClipDataset(
-            records,
-            self._cache(),
-            clip_length=self.clip_length,
-            period=self.period,
-            frame_size=self.frame_size,
-            channels=self.channels,
-            mean=self.norm_mean,
-            std=self.norm_std,
-            train=train,
-            num_eval_clips=self.num_eval_clips,
-            num_views=self.num_views,
-            transform=self.train_transforms if train else None,
-            seed=self._seed(),
-            read_from_cache=self.decode_cache,
-        )
+    def dataset_kwargs(self, train: bool) -> dict[str, Any]:
+        """Keyword arguments of ``dataset_class`` (after records and cache); subclasses add or drop their own."""
+        return {
+            "clip_length": self.clip_length,
+            "period": self.period,
+            "frame_size": self.frame_size,
+            "channels": self.channels,
+            "mean": self.norm_mean,
+            "std": self.norm_std,
+            "train": train,
+            "num_eval_clips": self.num_eval_clips,
+            "num_views": self.num_views,
+            "transform": self.train_transforms if train else None,
+            "seed": self._seed(),
+            "read_from_cache": self.decode_cache,
+            "resize": self.resize,
+        }
+
+    def make_dataset(self, records: list[VideoRecord], train: bool) -> Dataset:
+        return self.dataset_class(records, self._cache(), **self.dataset_kwargs(train))
 
     def _split_records(self, split: str) -> list[VideoRecord]:
         if split == "ALL":

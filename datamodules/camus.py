@@ -38,57 +38,18 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.base import SPLITS, VideoClipDataset, VideoDataModule, VideoRecord, collate_clips
+from datamodules.base import VideoClipDataset, VideoDataModule, VideoRecord, collate_clips
+from datamodules.cache import ResizedVideoCache, read_frames
 from datamodules.errors import ConfigError, DataError
-from datamodules.nifti import ResizedVideoCache, read_label_map
+from datamodules.nifti import read_label_map
+from datamodules.splits import check_split_fractions, split_patients  # noqa: F401  (re-exported: older imports)
 from datamodules.transforms import apply_to_clip, resize_clip, resize_masks
-from datamodules.video import clip_frame_indices, evaluation_clip_starts, random_clip_start, read_frames
 
 VIEWS = ("2CH", "4CH")
 INSTANTS = ("ED", "ES")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mhd")
 LABEL_SUFFIXES = tuple(f"_gt{suffix}" for suffix in IMAGE_SUFFIXES)
 SPLIT_FILES = {"TRAIN": "subgroup_training.txt", "VAL": "subgroup_validation.txt", "TEST": "subgroup_testing.txt"}
-
-
-# ---------------------------------------------------------------------------------------------------- splits
-
-
-def check_split_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    """``(train, val, test)`` proportions, normalised to sum to 1; a ConfigError for anything else."""
-    values = np.asarray(fractions, dtype=np.float64)
-    if values.shape != (3,) or (values < 0).any() or values.sum() <= 0:
-        raise ConfigError(
-            f"split_fractions must be three non-negative numbers (train, val, test), got {list(fractions)}"
-        )
-    train, val, test = (values / values.sum()).tolist()
-    return train, val, test
-
-
-def split_patients(
-    patients: Sequence[str],
-    fractions: Sequence[float],
-    seed: int,
-    strata: Mapping[str, Any] | None = None,
-) -> dict[str, str]:
-    """TRAIN/VAL/TEST per patient: a seeded permutation cut in the given proportions (largest remainders), done
-    within each stratum (e.g. the class) so every split keeps the class balance. A patient is one unit, so none of
-    its videos can land in two splits; the same patients and seed always give the same split."""
-    fractions_array = np.asarray(check_split_fractions(fractions))
-    groups: dict[str, list[str]] = {}
-    for patient in sorted(set(patients)):
-        groups.setdefault(str(strata[patient]) if strata is not None else "", []).append(patient)
-    assignment: dict[str, str] = {}
-    for number, (_, members) in enumerate(sorted(groups.items())):
-        count = len(members)
-        counts = np.floor(fractions_array * count).astype(int)
-        for i in np.argsort(-(fractions_array * count - counts), kind="stable")[: count - counts.sum()]:
-            counts[i] += 1
-        order = np.random.default_rng([seed, number]).permutation(count)
-        labels = np.repeat(np.arange(3), counts)
-        for position, member in zip(order, members, strict=True):
-            assignment[member] = SPLITS[labels[position]]
-    return assignment
 
 
 # ---------------------------------------------------------------------------------------------------- layout
@@ -125,6 +86,17 @@ def _number(path: Path, fields: Mapping[str, str], *names: str, required: bool =
         return float(text)
     except ValueError as error:
         raise DataError(f"{path}: {names[0]} is {text!r}, not a number") from error
+
+
+def _integer(path: Path, fields: Mapping[str, str], *names: str, required: bool = False) -> int | None:
+    """A whole-number field (a frame number or count); None when absent and not required, DataError when it is not
+    a finite whole number (``nan``, ``abc``, ``3.5``)."""
+    value = _number(path, fields, *names, required=required)
+    if _field(fields, *names) is None:
+        return None
+    if not math.isfinite(value) or value != int(value):
+        raise DataError(f"{path}: {names[0]} is {_field(fields, *names)!r}, not a whole number")
+    return int(value)
 
 
 def find_image(folder: Path, stem: str) -> Path | None:
@@ -226,79 +198,27 @@ class CamusClipDataset(VideoClipDataset):
         out[usable] = picked
         return out
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
-        record = self.records[index]
-        ed_start = max(record.ed_index, 0)
-        if self.train:
-            rng = np.random.default_rng([self.seed, epoch, index])
-            starts = [
-                ed_start
-                if self.start_at_ed
-                else random_clip_start(record.num_frames, self.clip_length, self.period, rng)
-                for _ in range(self.num_views)
-            ]
-            augment_seeds: list[int | None] = [int(rng.integers(2**31 - 1)) for _ in starts]
-        else:
-            starts = (
-                [ed_start]
-                if self.start_at_ed
-                else list(evaluation_clip_starts(record.num_frames, self.clip_length, self.period, self.num_eval_clips))
-            )
-            augment_seeds = [None] * len(starts)
-        clip_indices, real = zip(
-            *(clip_frame_indices(s, self.clip_length, self.period, record.num_frames) for s in starts), strict=True
-        )
-        frames = resize_clip(self._frames(record, np.concatenate(clip_indices)), self.frame_size)
-        key_masks = resize_masks(self._masks(record), self.frame_size)  # ED, ES, abnormal region
-        sequence_masks = None
-        if self.sequence_masks:
-            sequence_masks = resize_masks(
-                self._clip_masks(record, np.concatenate(clip_indices), np.concatenate(real)), self.frame_size
-            )
+    def clip_starts(self, record: VideoRecord, rng: np.random.Generator | None) -> list[int]:
+        """Synthesis: one clip from the ED frame (``num_views`` copies in training); else the base's starts."""
+        if self.start_at_ed:
+            return [max(record.ed_index, 0)] * (self.num_views if rng is not None else 1)
+        return super().clip_starts(record, rng)
 
-        clips, clip_masks, out_masks = [], [], key_masks
-        for number, seed in enumerate(augment_seeds):
-            window = slice(number * self.clip_length, (number + 1) * self.clip_length)
-            clip = frames[window]
-            masks = key_masks if sequence_masks is None else np.concatenate([key_masks, sequence_masks[window]])
-            if self.train and self.transform is not None:
-                clip, masks = apply_to_clip(self.transform, clip, masks, seed=seed)
-            if number == 0:
-                out_masks = masks[:3]
-            clips.append(clip)
-            clip_masks.append(masks[3:])
-        video = (torch.from_numpy(np.stack(clips)).float() - self.mean) / self.std  # (N, T, H, W)
-        frames_mask = torch.from_numpy(np.stack(real))
-        video = video * frames_mask[..., None, None]  # padding is zero after normalisation, as in the base
-        video = video[:, None].expand(-1, self.channels, -1, -1, -1).contiguous()
+    def frame_masks(self, record: VideoRecord, indices: np.ndarray, real: np.ndarray) -> np.ndarray | None:
+        return self._clip_masks(record, indices, real) if self.sequence_masks else None
+
+    def extra_fields(self, record: VideoRecord) -> dict[str, Any]:
         gt = record.extra.get("gt", {})
         has_ed = "ED" in gt or ("sequence" in gt and record.ed_index >= 0)
         has_es = "ES" in gt or ("sequence" in gt and record.es_index >= 0)
-        item: dict[str, Any] = {
-            "video": video,
-            "frames_mask": frames_mask,
-            "ef": torch.tensor(record.ef, dtype=torch.float32),
-            "label": torch.tensor(record.label, dtype=torch.long),
-            "filename": record.filename,
-            "fps": torch.tensor(record.fps, dtype=torch.float32),
-            "ed_index": torch.tensor(record.ed_index, dtype=torch.long),
-            "es_index": torch.tensor(record.es_index, dtype=torch.long),
-            "ed_mask": torch.from_numpy(np.asarray(out_masks[0], np.int64)),
-            "es_mask": torch.from_numpy(np.asarray(out_masks[1], np.int64)),
+        fields: dict[str, Any] = {
             "has_masks": torch.tensor(has_ed and has_es),
-            "abnormal_region": torch.from_numpy(np.asarray(out_masks[2]).astype(bool)),
             "has_abnormal_region": torch.tensor(False),
             "view": record.extra.get("view", ""),
         }
         if self.sequence_masks:
-            item["masks"] = torch.from_numpy(np.stack(clip_masks).astype(np.int64))  # (N, T, H, W)
-            item["has_sequence_masks"] = torch.tensor("sequence" in gt)
-        if self.train and self.num_views == 1:
-            item["video"], item["frames_mask"] = video[0], frames_mask[0]
-            if self.sequence_masks:
-                item["masks"] = item["masks"][0]
-        return item
+            fields["has_sequence_masks"] = torch.tensor("sequence" in gt)
+        return fields
 
 
 class CamusFrameDataset(Dataset):
@@ -307,6 +227,8 @@ class CamusFrameDataset(Dataset):
     Training augmentation is drawn as a pure function of ``(seed, epoch, index)`` like the clip datasets, so the
     base's resumable sampler and loaders serve it unchanged.
     """
+
+    ARGUMENTS = ("frame_size", "channels", "mean", "std", "train", "transform", "seed", "read_from_cache", "resize")
 
     def __init__(
         self,
@@ -321,10 +243,12 @@ class CamusFrameDataset(Dataset):
         transform: A.BaseCompose | None = None,
         seed: int = 0,
         read_from_cache: bool = True,
+        resize: str = "stretch",
     ) -> None:
         self.records = list(records)
         self.cache = cache
         self.frame_size = frame_size
+        self.resize = resize
         self.channels = channels
         self.mean = mean
         self.std = std
@@ -342,12 +266,12 @@ class CamusFrameDataset(Dataset):
         if self.read_from_cache:
             image = np.asarray(self.cache.frames(record.path)[0])
         else:
-            image = read_frames(record.path, np.array([0]))[0]
+            image = read_frames(record.path, np.array([0]), self.cache.backend)[0]
         label = np.asarray(_label_maps(self.cache, record.extra["gt"]["image"], self.read_from_cache)[0])
         if label.shape != image.shape:
             label = _resize_to(label, image.shape)
-        image = resize_clip(image[None], self.frame_size)
-        label = resize_masks(label[None], self.frame_size)
+        image = resize_clip(image[None], self.frame_size, self.resize)
+        label = resize_masks(label[None], self.frame_size, self.resize)
         if self.train and self.transform is not None:
             seed = int(np.random.default_rng([self.seed, epoch, index]).integers(2**31 - 1))
             image, label = apply_to_clip(self.transform, image, label, seed=seed)
@@ -455,11 +379,13 @@ class CamusDataModule(VideoDataModule):
         if not cfg.is_file():
             raise DataError(f"{cfg}: missing Info cfg for {patient} {view}")
         fields = read_info_cfg(cfg)
-        ed = int(_number(cfg, fields, "ED", required=True))
-        es = int(_number(cfg, fields, "ES", required=True))
+        ed = _integer(cfg, fields, "ED", required=True)
+        es = _integer(cfg, fields, "ES", required=True)
         if ed < 1 or es < 1:
             raise DataError(f"{cfg}: ED ({ed}) and ES ({es}) are 1-based frame numbers, they must be >= 1")
         quality = (_field(fields, "ImageQuality") or "").strip()
+        nb_frames = _integer(cfg, fields, "NbFrame")
+        nb_frames = -1 if nb_frames is None else nb_frames
         sequence = find_image(folder, f"{patient}_{view}_half_sequence") or find_image(
             folder, f"{patient}_{view}_sequence"
         )
@@ -482,11 +408,12 @@ class CamusDataModule(VideoDataModule):
             fps=_number(cfg, fields, "FrameRate"),
             ed_index=ed - 1,
             es_index=es - 1,
+            expected_frames=max(nb_frames, 0),
             extra={
                 "patient": patient,
                 "view": view,
                 "quality": quality,
-                "nb_frames": int(_number(cfg, fields, "NbFrame")) if _field(fields, "NbFrame") else -1,
+                "nb_frames": nb_frames,
                 "edv": _number(cfg, fields, "LVedv"),
                 "esv": _number(cfg, fields, "LVesv"),
                 "sex": _field(fields, "Sex") or "",
@@ -507,7 +434,9 @@ class CamusDataModule(VideoDataModule):
                 continue
             extra = dict(record.extra, instant=instant, gt={"image": label})
             name = f"{record.filename}_{instant}"
-            records.append(replace(record, path=image, filename=name, ed_index=-1, es_index=-1, extra=extra))
+            records.append(
+                replace(record, path=image, filename=name, ed_index=-1, es_index=-1, expected_frames=0, extra=extra)
+            )
         return records, missing
 
     def scan_records(self) -> list[VideoRecord]:
@@ -565,19 +494,24 @@ class CamusDataModule(VideoDataModule):
     def _cache(self) -> ResizedVideoCache:
         """Sequences and label maps are decoded once and stored at ``frame_size`` (labels by nearest neighbour)."""
         return ResizedVideoCache(
-            self.cache_dir, self.frame_size, label_suffixes=LABEL_SUFFIXES, store_frames=self.decode_cache
+            self.cache_dir,
+            self.frame_size,
+            label_suffixes=LABEL_SUFFIXES,
+            store_frames=self.decode_cache,
+            resize=self.resize,
+            backend=self.video_backend,
         )
 
     def required_frames(self, record: VideoRecord) -> int:
         """The file wins over the cfg: ED/ES past the end of a sequence are clamped after decoding, not rejected."""
         return 1
 
-    def prepare_data(self) -> None:
-        super().prepare_data()
-        cache = self._cache()
+    def cache_paths(self) -> list[Path]:
+        """The sequences (or frames) and their ``_gt`` label maps."""
+        paths = super().cache_paths()
         for record in self._selected_records():
-            for path in record.extra.get("gt", {}).values():
-                cache.info(path)
+            paths += [Path(path) for path in record.extra.get("gt", {}).values()]
+        return paths
 
     def _validate(self, records: list[VideoRecord]) -> list[VideoRecord]:
         usable = super()._validate(records)
@@ -613,38 +547,15 @@ class CamusDataModule(VideoDataModule):
 
     # ------------------------------------------------------------------ datasets and loaders
 
-    def make_dataset(self, records: list[VideoRecord], train: bool) -> Dataset:
+    @property
+    def dataset_class(self) -> type[Dataset]:  # type: ignore[override]
+        return CamusFrameDataset if self.task == "frames" else CamusClipDataset
+
+    def dataset_kwargs(self, train: bool) -> dict[str, Any]:
+        kwargs = super().dataset_kwargs(train)
         if self.task == "frames":
-            return CamusFrameDataset(
-                records,
-                self._cache(),
-                frame_size=self.frame_size,
-                channels=self.channels,
-                mean=self.norm_mean,
-                std=self.norm_std,
-                train=train,
-                transform=self.train_transforms if train else None,
-                seed=self._seed(),
-                read_from_cache=self.decode_cache,
-            )
-        return CamusClipDataset(
-            records,
-            self._cache(),
-            clip_length=self.clip_length,
-            period=self.period,
-            frame_size=self.frame_size,
-            channels=self.channels,
-            mean=self.norm_mean,
-            std=self.norm_std,
-            train=train,
-            num_eval_clips=self.num_eval_clips,
-            num_views=self.num_views,
-            transform=self.train_transforms if train else None,
-            seed=self._seed(),
-            read_from_cache=self.decode_cache,
-            sequence_masks=self.sequence_masks,
-            start_at_ed=self.task == "synthesis",
-        )
+            return {name: kwargs[name] for name in CamusFrameDataset.ARGUMENTS}
+        return kwargs | {"sequence_masks": self.sequence_masks, "start_at_ed": self.task == "synthesis"}
 
     def train_dataloader(self):
         loader = super().train_dataloader()

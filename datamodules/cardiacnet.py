@@ -26,10 +26,10 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.base import VideoClipDataset, VideoDataModule, VideoRecord
-from datamodules.camus import check_split_fractions, split_patients
+from datamodules.cache import ResizedVideoCache, decode_video
 from datamodules.errors import ConfigError, DataError
-from datamodules.nifti import ResizedVideoCache, crop_and_resize, read_label_map
-from datamodules.video import decode_video
+from datamodules.nifti import read_label_map
+from datamodules.splits import check_split_fractions, split_patients
 
 
 def normalise_folder_name(name: str) -> str:
@@ -43,16 +43,17 @@ class CardiacNetClipDataset(VideoClipDataset):
     def _frames(self, record: VideoRecord, indices: np.ndarray) -> np.ndarray:
         if self.read_from_cache:
             return super()._frames(record, indices)
-        frames, info = decode_video(record.path)
+        frames, info = decode_video(record.path, self.cache.backend)
         if info.error is not None:
             raise DataError(f"{record.path}: {info.error}")
-        return crop_and_resize(frames[np.asarray(indices, int)], self.cache.crop_box(record.path), self.frame_size)
+        return self.cache.cut(frames[np.asarray(indices, int)], record.path, cv2.INTER_AREA)
 
 
 class CardiacNetDataModule(VideoDataModule):
     """CardiacNet-PAH / -ASD: labelled clips (1 abnormal, 0 normal), or normal/abnormal pairs with ``paired=True``."""
 
     dataset_name = "CardiacNet"
+    dataset_class = CardiacNetClipDataset
 
     def __init__(
         self,
@@ -102,7 +103,12 @@ class CardiacNetDataModule(VideoDataModule):
 
     def _cache(self) -> ResizedVideoCache:
         return ResizedVideoCache(
-            self.cache_dir, self.frame_size, crop=self.crop_to_content, store_frames=self.decode_cache
+            self.cache_dir,
+            self.frame_size,
+            crop=self.crop_to_content,
+            store_frames=self.decode_cache,
+            resize=self.resize,
+            backend=self.video_backend,
         )
 
     def scan_records(self) -> list[VideoRecord]:
@@ -148,26 +154,7 @@ class CardiacNetDataModule(VideoDataModule):
                     rank_zero_warn(f"{self.dataset_name}: ignoring an unreadable abnormal region: {error}")
                     out.append(record)
                     continue
-                box = cache.crop_box(record.path)
-                resized = crop_and_resize(region[None], box, self.frame_size, cv2.INTER_NEAREST)[0]
+                resized = cache.cut(region[None], record.path, cv2.INTER_NEAREST)[0]
                 record = replace(record, abnormal_region=resized > 0)
             out.append(record)
         return out
-
-    def make_dataset(self, records: list[VideoRecord], train: bool) -> CardiacNetClipDataset:
-        return CardiacNetClipDataset(
-            records,
-            self._cache(),
-            clip_length=self.clip_length,
-            period=self.period,
-            frame_size=self.frame_size,
-            channels=self.channels,
-            mean=self.norm_mean,
-            std=self.norm_std,
-            train=train,
-            num_eval_clips=self.num_eval_clips,
-            num_views=self.num_views,
-            transform=self.train_transforms if train else None,
-            seed=self._seed(),
-            read_from_cache=self.decode_cache,
-        )

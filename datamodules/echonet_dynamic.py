@@ -2,14 +2,17 @@
 
 ``data_dir/FileList.csv``, ``data_dir/VolumeTracings.csv`` and ``data_dir/Videos/*.avi``. Quirks honoured:
 FileList's FileName has no extension while VolumeTracings' has ``.avi`` (Pediatric keeps it in both); Split is
-TRAIN/VAL/TEST in any case (Pediatric: an integer fold); the decoded frame count wins over NumberOfFrames; the two traced
-frames are told apart by traced area (ED is the larger), not by their order; rows may lack tracings or videos.
+TRAIN/VAL/TEST in any case (Pediatric: an integer fold); the decoded frame count wins over NumberOfFrames (within
+``truncation_threshold``: a video decoding far fewer frames is truncated and skipped); the two traced frames are told
+apart by traced area (ED is the larger), not by their order; rows may lack tracings or videos. ``Videos/`` may be a
+folder of symlinks (hand-made subsets, DVC, git-annex); a FileName whose own text climbs out of it (``../``, an
+absolute path) is refused. Rows whose EF is missing or not a number are left out with one warning naming them.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,15 @@ from lightning.pytorch.utilities import rank_zero_warn
 from datamodules.base import SPLITS, VideoDataModule, VideoRecord
 from datamodules.errors import ConfigError, DataError
 from datamodules.tracings import tracing_area
+
+
+def finite_number(value: object) -> float | None:
+    """A table cell as a finite float, or None when it is empty, ``nan``/``inf`` or not a number (``abc``)."""
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def read_volume_tracings(path: Path) -> dict[str, dict[int, np.ndarray]]:
@@ -87,11 +99,13 @@ class EchoNetDynamicDataModule(VideoDataModule):
         return "VAL" if fold in self.val_folds else "TEST" if fold in self.test_folds else "TRAIN"
 
     def _video_path(self, name: str) -> Path:
-        videos = (self.data_dir / "Videos").resolve()
-        path = (videos / name).resolve()
-        if not path.is_relative_to(videos):
+        """``Videos/<name>``, refused when the name's own text leaves ``Videos/`` (``..``, an absolute path or a
+        drive); where a symlink inside ``Videos/`` points is the user's choice and is followed."""
+        videos = self.data_dir / "Videos"
+        relative = PurePosixPath(name.replace("\\", "/"))
+        if relative.is_absolute() or ".." in relative.parts or PureWindowsPath(name).drive:
             raise DataError(f"{self.file_list}: FileName '{name}' resolves outside {videos}; refusing to read it")
-        return path
+        return videos / relative
 
     def scan_records(self) -> list[VideoRecord]:
         table = pd.read_csv(self.file_list)
@@ -102,6 +116,8 @@ class EchoNetDynamicDataModule(VideoDataModule):
         records: list[VideoRecord] = []
         no_video: list[str] = []
         outside: list[str] = []
+        bad_ef: list[str] = []
+        has_ef = "EF" in table.columns
         for row in table.itertuples(index=False):
             raw_name = str(row.FileName).strip()
             stem = raw_name[:-4] if raw_name.lower().endswith(".avi") else raw_name
@@ -115,9 +131,20 @@ class EchoNetDynamicDataModule(VideoDataModule):
             if not path.is_file():
                 no_video.append(stem)
                 continue
-            ef = float(getattr(row, "EF", math.nan))
-            fps = float(getattr(row, "FPS", math.nan))
-            record = VideoRecord(path=path, filename=stem, split=self._split_name(row.Split), ef=ef, fps=fps)
+            ef = finite_number(getattr(row, "EF", math.nan))
+            if has_ef and ef is None:
+                bad_ef.append(f"{stem} (EF {str(row.EF).strip()!r})" if str(row.EF).strip() else f"{stem} (EF empty)")
+                continue
+            fps = finite_number(getattr(row, "FPS", math.nan))
+            frames = finite_number(getattr(row, "NumberOfFrames", math.nan))
+            record = VideoRecord(
+                path=path,
+                filename=stem,
+                split=self._split_name(row.Split),
+                ef=math.nan if ef is None else ef,
+                fps=math.nan if fps is None else fps,
+                expected_frames=int(frames) if frames is not None and frames > 0 else 0,
+            )
             traced = ed_es_from_tracings(tracings.get(stem, {}))
             if traced is not None:
                 record.ed_index, record.ed_tracing, record.es_index, record.es_tracing = traced
@@ -129,4 +156,16 @@ class EchoNetDynamicDataModule(VideoDataModule):
             )
         if outside:
             rank_zero_warn(f"{self.dataset_name}: rejected {len(outside)} rows: {outside[0]}")
+        if bad_ef:
+            if not records:
+                raise DataError(
+                    f"{self.file_list}: no row has a numeric EF ({len(bad_ef)} rows, e.g. {', '.join(bad_ef[:3])})"
+                )
+            if self.on_bad_video == "raise":
+                raise DataError(f"{self.file_list}: row {bad_ef[0]} has no numeric EF")
+            more = f" and {len(bad_ef) - 5} more" if len(bad_ef) > 5 else ""
+            rank_zero_warn(
+                f"{self.dataset_name}: {len(bad_ef)} FileList rows have a missing or non-numeric EF and are left out: "
+                f"{', '.join(bad_ef[:5])}{more}"
+            )
         return records

@@ -31,10 +31,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.base import VideoClipDataset, VideoDataModule, VideoRecord
-from datamodules.camus import check_split_fractions, split_patients
+from datamodules.cache import ResizedVideoCache, atomic_save_npy, file_key
 from datamodules.errors import ConfigError, DataError
-from datamodules.nifti import ResizedVideoCache
-from datamodules.video import DecodedVideoCache, _atomic_save_npy
+from datamodules.splits import check_split_fractions, split_patients
 
 NUM_SEGMENTS = 7
 MYOCARDIUM = 2  # CAMUS label of the myocardium: HMC-QU's LV-wall masks (value 1) are mapped to it
@@ -124,13 +123,15 @@ def _normalise(name: object) -> str:
     return " ".join(str(name).replace("\xa0", " ").split()).upper()
 
 
-def _segment_value(value: object) -> int:
+def _segment_value(value: object) -> int | None:
+    """1 abnormal, 0 normal, -1 not given (an empty cell); None for a value that is not a number (``abc``)."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
         return -1
     try:
-        return int(float(value) > 0)
+        number = float(value)
     except ValueError:
-        return -1
+        return None
+    return int(number > 0) if math.isfinite(number) else None
 
 
 def patient_of(echo: str) -> str:
@@ -184,13 +185,11 @@ class HMCQUClipDataset(VideoClipDataset):
         masks[0] = np.asarray(cycle[0]) * MYOCARDIUM
         return masks
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        item = super().__getitem__(key)
-        index = key[0] if isinstance(key, tuple) else key
-        record = self.records[index]
-        item["wall_motion"] = torch.as_tensor(record.extra["wall_motion"], dtype=torch.long)
-        item["has_ed_mask"] = torch.tensor(record.filename in self.mask_cache)
-        return item
+    def extra_fields(self, record: VideoRecord) -> dict[str, Any]:
+        return {
+            "wall_motion": torch.as_tensor(record.extra["wall_motion"], dtype=torch.long),
+            "has_ed_mask": torch.tensor(record.filename in self.mask_cache),
+        }
 
 
 # ---------------------------------------------------------------------------------------------------- DataModule
@@ -200,6 +199,7 @@ class HMCQUDataModule(VideoDataModule):
     """HMC-QU: one annotated cycle per video, ``wall_motion`` per segment and a video-level ``label``."""
 
     dataset_name = "HMC-QU"
+    dataset_class = HMCQUClipDataset
 
     def __init__(
         self,
@@ -248,6 +248,8 @@ class HMCQUDataModule(VideoDataModule):
         return columns
 
     def _video_path(self, echo: str) -> Path | None:
+        if "/" in echo or "\\" in echo or echo.startswith("."):  # the name must not climb out of the video folder
+            return None
         for folder in VIDEO_DIRS:
             path = self.data_dir / folder / f"{echo}.avi"
             if path.is_file():
@@ -262,7 +264,7 @@ class HMCQUDataModule(VideoDataModule):
             for name, actual in columns.items()
             if re.fullmatch(r"SEG\s*0*[1-7]", name)
         }
-        rows, problems, no_video = [], [], []
+        rows, problems, no_video, unlabelled = [], [], [], []
         for number, row in enumerate(table.to_dict("records"), start=2):
             echo = str(row[columns["ECHO"]] or "").strip()
             if not echo or echo.lower() == "nan":
@@ -287,6 +289,14 @@ class HMCQUDataModule(VideoDataModule):
                 _segment_value(row[segment_columns[s]]) if s in segment_columns else -1
                 for s in range(1, NUM_SEGMENTS + 1)
             ]
+            if None in wall_motion or max(wall_motion) < 0:  # a label that is not a number, or no label at all
+                bad = [
+                    f"SEG{s}={row[segment_columns[s]]!r}"
+                    for s, value in enumerate(wall_motion, start=1)
+                    if value is None and s in segment_columns
+                ]
+                unlabelled.append(f"{echo} ({', '.join(bad) if bad else 'no segment label'})")
+                continue
             mask_path = self.data_dir / MASK_DIR / f"Mask_{echo}.mat"
             if self.require_masks and not mask_path.is_file():
                 continue
@@ -295,6 +305,18 @@ class HMCQUDataModule(VideoDataModule):
             if self.on_bad_video == "raise":
                 raise DataError(problems[0])
             rank_zero_warn(f"{self.dataset_name}: skipped {len(problems)} rows: {problems[0]}")
+        if unlabelled:
+            if not rows:
+                raise DataError(
+                    f"{self.table_path}: no row has numeric SEG1..SEG7 labels ({len(unlabelled)} rows, e.g. "
+                    f"{'; '.join(unlabelled[:3])})"
+                )
+            if self.on_bad_video == "raise":
+                raise DataError(f"{self.table_path}: row {unlabelled[0]} has missing or non-numeric labels")
+            rank_zero_warn(
+                f"{self.dataset_name}: {len(unlabelled)} table rows have missing or non-numeric wall-motion labels "
+                f"and are left out: {'; '.join(unlabelled[:5])}{' ...' if len(unlabelled) > 5 else ''}"
+            )
         if no_video:
             rank_zero_warn(
                 f"{self.dataset_name}: {len(no_video)} table rows have no video in {self.data_dir / VIDEO_DIRS[0]} "
@@ -326,13 +348,19 @@ class HMCQUDataModule(VideoDataModule):
 
     def _cache(self) -> ResizedVideoCache:
         """Videos are decoded once and stored at ``frame_size``."""
-        return ResizedVideoCache(self.cache_dir, self.frame_size, store_frames=self.decode_cache)
+        return ResizedVideoCache(
+            self.cache_dir,
+            self.frame_size,
+            store_frames=self.decode_cache,
+            resize=self.resize,
+            backend=self.video_backend,
+        )
 
     def required_frames(self, record: VideoRecord) -> int:
         return record.extra["cycle_start"] + 2  # the cycle must start inside the video (its end is clamped)
 
     def _mask_cache_path(self, record: VideoRecord) -> Path:
-        return self.cache_dir / f"{DecodedVideoCache._key(Path(record.extra['mask_path']))}-hmcqu-mask.npy"
+        return self.cache_dir / f"{file_key(record.extra['mask_path'])}-hmcqu-mask.npy"
 
     def _validate(self, records: list[VideoRecord]) -> list[VideoRecord]:
         """The base's validation; then each record is cut to its cycle and its .mat masks cached as .npy once."""
@@ -346,7 +374,7 @@ class HMCQUDataModule(VideoDataModule):
                 try:
                     if not target.is_file():  # written atomically: every DDP rank may get here at once
                         target.parent.mkdir(parents=True, exist_ok=True)
-                        _atomic_save_npy(target, load_mat_masks(record.extra["mask_path"]))
+                        atomic_save_npy(target, load_mat_masks(record.extra["mask_path"]))
                     self.mask_cache[record.filename] = target
                 except DataError as error:
                     if self.on_bad_video == "raise":
@@ -361,21 +389,5 @@ class HMCQUDataModule(VideoDataModule):
 
     # ------------------------------------------------------------------ datasets and loaders
 
-    def make_dataset(self, records: list[VideoRecord], train: bool) -> HMCQUClipDataset:
-        return HMCQUClipDataset(
-            records,
-            self._cache(),
-            clip_length=self.clip_length,
-            period=self.period,
-            frame_size=self.frame_size,
-            channels=self.channels,
-            mean=self.norm_mean,
-            std=self.norm_std,
-            train=train,
-            num_eval_clips=self.num_eval_clips,
-            num_views=self.num_views,
-            transform=self.train_transforms if train else None,
-            seed=self._seed(),
-            read_from_cache=self.decode_cache,
-            mask_cache=self.mask_cache,
-        )
+    def dataset_kwargs(self, train: bool) -> dict[str, Any]:
+        return super().dataset_kwargs(train) | {"mask_cache": self.mask_cache}

@@ -6,22 +6,20 @@ header (``DimSize = W H T``, ``ElementType``, ``ElementDataFile``) and raw x-fas
 already ``(T, H, W)``. MetaImage is parsed here (no SimpleITK needed). The writers are the inverse, for the phantom.
 
 These releases store frames far larger than models see them (CAMUS ~780x550, CardiacNet ~720p), so their DataModules
-use :class:`ResizedVideoCache`: the decoded cache of :mod:`datamodules.video`, but each sequence is (optionally cropped
-to its content and) resized to the training frame size once, when it is decoded, instead of on every item.
+use :class:`datamodules.cache.ResizedVideoCache` (re-exported here): the decoded cache, but each sequence is (optionally
+cropped to its content and) resized to the training frame size once, when it is decoded, instead of on every item.
+Importing this module registers the NIfTI / MetaImage reader with :mod:`datamodules.cache`.
 """
 
 from __future__ import annotations
 
-import json
 import zlib
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from datamodules.video import DecodedVideoCache, VideoInfo, _atomic_write_text
-
-Box = tuple[int, int, int, int]  # top, bottom, left, right (bottom/right exclusive)
+from datamodules.cache import ResizedVideoCache, VideoInfo, register_reader  # noqa: F401  (ResizedVideoCache: re-export)
+from datamodules.transforms import Box, content_box, crop_and_resize  # noqa: F401  (re-exported for the readers)
 
 # MetaImage element types -> numpy dtypes (little-endian unless the header says MSB)
 _MET_TYPES = {
@@ -215,73 +213,13 @@ def read_label_map(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(labels.astype(np.uint8))
 
 
-# ---------------------------------------------------------------------------------------------------- resized cache
+# ---------------------------------------------------------------------------------------------------- registration
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mhd")
 
 
-def content_box(frame: np.ndarray) -> Box:
-    """Bounding box of the non-zero pixels of a frame (the whole frame when it is all zero)."""
-    rows = np.flatnonzero(frame.any(axis=1))
-    cols = np.flatnonzero(frame.any(axis=0))
-    if len(rows) == 0:
-        return 0, frame.shape[0], 0, frame.shape[1]
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+def _decode_volume(path: Path, backend: str) -> tuple[np.ndarray, VideoInfo]:
+    return decode_image_sequence(path)  # the video backend does not apply to image sequences
 
 
-def crop_and_resize(frames: np.ndarray, box: Box, size: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
-    """``(T, H, W)`` frames cut to ``box`` and resized to ``size x size``."""
-    top, bottom, left, right = box
-    cropped = frames[:, top:bottom, left:right]
-    if cropped.shape[1:] == (size, size):
-        return np.ascontiguousarray(cropped)
-    return np.stack([cv2.resize(np.ascontiguousarray(f), (size, size), interpolation=interpolation) for f in cropped])
-
-
-class ResizedVideoCache(DecodedVideoCache):
-    """A decoded-video cache whose entries are resized to ``size x size`` (after cropping to the non-zero box of the
-    first frame when ``crop``), so items never decode or resize full-size frames.
-
-    Files whose name ends with one of ``label_suffixes`` are label maps and are resized by nearest neighbour. The crop
-    box, in the original frame, is kept beside each entry, so masks drawn on the original frames can be cut the same
-    way (:meth:`crop_box`). Entries are keyed by file, crop setting and size.
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        size: int,
-        crop: bool = False,
-        label_suffixes: tuple[str, ...] = (),
-        store_frames: bool = True,
-    ) -> None:
-        super().__init__(root, store_frames=store_frames)
-        self.size = size
-        self.crop = crop
-        self.label_suffixes = tuple(label_suffixes)
-
-    def _key(self, path: Path) -> str:  # type: ignore[override]
-        return f"{DecodedVideoCache._key(path)}-{'crop' if self.crop else 'full'}{self.size}"
-
-    def _box_path(self, key: str) -> Path:
-        return self.root / f"{key}.box.json"
-
-    def _entry_complete(self, key: str) -> bool:
-        return super()._entry_complete(key) and self._box_path(key).is_file()
-
-    def _prepare(self, path: Path, key: str, frames: np.ndarray, info: VideoInfo) -> tuple[np.ndarray, VideoInfo]:
-        """Crop to the content box (when ``crop``), resize, and keep the box beside the entry (an empty box for a
-        file that failed to decode, so the failure stays cached)."""
-        box: Box = (0, 0, 0, 0)
-        if info.error is None:
-            box = content_box(frames[0]) if self.crop else (0, frames.shape[1], 0, frames.shape[2])
-            label = path.name.endswith(self.label_suffixes)
-            frames = crop_and_resize(frames, box, self.size, cv2.INTER_NEAREST if label else cv2.INTER_AREA)
-            info = VideoInfo(len(frames), self.size, self.size, info.fps)
-        _atomic_write_text(self._box_path(key), json.dumps(list(box)))
-        return frames, info
-
-    def crop_box(self, path: str | Path) -> Box:
-        """The box the sequence was cut to before resizing, in its original frame."""
-        key = self._key(Path(path))
-        if not self._box_path(key).is_file():
-            self.info(path)
-        return tuple(json.loads(self._box_path(key).read_text()))  # type: ignore[return-value]
+register_reader(VOLUME_SUFFIXES, _decode_volume)

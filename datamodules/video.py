@@ -1,67 +1,90 @@
-"""Video IO and clip sampling shared by every video dataset.
+"""Video containers (AVI, MP4, MOV, MKV...) decoded to grey frames, and clip sampling shared by every video dataset.
 
-Decoding goes through decord. Each video is decoded once (in ``prepare_data``) into a uint8 grey ``.npy`` file in a
-cache folder; items then read only the frames of their clip from a memory map, which is what makes loading fast.
-The same pass validates every video, so a truncated or undecodable file is found before training starts and never
-crashes an epoch.
+Three decoders give the same frames: decord (the default where its wheels install), PyAV and OpenCV (both maintained
+and available on every platform; OpenCV is always installed). ``video_backend: auto`` takes the first one that imports,
+in that order, so an install without decord (macOS arm64 has no decord wheels) still reads every video. Frames are the
+red channel of the decoded RGB (the videos are grey, stored as 3 equal channels), whichever backend decodes them.
+
+Importing this module registers the container reader with :mod:`datamodules.cache` (for the suffixes in
+``VIDEO_SUFFIXES`` and, as the default, any suffix no other reader claims).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from dataclasses import asdict, dataclass
+import importlib
 from pathlib import Path
 
 import numpy as np
 
-from datamodules.errors import DataError
+from datamodules.cache import (  # noqa: F401  (re-exported: the video IO names readers import from here)
+    DecodedVideoCache,
+    VideoInfo,
+    decode_video,
+    default_cache_dir,
+    failed,
+    read_frames,
+    register_reader,
+)
+from datamodules.errors import ConfigError, DataError
+
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
+BACKENDS = ("decord", "pyav", "opencv")
+_MODULES = {"decord": "decord", "pyav": "av", "opencv": "cv2"}
 
 
-@dataclass(frozen=True)
-class VideoInfo:
-    """What decoding a file found: its real frame count wins over any CSV's."""
-
-    num_frames: int
-    height: int
-    width: int
-    fps: float
-    error: str | None = None  # why the file is unusable, None when it decoded completely
+def backend_available(name: str) -> bool:
+    """Whether the backend's package imports here."""
+    try:
+        importlib.import_module(_MODULES[name])
+    except ImportError:
+        return False
+    return True
 
 
-def _open_reader(path: Path):
+def resolve_backend(name: str = "auto") -> str:
+    """``auto`` -> the first installed of decord, PyAV, OpenCV; a named backend must be installed (ConfigError)."""
+    if name == "auto":
+        for candidate in BACKENDS:
+            if backend_available(candidate):
+                return candidate
+        raise ConfigError("no video decoder is installed: pip install decord, av or opencv-python-headless")
+    if name not in BACKENDS:
+        raise ConfigError(f"video_backend must be auto, {', '.join(BACKENDS)}; got {name!r}")
+    if not backend_available(name):
+        raise ConfigError(f"video_backend {name!r} is not installed (pip install {_MODULES[name]}); or use auto")
+    return name
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1][:200] if text else type(error).__name__
+
+
+def _truncated(frames: list[np.ndarray], declared: int, fps: float) -> tuple[np.ndarray, VideoInfo]:
+    stacked = np.stack(frames) if frames else np.zeros((0, 0, 0), np.uint8)
+    height, width = stacked.shape[1:] if frames else (0, 0)
+    reason = f"truncated or corrupt: decoded {len(frames)} of {declared} frames"
+    return stacked, VideoInfo(len(frames), height, width, fps, reason)
+
+
+# ---------------------------------------------------------------------------------------------------- decord
+
+
+def _decord_reader(path: Path):
     import decord  # imported lazily: decord loads ffmpeg libraries
 
     return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
 
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz", ".mhd")
-
-
-def is_volume_file(path: str | Path) -> bool:
-    """NIfTI / MetaImage sequences (CAMUS, CardiacNet) rather than video containers."""
-    return str(path).lower().endswith(NIFTI_SUFFIXES)
-
-
-def decode_video(path: str | Path) -> tuple[np.ndarray, VideoInfo]:
-    """Decode a whole video to grey uint8 ``(T, H, W)``; on failure the info carries the error and frames decoded so far.
-
-    AVI/MP4 go through decord; NIfTI/MHD image sequences through :func:`datamodules.nifti.decode_image_sequence`.
-    """
-    path = Path(path)
-    if is_volume_file(path):
-        from datamodules.nifti import decode_image_sequence
-
-        return decode_image_sequence(path)
+def _decode_decord(path: Path) -> tuple[np.ndarray, VideoInfo]:
     try:
-        reader = _open_reader(path)
+        reader = _decord_reader(path)
         declared = len(reader)
         fps = float(reader.get_avg_fps())
     except Exception as error:  # decord raises RuntimeError / DECORDError with multi-line text
-        return np.zeros((0, 0, 0), np.uint8), VideoInfo(0, 0, 0, 0.0, f"cannot be opened ({_first_line(error)})")
+        return failed(f"cannot be opened ({_first_line(error)})")
     if declared == 0:
-        return np.zeros((0, 0, 0), np.uint8), VideoInfo(0, 0, 0, fps, "contains no frames")
+        return failed("contains no frames", fps)
     try:
         frames = reader.get_batch(list(range(declared))).asnumpy()[..., 0]
         return np.ascontiguousarray(frames), VideoInfo(declared, frames.shape[1], frames.shape[2], fps)
@@ -73,110 +96,139 @@ def decode_video(path: str | Path) -> tuple[np.ndarray, VideoInfo]:
             decoded.append(reader[index].asnumpy()[..., 0])
         except Exception:
             break
-    frames = np.stack(decoded) if decoded else np.zeros((0, 0, 0), np.uint8)
-    height, width = (frames.shape[1], frames.shape[2]) if decoded else (0, 0)
-    reason = f"truncated or corrupt: decoded {len(decoded)} of {declared} frames"
-    return frames, VideoInfo(len(decoded), height, width, fps, reason)
+    return _truncated(decoded, declared, fps)
 
 
-def read_frames(path: str | Path, indices: np.ndarray) -> np.ndarray:
-    """Decode only the given frame indices (grey uint8 ``(len(indices), H, W)``); used when the decoded cache is off."""
-    if is_volume_file(path):
-        return decode_video(path)[0][np.asarray(indices, dtype=int)]
+def _read_decord(path: Path, first: int, last: int) -> np.ndarray:
+    # one contiguous run decodes ~10x faster than strided seeks (each seek restarts the decoder)
+    return _decord_reader(path).get_batch(list(range(first, last + 1))).asnumpy()[..., 0]
+
+
+# ---------------------------------------------------------------------------------------------------- PyAV
+
+
+def _iterate_pyav(path: Path, stop: int | None = None):
+    """(declared frame count, fps, iterator of red-channel frames) of a container's first video stream."""
+    import av
+
+    container = av.open(str(path))
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    declared, fps = int(stream.frames or 0), float(rate) if rate else 0.0
+
+    def frames():
+        try:
+            for number, frame in enumerate(container.decode(stream)):
+                if stop is not None and number > stop:
+                    break
+                yield frame.to_ndarray(format="rgb24")[..., 0]
+        finally:
+            container.close()
+
+    return declared, fps, frames()
+
+
+def _decode_pyav(path: Path) -> tuple[np.ndarray, VideoInfo]:
+    try:
+        declared, fps, iterator = _iterate_pyav(path)
+    except Exception as error:  # av.error.* (InvalidDataError, ...), IndexError: no video stream
+        return failed(f"cannot be opened ({_first_line(error)})")
+    decoded: list[np.ndarray] = []
+    broken = False
+    try:
+        for frame in iterator:
+            decoded.append(frame)
+    except Exception:
+        broken = True
+    if not decoded:
+        return failed("contains no frames" if not broken else "cannot be decoded", fps)
+    if broken or len(decoded) < declared:
+        return _truncated(decoded, max(declared, len(decoded)), fps)
+    frames = np.stack(decoded)
+    return frames, VideoInfo(len(frames), frames.shape[1], frames.shape[2], fps)
+
+
+def _read_pyav(path: Path, first: int, last: int) -> np.ndarray:
+    _, _, iterator = _iterate_pyav(path, stop=last)
+    frames = [frame for number, frame in enumerate(iterator) if number >= first]
+    if len(frames) != last - first + 1:
+        raise ValueError(f"decoded {first + len(frames)} frames, frame {last} is past the end")
+    return np.stack(frames)
+
+
+# ---------------------------------------------------------------------------------------------------- OpenCV
+
+
+def _decode_opencv(path: Path) -> tuple[np.ndarray, VideoInfo]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            return failed("cannot be opened (OpenCV)")
+        declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        decoded: list[np.ndarray] = []
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            decoded.append(frame[..., 2] if frame.ndim == 3 else frame)  # BGR: the red channel, as decord's RGB[0]
+    finally:
+        capture.release()
+    if not decoded:
+        return failed("contains no frames", fps)
+    if len(decoded) < declared:
+        return _truncated(decoded, declared, fps)
+    frames = np.ascontiguousarray(np.stack(decoded))
+    return frames, VideoInfo(len(frames), frames.shape[1], frames.shape[2], fps)
+
+
+def _read_opencv(path: Path, first: int, last: int) -> np.ndarray:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        for _ in range(first):  # grab() decodes without converting: exact for inter-coded formats, unlike a seek
+            if not capture.grab():
+                raise ValueError(f"frame {first} is past the end")
+        frames = []
+        for _ in range(last - first + 1):
+            ok, frame = capture.read()
+            if not ok:
+                raise ValueError(f"frame {first + len(frames)} cannot be decoded")
+            frames.append(frame[..., 2] if frame.ndim == 3 else frame)
+    finally:
+        capture.release()
+    return np.stack(frames)
+
+
+# ---------------------------------------------------------------------------------------------------- dispatch
+
+_DECODERS = {"decord": _decode_decord, "pyav": _decode_pyav, "opencv": _decode_opencv}
+_RANGE_READERS = {"decord": _read_decord, "pyav": _read_pyav, "opencv": _read_opencv}
+
+
+def decode_container(path: str | Path, backend: str = "auto") -> tuple[np.ndarray, VideoInfo]:
+    """Decode a whole video container to grey uint8 ``(T, H, W)`` with ``backend``; on failure the info carries the
+    error and the frames decoded so far."""
+    return _DECODERS[resolve_backend(backend)](Path(path))
+
+
+def read_container_frames(path: str | Path, indices: np.ndarray, backend: str = "auto") -> np.ndarray:
+    """Only the frames ``indices`` of a container (decoded as one contiguous run from the first to the last)."""
     indices = np.asarray(indices, dtype=int)
     try:
-        reader = _open_reader(Path(path))
-        # one contiguous run decodes ~10x faster than strided seeks (each seek restarts the decoder)
         first, last = int(indices.min()), int(indices.max())
-        frames = reader.get_batch(list(range(first, last + 1))).asnumpy()[..., 0]
-        return frames[indices - first]
+        frames = _RANGE_READERS[resolve_backend(backend)](Path(path), first, last)
+        return np.asarray(frames)[indices - first]
+    except ConfigError:
+        raise
     except Exception as error:
         raise DataError(f"{path}: cannot decode frames {list(indices)[:3]}...: {_first_line(error)}") from error
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[-1][:200] if text else type(error).__name__
-
-
-class DecodedVideoCache:
-    """A folder of decoded grey uint8 videos (``.npy``) plus a JSON manifest of each file's :class:`VideoInfo`.
-
-    Entries are keyed by the video path, size and modification time, so replacing a file invalidates its entry.
-    ``store_frames=False`` keeps only the manifest (validation without the disk cost of decoded frames).
-    """
-
-    def __init__(self, root: str | Path, store_frames: bool = True) -> None:
-        self.root = Path(root)
-        self.store_frames = store_frames
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    @staticmethod
-    def _key(path: Path) -> str:
-        stat = path.stat()
-        text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        return hashlib.sha1(text.encode()).hexdigest()[:20]
-
-    def _info_path(self, key: str) -> Path:
-        return self.root / f"{key}.json"
-
-    def _frames_path(self, key: str) -> Path:
-        return self.root / f"{key}.npy"
-
-    def info(self, path: str | Path) -> VideoInfo:
-        """Return the file's info, decoding (and caching) it the first time it is seen."""
-        path = Path(path)
-        if not path.is_file():
-            return VideoInfo(0, 0, 0, 0.0, "file not found")
-        key = self._key(path)
-        info_path = self._info_path(key)
-        if self._entry_complete(key) and (not self.store_frames or self._frames_path(key).is_file()):
-            return VideoInfo(**json.loads(info_path.read_text()))
-        frames, info = self._prepare(path, key, *decode_video(path))
-        if self.store_frames and info.error is None:
-            _atomic_save_npy(self._frames_path(key), frames)
-        _atomic_write_text(info_path, json.dumps(asdict(info)))
-        return info
-
-    def _entry_complete(self, key: str) -> bool:
-        """Whether the manifest entries of ``key`` exist (subclasses add their own side files)."""
-        return self._info_path(key).is_file()
-
-    def _prepare(self, path: Path, key: str, frames: np.ndarray, info: VideoInfo) -> tuple[np.ndarray, VideoInfo]:
-        """Turn freshly decoded frames into what the cache stores (here: unchanged); also called for a file that
-        failed to decode (``info.error`` set), so subclasses can record the failure in their side files."""
-        return frames, info
-
-    def frames(self, path: str | Path) -> np.ndarray:
-        """Memory-mapped grey frames ``(T, H, W)`` of a video already validated by :meth:`info`."""
-        path = Path(path)
-        frames_path = self._frames_path(self._key(path))
-        if not frames_path.is_file():
-            self.info(path)
-        return np.load(frames_path, mmap_mode="r")
-
-
-def _atomic_save_npy(target: Path, array: np.ndarray) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-    os.replace(tmp, target)
-
-
-def _atomic_write_text(target: Path, text: str) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, target)
-
-
-def default_cache_dir(data_dir: str | Path) -> Path:
-    """``<data_dir>/.echolab_cache`` when writable, else a per-dataset folder under ``~/.cache/echolab``."""
-    data_dir = Path(data_dir).resolve()
-    local = data_dir / ".echolab_cache"
-    if os.access(data_dir, os.W_OK) or local.is_dir():
-        return local
-    digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
-    return Path.home() / ".cache" / "echolab" / f"{data_dir.name}-{digest}"
+register_reader(VIDEO_SUFFIXES, decode_container, read_container_frames, default=True)
 
 
 # ---------------------------------------------------------------- clip sampling (EchoNet-Dynamic convention)
