@@ -318,13 +318,11 @@ def _info_error(cache: DecodedVideoCache, path: Path) -> str | None:
     return cache.info(path).error
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one decode per process: the pool is the parallelism
-
-
 def _pool_context():
-    # fork where it is safe and cheap (Linux: what DataLoader workers use too); spawn elsewhere (macOS)
-    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    """forkserver where available (Linux): children fork from a clean server process, so they inherit none of this
+    process's threads (OpenCV's pool, CUDA, W&B), which a plain fork can deadlock on; spawn elsewhere (macOS)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def fill_cache(
@@ -356,7 +354,7 @@ def fill_cache(
                     bar.update()
         else:
             chunk = max(1, min(16, len(todo) // (workers * 8)))
-            with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker) as pool:
+            with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
                 for error in pool.map(partial(_info_error, cache), todo, chunksize=chunk):
                     unusable += error is not None
                     if bar is not None:
