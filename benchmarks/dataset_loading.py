@@ -149,15 +149,21 @@ def upscale_niftis(root: Path, factor: int) -> None:
 # ---------------------------------------------------------------------------------------------------- timing
 
 
-def time_loader(make_loader: Callable[[], DataLoader], batches: int, key: str) -> float:
-    """Items per second over ``batches`` batches after one untimed warm-up batch, cycling epochs as needed."""
-    loader = make_loader()
+def time_loader(make_loader: Callable[[], DataLoader | tuple[DataLoader, Callable]], batches: int, key: str) -> float:
+    """Items per second over ``batches`` batches after one untimed warm-up batch, cycling epochs as needed.
+
+    ``make_loader`` may also return ``(loader, finish)``: ``finish(batch)`` is timed with each batch (a DataModule's
+    ``on_after_batch_transfer``, which normalises uint8 clips where the model runs), so every row measures the
+    batches a model receives."""
+    made = make_loader()
+    loader, finish = made if isinstance(made, tuple) else (made, lambda batch: batch)
     items, timed, start, epoch = 0, -1, 0.0, 0
     try:
         while timed < batches:
             if hasattr(loader.sampler, "set_epoch"):
                 loader.sampler.set_epoch(epoch)
             for batch in loader:
+                batch = finish(batch)
                 if timed == -1:
                     start = time.perf_counter()
                 else:
@@ -170,6 +176,11 @@ def time_loader(make_loader: Callable[[], DataLoader], batches: int, key: str) -
     finally:
         del loader
         gc.collect()
+
+
+def module_loader(module) -> tuple[DataLoader, Callable]:
+    """A DataModule's training loader and the device-side step its batches go through before the model."""
+    return module.train_dataloader(), lambda batch: module.on_after_batch_transfer(batch, 0)
 
 
 def plain_loader(dataset: Dataset, args: argparse.Namespace) -> DataLoader:
@@ -253,12 +264,12 @@ def main(argv: list[str] | None = None) -> None:
         approaches: dict[str, tuple[str, Callable[[], DataLoader], str]] = {
             "camus-cache": (
                 "CAMUS: CamusDataModule, decoded cache",
-                lambda: camus_module(True).train_dataloader(),
+                lambda: module_loader(camus_module(True)),
                 "video",
             ),
             "camus-nocache": (
                 "CAMUS: CamusDataModule, decode_cache=False",
-                lambda: camus_module(False).train_dataloader(),
+                lambda: module_loader(camus_module(False)),
                 "video",
             ),
             "camus-nibabel": (
@@ -280,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.only == "all":
             approaches["cardiacnet-cache"] = (
                 "CardiacNet pairs: CardiacNetDataModule(paired=True), cropped cache",
-                lambda: cardiacnet_module().train_dataloader(),
+                lambda: module_loader(cardiacnet_module()),
                 "normal_video",
             )
             approaches["cardiacnet-nibabel"] = (

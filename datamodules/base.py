@@ -314,6 +314,7 @@ class VideoDataModule(L.LightningDataModule):
 
     dataset_name = "video"
     dataset_class: type[Dataset] = VideoClipDataset
+    parallel_decode_from = 64  # fewer uncached files than this decode in the main process (no pool start-up)
 
     def __init__(
         self,
@@ -360,7 +361,7 @@ class VideoDataModule(L.LightningDataModule):
         video_backend: the decoder of video containers: ``auto`` (decord when installed, else PyAV, else OpenCV),
             or one of them by name.
         decode_workers: processes that decode the videos into the cache on the first run (default: ``num_workers``;
-            0 decodes in the main process).
+            0 decodes in the main process, as do first runs with fewer than 64 files to decode).
         decode_cache: keep decoded uint8 frames on disk (fast loading); off = decode clip frames per item.
         mean / std: normalisation override; by default computed once from the training split and cached.
         max_videos_per_split: use only the first N videos of each split (quick experiments).
@@ -458,7 +459,11 @@ class VideoDataModule(L.LightningDataModule):
         """Decode and validate every video once (rank 0 of each node), ``decode_workers`` at a time, with a progress
         bar and a final count; later calls find everything cached and only read the manifest."""
         report = fill_cache(
-            self._cache(), self.cache_paths(), self.decode_workers, description=f"{self.dataset_name}: decoding"
+            self._cache(),
+            self.cache_paths(),
+            self.decode_workers,
+            description=f"{self.dataset_name}: decoding",
+            parallel_from=self.parallel_decode_from,
         )
         if report.decoded:
             rank_zero_info(

@@ -331,14 +331,16 @@ def fill_cache(
     workers: int = 0,
     progress: bool = True,
     description: str = "decoding videos",
+    parallel_from: int = 0,
 ) -> FillReport:
     """Decode every not-yet-cached file of ``paths`` into ``cache``, in a pool of ``workers`` processes (0 or 1:
     in this process), with a progress bar on stderr. Entries are written atomically by whichever process decodes
-    them, so a killed first run resumes where it stopped."""
+    them, so a killed first run resumes where it stopped. With fewer than ``parallel_from`` files to decode the
+    pool is not worth its start-up (a second or two) and they are decoded here."""
     started = time.perf_counter()
     unique = list(dict.fromkeys(Path(p) for p in paths))
     todo = [path for path in unique if not cache.is_cached(path)]
-    workers = max(0, min(int(workers), len(todo)))
+    workers = max(0, min(int(workers), len(todo))) if len(todo) >= parallel_from else 0
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm

@@ -68,7 +68,8 @@ def read_info_cfg(path: Path) -> dict[str, str]:
     return fields
 
 
-def _field(fields: Mapping[str, str], *names: str) -> str | None:
+def cfg_field(fields: Mapping[str, str], *names: str) -> str | None:
+    """The first non-empty value among ``names`` (any case) of a parsed Info cfg, or None."""
     lowered = {key.lower(): value for key, value in fields.items()}
     for name in names:
         if name.lower() in lowered and lowered[name.lower()] != "":
@@ -76,8 +77,9 @@ def _field(fields: Mapping[str, str], *names: str) -> str | None:
     return None
 
 
-def _number(path: Path, fields: Mapping[str, str], *names: str, required: bool = False) -> float:
-    text = _field(fields, *names)
+def cfg_number(path: Path, fields: Mapping[str, str], *names: str, required: bool = False) -> float:
+    """A numeric Info cfg field (nan when absent and not required); DataError naming the file when it is not a number."""
+    text = cfg_field(fields, *names)
     if text is None:
         if required:
             raise DataError(f"{path}: has no {names[0]} entry (found keys {sorted(fields)})")
@@ -91,12 +93,15 @@ def _number(path: Path, fields: Mapping[str, str], *names: str, required: bool =
 def _integer(path: Path, fields: Mapping[str, str], *names: str, required: bool = False) -> int | None:
     """A whole-number field (a frame number or count); None when absent and not required, DataError when it is not
     a finite whole number (``nan``, ``abc``, ``3.5``)."""
-    value = _number(path, fields, *names, required=required)
-    if _field(fields, *names) is None:
+    value = cfg_number(path, fields, *names, required=required)
+    if cfg_field(fields, *names) is None:
         return None
     if not math.isfinite(value) or value != int(value):
-        raise DataError(f"{path}: {names[0]} is {_field(fields, *names)!r}, not a whole number")
+        raise DataError(f"{path}: {names[0]} is {cfg_field(fields, *names)!r}, not a whole number")
     return int(value)
+
+
+_field, _number = cfg_field, cfg_number  # the former private names (echo_modules/anatomical_vae imports them)
 
 
 def find_image(folder: Path, stem: str) -> Path | None:
@@ -383,7 +388,7 @@ class CamusDataModule(VideoDataModule):
         es = _integer(cfg, fields, "ES", required=True)
         if ed < 1 or es < 1:
             raise DataError(f"{cfg}: ED ({ed}) and ES ({es}) are 1-based frame numbers, they must be >= 1")
-        quality = (_field(fields, "ImageQuality") or "").strip()
+        quality = (cfg_field(fields, "ImageQuality") or "").strip()
         nb_frames = _integer(cfg, fields, "NbFrame")
         nb_frames = -1 if nb_frames is None else nb_frames
         sequence = find_image(folder, f"{patient}_{view}_half_sequence") or find_image(
@@ -404,8 +409,8 @@ class CamusDataModule(VideoDataModule):
             path=sequence if sequence is not None else cfg,
             filename=f"{patient}_{view}",
             split=split,
-            ef=_number(cfg, fields, "EF", "LVef"),
-            fps=_number(cfg, fields, "FrameRate"),
+            ef=cfg_number(cfg, fields, "EF", "LVef"),
+            fps=cfg_number(cfg, fields, "FrameRate"),
             ed_index=ed - 1,
             es_index=es - 1,
             expected_frames=max(nb_frames, 0),
@@ -414,10 +419,10 @@ class CamusDataModule(VideoDataModule):
                 "view": view,
                 "quality": quality,
                 "nb_frames": nb_frames,
-                "edv": _number(cfg, fields, "LVedv"),
-                "esv": _number(cfg, fields, "LVesv"),
-                "sex": _field(fields, "Sex") or "",
-                "age": _number(cfg, fields, "Age"),
+                "edv": cfg_number(cfg, fields, "LVedv"),
+                "esv": cfg_number(cfg, fields, "LVesv"),
+                "sex": cfg_field(fields, "Sex") or "",
+                "age": cfg_number(cfg, fields, "Age"),
                 "gt": gt,
             },
         )

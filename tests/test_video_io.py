@@ -249,6 +249,7 @@ def test_parallel_first_run_decode_matches_serial_with_progress_and_count(small_
         str(small_echonet), **tiny_data_options(tmp_path / "module-cache", decode_workers=2)
     )
     logged: list[str] = []
+    monkeypatch.setattr(EchoNetDynamicDataModule, "parallel_decode_from", 0)  # a pool even for these 12 videos
     monkeypatch.setattr("datamodules.base.rank_zero_info", lambda message, *args, **kwargs: logged.append(message))
     module.prepare_data()
     module.prepare_data()  # the second call finds everything cached and says nothing
