@@ -26,7 +26,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.data._utils.collate import default_collate
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from datamodules.cache import DecodedVideoCache, VideoInfo, default_cache_dir, fill_cache, read_frames
+from datamodules.cache import (
+    DecodedVideoCache,
+    ResizedVideoCache,
+    VideoInfo,
+    default_cache_dir,
+    fill_cache,
+    read_frames,
+)
 from datamodules.errors import ConfigError, DataError
 from datamodules.splits import SPLITS
 from datamodules.tracings import mask_from_tracing
@@ -434,6 +441,18 @@ class VideoDataModule(L.LightningDataModule):
 
     def _cache(self) -> DecodedVideoCache:
         return DecodedVideoCache(self.cache_dir, store_frames=self.decode_cache, backend=self.video_backend)
+
+    def _resized_cache(self, **options: Any) -> ResizedVideoCache:
+        """A cache storing every file at ``frame_size`` (for releases with large frames; ``options`` as
+        :class:`datamodules.cache.ResizedVideoCache`: ``crop``, ``label_suffixes``)."""
+        return ResizedVideoCache(
+            self.cache_dir,
+            self.frame_size,
+            store_frames=self.decode_cache,
+            resize=self.resize,
+            backend=self.video_backend,
+            **options,
+        )
 
     def cache_paths(self) -> list[Path]:
         """Every file ``prepare_data`` decodes into the cache (subclasses add their label maps)."""

@@ -498,14 +498,7 @@ class CamusDataModule(VideoDataModule):
 
     def _cache(self) -> ResizedVideoCache:
         """Sequences and label maps are decoded once and stored at ``frame_size`` (labels by nearest neighbour)."""
-        return ResizedVideoCache(
-            self.cache_dir,
-            self.frame_size,
-            label_suffixes=LABEL_SUFFIXES,
-            store_frames=self.decode_cache,
-            resize=self.resize,
-            backend=self.video_backend,
-        )
+        return self._resized_cache(label_suffixes=LABEL_SUFFIXES)
 
     def required_frames(self, record: VideoRecord) -> int:
         """The file wins over the cfg: ED/ES past the end of a sequence are clamped after decoding, not rejected."""

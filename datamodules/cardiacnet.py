@@ -102,14 +102,7 @@ class CardiacNetDataModule(VideoDataModule):
         )
 
     def _cache(self) -> ResizedVideoCache:
-        return ResizedVideoCache(
-            self.cache_dir,
-            self.frame_size,
-            crop=self.crop_to_content,
-            store_frames=self.decode_cache,
-            resize=self.resize,
-            backend=self.video_backend,
-        )
+        return self._resized_cache(crop=self.crop_to_content)
 
     def scan_records(self) -> list[VideoRecord]:
         entries: list[tuple[str, Path, int]] = []

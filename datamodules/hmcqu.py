@@ -348,13 +348,7 @@ class HMCQUDataModule(VideoDataModule):
 
     def _cache(self) -> ResizedVideoCache:
         """Videos are decoded once and stored at ``frame_size``."""
-        return ResizedVideoCache(
-            self.cache_dir,
-            self.frame_size,
-            store_frames=self.decode_cache,
-            resize=self.resize,
-            backend=self.video_backend,
-        )
+        return self._resized_cache()
 
     def required_frames(self, record: VideoRecord) -> int:
         return record.extra["cycle_start"] + 2  # the cycle must start inside the video (its end is clamped)
