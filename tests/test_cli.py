@@ -27,7 +27,7 @@ def good_config(phantom_echonet, tmp_path):
 def test_bad_config_fails_before_work_with_one_line(good_config, tmp_path, edit, expected):
     edit(good_config)
     config = write_config(tmp_path / "bad.yaml", good_config)
-    result = run_echolab("fit", "--config", str(config), timeout=120)
+    result = run_echolab("fit", "--config", str(config))
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr[-2000:]
@@ -216,3 +216,44 @@ def _save(checkpoint: dict):
     torch.save(checkpoint, buffer)
     buffer.seek(0)
     return buffer
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_configs_and_resolves_them_by_name(tmp_path):
+    """A non-editable install has the configs (package data next to cli.py): built into a wheel from a copy of the
+    checkout, unpacked, `echolab configs` lists them and a `--config coreecho/phantom.yaml` name resolves there."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "src"
+    source.mkdir()
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("pyproject.toml", "README.md", "LICENSE", "cli.py", "configs", "echo_modules", "datamodules"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=skip)
+        else:
+            shutil.copy(ROOT / name, source / name)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=source, capture_output=True, text=True,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = tmp_path.glob("echolab-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"cli.py", "configs/coreecho/phantom.yaml", "configs/trainer/ddp.yaml", "configs/slurm/train.sbatch"} <= set(
+        names
+    )
+    assert any(n.endswith("licenses/LICENSE") for n in names)
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = (
+        "import cli; print(cli.CONFIG_DIR); print(cli.resolve_config_names(['--config', 'coreecho/phantom.yaml'])[1])"
+    )
+    env = dict(os.environ, PYTHONPATH=str(site))  # the unpacked wheel only, not the checkout
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config_dir, resolved = result.stdout.split()
+    assert config_dir == str(site / "configs") and resolved == str(site / "configs" / "coreecho" / "phantom.yaml")

@@ -144,3 +144,22 @@ def test_importing_the_plotting_helpers_leaves_the_matplotlib_backend_alone(monk
     assert calls == []  # no backend switch at import (a notebook keeps its inline backend)
     figure = plotting.ef_agreement_figure([40.0, 55.0, 61.0], [42.0, 50.0, 65.0])
     assert type(figure).__name__ == "Figure" and len(figure.axes) == 2
+
+
+def test_browser_videos_are_h264_yuv420p(tmp_path):
+    """W&B plays videos in a browser: H.264 / yuv420p (OpenCV's mp4v, MPEG-4 part 2, does not play there)."""
+    pytest.importorskip("av")
+    import cv2
+    import numpy as np
+
+    from echo_modules.common.video_logging import video_codec, write_browser_video
+
+    frames = np.random.default_rng(0).integers(0, 255, (6, 33, 47, 3), dtype=np.uint8)  # odd sizes: padded
+    path = write_browser_video(tmp_path / "clip.mp4", frames, fps=8)
+    assert video_codec(path) == ("h264", "yuv420p", 6)
+    control = tmp_path / "mp4v.mp4"  # the writer W&B videos used before: not H.264
+    writer = cv2.VideoWriter(str(control), cv2.VideoWriter_fourcc(*"mp4v"), 8, (48, 34), True)
+    for frame in np.pad(frames, ((0, 0), (0, 1), (0, 1), (0, 0))):
+        writer.write(frame)
+    writer.release()
+    assert video_codec(control)[0] != "h264"

@@ -153,6 +153,6 @@ def test_predict_writes_csv(phantom_echonet, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(out)
     files = pd.read_csv(phantom_echonet / "FileList.csv")
-    assert list(table.columns) == ["FileName", "EF_pred", "EF_true"]
+    assert list(table.columns) == ["FileName", "EF_pred", "EF_clip_std", "num_clips", "EF_true"]  # as CoReEcho's
     assert sorted(table["FileName"]) == sorted(files.loc[files["Split"] == "TEST", "FileName"])
     assert table["EF_pred"].between(0, 100).all()
