@@ -113,24 +113,37 @@ def test_default_checkpoints_keep_best_and_refresh_last_every_epoch(phantom_echo
     assert not (tmp_path / "runs").exists()  # nothing went to the config's own run folder
 
 
-def test_help_lists_every_command_and_version_prints():
-    from cli import COMMANDS
+def _main(args: list[str], capfd) -> tuple[int, str, str]:
+    """``cli.main(args)`` in this process (no interpreter start-up): exit code, stdout, stderr (file descriptors, so
+    log handlers' output counts too)."""
+    from cli import main
 
-    result = run_echolab("--help")
-    assert result.returncode == 0, result.stderr
-    for command in ("fit", "validate", "test", "predict", "phantom", "configs", *COMMANDS):
-        assert f"  {command} " in result.stdout, command
-    version = run_echolab("--version")
+    capfd.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code or 0
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def test_help_lists_every_command_and_version_prints(capfd, monkeypatch):
+    from cli import COMMANDS
     from echo_modules import __version__
 
-    assert version.returncode == 0 and version.stdout.strip() == f"echolab {__version__}"
+    monkeypatch.setattr("sys.argv", ["echolab"])
+    code, out, _ = _main(["--help"], capfd)
+    assert code == 0
+    for command in ("fit", "validate", "test", "predict", "phantom", "configs", *COMMANDS):
+        assert f"  {command} " in out, command
+    assert _main(["--version"], capfd)[:2] == (0, f"echolab {__version__}\n")
 
 
-def test_shipped_configs_resolve_by_name_from_any_folder(tmp_path, monkeypatch):
+def test_shipped_configs_resolve_by_name_from_any_folder(tmp_path, monkeypatch, capfd):
     from cli import CONFIG_DIR, resolve_config_names
 
     monkeypatch.chdir(tmp_path)  # not the checkout: relative names are not files here
-
     assert resolve_config_names(["fit", "--config", "coreecho/phantom.yaml"])[2] == str(
         CONFIG_DIR / "coreecho" / "phantom.yaml"
     )
@@ -139,8 +152,8 @@ def test_shipped_configs_resolve_by_name_from_any_folder(tmp_path, monkeypatch):
     ]
     (tmp_path / "mine.yaml").write_text("seed_everything: 1\n")
     assert resolve_config_names(["--config", str(tmp_path / "mine.yaml")])[1] == str(tmp_path / "mine.yaml")
-    listing = run_echolab("configs", cwd=tmp_path)
-    assert listing.returncode == 0 and "coreecho/phantom.yaml" in listing.stdout
+    code, out, _ = _main(["configs"], capfd)
+    assert code == 0 and "  coreecho/phantom.yaml" in out and "  quickstart.yaml" in out
 
 
 def _corrupt_checkpoint(tmp_path):
@@ -159,14 +172,18 @@ def _corrupt_checkpoint(tmp_path):
     ],
     ids=["negative-batch-size", "zero-eval-batch-size", "missing-ckpt-path", "corrupt-checkpoint"],
 )
-def test_bad_values_and_checkpoints_fail_before_work_with_one_line(good_config, tmp_path, arguments, expected):
+def test_bad_values_and_checkpoints_fail_before_work_with_one_line(
+    good_config, tmp_path, arguments, expected, capfd, monkeypatch
+):
+    """In this process (the subprocess test above shows the whole command's stderr is that one line)."""
+    monkeypatch.setattr("sys.argv", ["echolab"])
     config = write_config(tmp_path / "good.yaml", good_config)
     arguments = [str(_corrupt_checkpoint(tmp_path)) if a == "CORRUPT" else a for a in arguments]
     command = "test" if "--ckpt_path" in arguments else "fit"
-    result = run_echolab(command, "--config", str(config), *arguments)
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("echolab: error:") and expected in lines[0], result.stderr[-2000:]
+    code, _, err = _main([command, "--config", str(config), *arguments], capfd)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err[-2000:]
+    assert lines[0].startswith("echolab: error:") and expected in lines[0], err[-2000:]
     assert not (tmp_path / "run").exists()  # no run directory: nothing started
 
 

@@ -94,6 +94,9 @@ class ListData(L.LightningDataModule):
     def predict_dataloader(self):
         return DataLoader(self.batches, batch_size=None)
 
+    def test_dataloader(self):
+        return DataLoader(self.batches, batch_size=None)
+
 
 def _trainer(tmp_path, **kwargs) -> L.Trainer:
     return L.Trainer(
@@ -129,6 +132,22 @@ def test_predictions_are_written_by_the_prediction_writer(tmp_path):
     _trainer(tmp_path).predict(ef, ListData([batch]))
     table = pd.read_csv(tmp_path / "ef.csv")
     assert list(table["num_clips"]) == [3, 2, 1] and (table["EF_clip_std"] >= 0).all()
+
+
+def test_test_summary_comes_from_the_torchmetrics_the_test_logged(tmp_path):
+    """test_summary.json holds what torchmetrics reduced (not a numpy recomputation), beside the mean predictor."""
+    import json
+
+    batches = [_batch([3, 2, 1], seed=0), _batch([2, 2], seed=1)]
+    model = EFRegressor(encoder=TinyVideoEncoder(1, 4, 2))
+    model.train_ef_mean.fill_(50.0)
+    results = _trainer(tmp_path).test(model, ListData(batches), verbose=False)[0]
+    summary = json.loads((tmp_path / "test_summary.json").read_text())
+    assert summary["videos"] == 5 and summary["test_mae"] == pytest.approx(results["test/mae"], rel=1e-6)
+    true = torch.cat([b["ef"] for b in batches])
+    assert summary["mean_predictor_mae"] == pytest.approx((true - 50).abs().mean().item(), rel=1e-6)
+    assert summary["ratio"] == pytest.approx(summary["test_mae"] / summary["mean_predictor_mae"])
+    assert (tmp_path / "figures" / "test_ef_agreement.png").is_file()
 
 
 def test_importing_the_plotting_helpers_leaves_the_matplotlib_backend_alone(monkeypatch):

@@ -149,7 +149,7 @@ class EFModule(EchoModule):
         if videos < 2:
             return None
         summary: dict[str, Any] = metric_values(self.test_metrics, "test_")
-        if self.test_mean_predictor.update_count:
+        if math.isfinite(self.train_ef_mean.item()):  # the same on every rank (a buffer)
             summary |= metric_values(self.test_mean_predictor, "")
             summary["ratio"] = summary["test_mae"] / summary["mean_predictor_mae"]
         summary["videos"] = videos
