@@ -172,7 +172,10 @@ def phantom_config(data_dir: Path, run_dir: Path) -> dict:
     config = yaml.safe_load((ROOT / "configs" / "coreecho" / "phantom.yaml").read_text())
     trainer = config["trainer"]
     trainer.update(default_root_dir=str(run_dir), enable_progress_bar=False, enable_model_summary=False)
-    trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"name": "logs", "version": 0}}
+    trainer["logger"] = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"name": "logs", "version": 0},
+    }
     config["data"]["init_args"]["data_dir"] = str(data_dir)
     return config
 
