@@ -32,6 +32,7 @@ test: install lint
 bench: install
 	$(PY) benchmarks/data_loading.py
 	$(PY) benchmarks/dataset_loading.py
+	$(PY) benchmarks/eval_memory.py
 	test ! -f benchmarks/coreecho_throughput.py || $(PY) benchmarks/coreecho_throughput.py
 	test ! -f benchmarks/cardiacnet_bench.py || $(PY) benchmarks/cardiacnet_bench.py
 
