@@ -18,9 +18,9 @@ install: $(STAMP)
 demo: install
 	test -f $(DEMO_DATA)/FileList.csv || $(VENV)/bin/echolab phantom --format echonet --out $(DEMO_DATA) --num-videos 160 --seed 0
 	rm -rf $(DEMO_RUN) $(DEMO_RUN)_stage2
-	$(VENV)/bin/echolab fit --config configs/quickstart.yaml --data.init_args.data_dir $(DEMO_DATA)
-	$(VENV)/bin/echolab fit --config configs/quickstart.yaml --config configs/quickstart_stage2.yaml --data.init_args.data_dir $(DEMO_DATA)
-	$(VENV)/bin/echolab test --config configs/quickstart.yaml --config configs/quickstart_stage2.yaml --data.init_args.data_dir $(DEMO_DATA) --ckpt_path $(DEMO_RUN)_stage2/checkpoints/best.ckpt
+	$(VENV)/bin/echolab fit --config configs/coreecho/phantom.yaml --config configs/quickstart.yaml --data.init_args.data_dir $(DEMO_DATA)
+	$(VENV)/bin/echolab fit --config configs/coreecho/phantom.yaml --config configs/quickstart_stage2.yaml --data.init_args.data_dir $(DEMO_DATA)
+	$(VENV)/bin/echolab test --config configs/coreecho/phantom.yaml --config configs/quickstart_stage2.yaml --data.init_args.data_dir $(DEMO_DATA) --ckpt_path $(DEMO_RUN)_stage2/checkpoints/best.ckpt
 
 lint: install
 	$(PY) -m ruff check .
@@ -32,6 +32,7 @@ test: install lint
 bench: install
 	$(PY) benchmarks/data_loading.py
 	$(PY) benchmarks/dataset_loading.py
+	$(PY) benchmarks/eval_memory.py
 	test ! -f benchmarks/coreecho_throughput.py || $(PY) benchmarks/coreecho_throughput.py
 	test ! -f benchmarks/cardiacnet_bench.py || $(PY) benchmarks/cardiacnet_bench.py
 

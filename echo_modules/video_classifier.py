@@ -6,15 +6,15 @@ averages the class probabilities of every clip of a video (``clip_owner``), as E
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import Metric, MetricCollection, SumMetric
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -25,13 +25,7 @@ from torchmetrics.classification import (
 )
 
 from echo_modules.common.backbones import R2Plus1D18
-from echo_modules.common.module import (
-    EchoModule,
-    average_clip_predictions,
-    gather_lists,
-    save_test_summary,
-    write_csv,
-)
+from echo_modules.common.module import EchoModule, PredictionRecord, average_clip_predictions, metric_values
 
 IGNORE = -1  # target value of an unknown label: left out of the loss and the metrics
 
@@ -54,6 +48,19 @@ def classification_metrics(prefix: str, num_classes: int, multilabel: bool) -> M
     return MetricCollection(metrics, prefix=prefix)
 
 
+@dataclass
+class ClassPrediction(PredictionRecord):
+    """One video's class probabilities (clip-averaged) and its target (-1: unknown)."""
+
+    filename: str
+    probabilities: list[float]
+    target: int | list[int]
+
+    def row(self) -> dict[str, Any]:
+        cells = {f"prob_{i}": f"{p:.5f}" for i, p in enumerate(self.probabilities)}
+        return {"FileName": self.filename, **cells, "target": self.target}
+
+
 class VideoClassifier(EchoModule):
     """Clip classifier: ``encoder`` features -> dropout -> linear head.
 
@@ -62,6 +69,8 @@ class VideoClassifier(EchoModule):
     unknown and ignored. Training takes plain batches (``video``, several views allowed) or the paired batches of
     ``paired=True`` data (``normal_video`` / ``abnormal_video``), so it runs on every video DataModule.
     """
+
+    checkpoint_monitor = ("val/auroc", "max")
 
     def __init__(
         self,
@@ -74,6 +83,7 @@ class VideoClassifier(EchoModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         predictions_csv: str | None = None,
+        eval_chunk_size: int | None = 32,
     ) -> None:
         """Args:
         encoder: a video backbone with ``out_features`` (default torchvision R(2+1)D-18, random init).
@@ -83,8 +93,9 @@ class VideoClassifier(EchoModule):
         pos_weight: BCE weight of positives (binary / multilabel), e.g. #negatives / #positives for imbalance.
         optimizer / scheduler: callables taking the parameters / the optimizer (LightningCLI class_path configs).
         predictions_csv: where ``predict`` writes FileName, probabilities, target (default: the run's log dir).
+        eval_chunk_size: clips per forward at validation/test/predict (bounded memory on long videos; null: all).
         """
-        super().__init__()
+        super().__init__(optimizer=optimizer, scheduler=scheduler, eval_chunk_size=eval_chunk_size)
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.save_hyperparameters()
@@ -96,12 +107,10 @@ class VideoClassifier(EchoModule):
             nn.Dropout(dropout), nn.Linear(self.encoder.out_features, 1 if self.binary else num_classes)
         )
         self.pos_weight = pos_weight
-        self.optimizer = optimizer
-        self.scheduler = scheduler
         self.predictions_csv = predictions_csv
         self.val_metrics = classification_metrics("val/", num_classes, multilabel)
         self.test_metrics = classification_metrics("test/", num_classes, multilabel)
-        self._collected: list[tuple[str, list[float], Any]] = []
+        self.test_videos = SumMetric()
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Logits per clip of ``video`` ``(N, C, T, H, W)``: ``(N,)`` for binary tasks, else ``(N, num_classes)``."""
@@ -143,8 +152,9 @@ class VideoClassifier(EchoModule):
         return loss
 
     def _video_probabilities(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Per-video probabilities: every clip's probabilities averaged over the clips of its video."""
-        probabilities = self.probabilities(self(batch["video"]))
+        """Per-video probabilities: every clip's probabilities (in chunks of ``eval_chunk_size`` clips) averaged over
+        the clips of its video."""
+        probabilities = self.run_in_chunks(lambda clips: self.probabilities(self(clips)), batch["video"])
         return average_clip_predictions(probabilities, batch["clip_owner"], len(batch[self.target]))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -152,57 +162,21 @@ class VideoClassifier(EchoModule):
         self.val_metrics.update(probabilities, batch[self.target].long())
         self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(probabilities))
 
-    def on_test_epoch_start(self) -> None:
-        self._collected = []
-
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         probabilities = self._video_probabilities(batch)
         targets = batch[self.target].long()
         self.test_metrics.update(probabilities, targets)
+        self.test_videos.update(torch.ones(len(probabilities), device=probabilities.device).sum())
         self.log_dict(self.test_metrics, batch_size=len(probabilities))
-        self._collect(batch["filename"], probabilities, targets)
 
-    def _collect(self, names: list[str], probabilities: torch.Tensor, targets: torch.Tensor) -> None:
-        rows = probabilities.reshape(len(names), -1).tolist()
-        self._collected += zip(names, rows, targets.tolist(), strict=True)
+    def test_summary(self) -> dict[str, Any] | None:
+        videos = int(self.test_videos.compute().item())  # every rank computes: a collective under DDP
+        if not videos:
+            return None
+        return metric_values(self.test_metrics) | {"videos": videos}
 
-    def on_test_epoch_end(self) -> None:
-        rows = gather_lists(self._collected)
-        if not self.trainer.is_global_zero or not rows:
-            return
-        summary = {
-            key.split("/", 1)[1]: float(value)
-            for key, value in self.trainer.callback_metrics.items()
-            if key.startswith("test/")
-        }
-        summary["videos"] = len(rows)
-        rank_zero_info(
-            f"Test over {len(rows)} videos: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "videos")
-        )
-        save_test_summary(self.run_dir, summary)
-
-    def on_predict_epoch_start(self) -> None:
-        self._collected = []
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[ClassPrediction]:
         probabilities = self._video_probabilities(batch)
-        self._collect(batch["filename"], probabilities, batch[self.target].long())
-        return probabilities
-
-    def on_predict_epoch_end(self) -> None:
-        rows = gather_lists(self._collected)
-        if not self.trainer.is_global_zero:
-            return
-        width = len(rows[0][1]) if rows else 1
-        header = ["FileName", *(f"prob_{i}" for i in range(width)), "target"]
-        table = [
-            [name, *(f"{p:.5f}" for p in probs), target] for name, probs, target in sorted(rows, key=lambda r: r[0])
-        ]
-        path = write_csv(self.predictions_csv or self.run_dir / "predictions.csv", header, table)
-        rank_zero_info(f"Wrote {len(rows)} predictions to {path}")
-
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
-        if self.scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}
+        rows = probabilities.reshape(len(batch["filename"]), -1).tolist()
+        targets = batch[self.target].long().tolist()
+        return [ClassPrediction(*fields) for fields in zip(batch["filename"], rows, targets, strict=True)]

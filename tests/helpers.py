@@ -31,8 +31,10 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
-def run_echolab(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``cli.py`` in a fresh interpreter, as a user's ``echolab`` command would."""
+def run_echolab(*args: str, cwd: Path | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``cli.py`` in a fresh interpreter, as a user's ``echolab`` command would. No per-process timeout by
+    default: on a loaded machine a real fit may take many times its idle duration (pytest-timeout still bounds
+    a test that hangs)."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", WANDB_MODE="offline")
     return subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), *args],
@@ -132,7 +134,7 @@ def check_ddp_test_and_predict(config_path: Path, checkpoint: Path, run_dir: Pat
     files = pd.read_csv(data_dir / "FileList.csv")
     test_names = sorted(Path(str(name)).stem for name in files.loc[files["Split"].str.upper() == "TEST", "FileName"])
     for command in ("test", "predict"):
-        result = run_echolab(command, "--config", str(config_path), "--ckpt_path", str(checkpoint), timeout=300)
+        result = run_echolab(command, "--config", str(config_path), "--ckpt_path", str(checkpoint))
         assert result.returncode == 0, f"DDP {command}: " + result.stderr[-3000:]
     logs = sorted((run_dir / "logs").glob("version_*"))
     summaries = [json.loads(p.read_text()) for p in (run_dir / "logs").glob("version_*/test_summary.json")]

@@ -81,7 +81,7 @@ def test_ddp_two_processes_validates_every_video_once(phantom_echonet, tmp_path)
 def test_bf16_mixed_cpu_fit_runs(phantom_echonet, tmp_path):
     run_dir = tmp_path / "bf16"
     config = tiny_ef_config(phantom_echonet, run_dir, **{"trainer.max_epochs": 1})
-    config["trainer"]["precision"] = "bf16-mixed"
+    config["trainer"].update(precision="bf16-mixed", limit_train_batches=3, limit_val_batches=2)
     fit = run_echolab("fit", "--config", str(write_config(tmp_path / "bf16.yaml", config)))
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert metrics_table(run_dir)["val/mae"].notna().any()
@@ -95,14 +95,15 @@ def test_killed_fit_resumes_to_identical_result(phantom_echonet, tmp_path):
         config["data"]["init_args"]["cache_dir"] = str(tmp_path / "cache")
         config["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] = 1
         config["trainer"]["callbacks"][0]["init_args"]["save_top_k"] = 1
-        if name == "killed":  # SIGKILLed at step 16 of 2 epochs x 10 steps: the last checkpoint is mid-epoch 1
-            config["trainer"]["callbacks"].append({"class_path": "tests.helpers.KillAtStep", "init_args": {"step": 16}})
+        config["trainer"]["limit_train_batches"] = 5  # of the 10 an epoch holds: a smaller fit, the same check
+        if name == "killed":  # SIGKILLed at step 8 of 2 epochs x 5 steps: the last checkpoint is mid-epoch 1
+            config["trainer"]["callbacks"].append({"class_path": "tests.helpers.KillAtStep", "init_args": {"step": 8}})
         path = write_config(tmp_path / f"{name}.yaml", config)
         first = run_echolab("fit", "--config", str(path))
         if name == "killed":
             assert first.returncode != 0
             checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-            assert checkpoint["global_step"] == 16 and checkpoint["epoch"] == 1
+            assert checkpoint["global_step"] == 8 and checkpoint["epoch"] == 1
             del config["trainer"]["callbacks"][1]
             write_config(path, config)
             resumed = run_echolab("fit", "--config", str(path), "--ckpt_path", "last")
@@ -112,7 +113,7 @@ def test_killed_fit_resumes_to_identical_result(phantom_echonet, tmp_path):
         final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
         results[name] = final
     a, b = results["uninterrupted"], results["killed"]
-    assert a["global_step"] == b["global_step"] == 20
+    assert a["global_step"] == b["global_step"] == 10
     for key in a["state_dict"]:
         assert torch.allclose(a["state_dict"][key].float(), b["state_dict"][key].float(), atol=1e-6), key
     val_a = metrics_table(tmp_path / "uninterrupted").dropna(subset=["val/mae"])["val/mae"].iloc[-1]
@@ -123,6 +124,7 @@ def test_killed_fit_resumes_to_identical_result(phantom_echonet, tmp_path):
 def test_wandb_offline_run_has_metrics(phantom_echonet, tmp_path):
     run_dir = tmp_path / "wandb_run"
     config = tiny_ef_config(phantom_echonet, run_dir, **{"trainer.max_epochs": 1})
+    config["trainer"].update(limit_train_batches=3, limit_val_batches=2)
     config["trainer"]["logger"] = {
         "class_path": "lightning.pytorch.loggers.WandbLogger",
         "init_args": {"project": "echolab-tests", "save_dir": str(run_dir)},
@@ -138,6 +140,7 @@ def test_wandb_offline_run_has_metrics(phantom_echonet, tmp_path):
 def test_predict_writes_csv(phantom_echonet, tmp_path):
     run_dir = tmp_path / "predict"
     config = tiny_ef_config(phantom_echonet, run_dir, **{"trainer.max_epochs": 1})
+    config["trainer"].update(limit_train_batches=3, limit_val_batches=1)  # a checkpoint at step 3 is all predict needs
     path = write_config(tmp_path / "p.yaml", config)
     assert run_echolab("fit", "--config", str(path)).returncode == 0
     out = tmp_path / "predictions.csv"
@@ -153,6 +156,6 @@ def test_predict_writes_csv(phantom_echonet, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(out)
     files = pd.read_csv(phantom_echonet / "FileList.csv")
-    assert list(table.columns) == ["FileName", "EF_pred", "EF_true"]
+    assert list(table.columns) == ["FileName", "EF_pred", "EF_clip_std", "num_clips", "EF_true"]  # as CoReEcho's
     assert sorted(table["FileName"]) == sorted(files.loc[files["Split"] == "TEST", "FileName"])
     assert table["EF_pred"].between(0, 100).all()

@@ -1,20 +1,28 @@
-"""Figures the methods log (EF agreement) and a logger-agnostic way to log them."""
+"""Figures the methods log (EF agreement) and a logger-agnostic way to log them.
+
+Figures are built with matplotlib's object API (``Figure``, no pyplot state), so importing EchoLab never changes the
+backend of a notebook and nothing has to be closed; ``Figure.savefig`` renders with the Agg canvas by itself.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
-def ef_agreement_figure(predicted: np.ndarray, true: np.ndarray, title: str = "") -> plt.Figure:
+def new_figure(columns: int = 1, width: float = 4.5, height: float = 4.0) -> tuple[Figure, np.ndarray]:
+    """A figure with one row of ``columns`` axes (an array), outside pyplot's global state."""
+    figure = Figure(figsize=(width * columns, height))
+    return figure, np.atleast_1d(figure.subplots(1, columns, squeeze=False)[0])
+
+
+def ef_agreement_figure(predicted: np.ndarray, true: np.ndarray, title: str = "") -> Figure:
     """EF scatter (prediction vs truth) beside a Bland-Altman plot (difference vs mean, bias and 95% limits)."""
     predicted, true = np.asarray(predicted, float), np.asarray(true, float)
-    figure, (scatter, bland_altman) = plt.subplots(1, 2, figsize=(9, 4))
+    figure, (scatter, bland_altman) = new_figure(2)
     low, high = float(min(true.min(), predicted.min())) - 2, float(max(true.max(), predicted.max())) + 2
     scatter.scatter(true, predicted, s=8, alpha=0.7)
     scatter.plot([low, high], [low, high], "k--", lw=1)
@@ -33,7 +41,7 @@ def ef_agreement_figure(predicted: np.ndarray, true: np.ndarray, title: str = ""
     return figure
 
 
-def log_figure(module, key: str, figure: plt.Figure) -> None:
+def log_figure(module, key: str, figure: Figure) -> None:
     """Log a figure to W&B when the trainer has a WandbLogger; always also save a PNG into the run's folder
     (``module.run_dir``, resolved on every rank beforehand, so this may be called on rank 0 only)."""
     from lightning.pytorch.loggers import WandbLogger
@@ -46,4 +54,6 @@ def log_figure(module, key: str, figure: plt.Figure) -> None:
         out = Path(module.run_dir) / "figures"
         out.mkdir(parents=True, exist_ok=True)
         figure.savefig(out / f"{key.replace('/', '_')}.png", dpi=100)
-    plt.close(figure)
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:  # a figure made with pyplot by a caller: release it (ours are not registered there)
+        pyplot.close(figure)

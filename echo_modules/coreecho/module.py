@@ -8,7 +8,6 @@ Evaluation averages the predictions of several clips per video, as the paper doe
 
 from __future__ import annotations
 
-import math
 import pickle
 from pathlib import Path
 from typing import Any, Literal
@@ -20,12 +19,10 @@ from einops import rearrange, repeat
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from torchmetrics import SumMetric
 
 from datamodules.errors import ConfigError
-from echo_modules.common.metrics import ef_metrics
-from echo_modules.common.module import EchoModule, average_clip_predictions, gather_lists, save_test_summary, write_csv
-from echo_modules.common.plotting import ef_agreement_figure, log_figure
+from echo_modules.common.ef import EFModule, EFPrediction
+from echo_modules.common.plotting import log_figure
 from echo_modules.coreecho.heads import ProjectionHead, RegressionHead
 from echo_modules.coreecho.losses import distributed_rank_n_contrast_loss
 
@@ -33,7 +30,7 @@ from echo_modules.coreecho.losses import distributed_rank_n_contrast_loss
 STAGE1_PREFIXES = ("encoder.", "projector.", "regressor.")
 
 
-class CoReEcho(EchoModule):
+class CoReEcho(EFModule):
     """Video encoder + light regressor trained in CoReEcho's two stages (see the module docstring).
 
     Training batches carry two views per video (``video`` ``(B, 2, C, T, H, W)``, a DataModule with
@@ -55,6 +52,7 @@ class CoReEcho(EchoModule):
         scheduler: LRSchedulerCallable | None = None,
         predictions_csv: str | None = None,
         embedding_plot: bool = True,
+        eval_chunk_size: int | None = 32,
     ) -> None:
         """Args:
         encoder: a video backbone with ``out_features`` (default: UniFormer-S, random init; the paper starts from
@@ -73,8 +71,11 @@ class CoReEcho(EchoModule):
         optimizer / scheduler: callables taking the parameters / the optimizer (LightningCLI class_path configs).
         predictions_csv: where ``predict`` writes its CSV (default: the run's log dir).
         embedding_plot: at test end, log a PCA (and UMAP if umap-learn is installed) map of video embeddings by EF.
+        eval_chunk_size: clips per forward at validation/test/predict (bounded memory on long videos; null: all).
         """
-        super().__init__()
+        super().__init__(
+            predictions_csv=predictions_csv, optimizer=optimizer, scheduler=scheduler, eval_chunk_size=eval_chunk_size
+        )
         self.save_hyperparameters()
         if stage not in (1, 2):
             raise ConfigError(f"model.stage must be 1 or 2, got {stage!r}")
@@ -85,9 +86,6 @@ class CoReEcho(EchoModule):
         self.stage1_checkpoint = stage1_checkpoint
         self.loss_chunk_size = loss_chunk_size
         self.regressor_lr = regressor_lr
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.predictions_csv = predictions_csv
         self.embedding_plot = embedding_plot
         if encoder is None:
             from echo_modules.common.uniformer import UniFormer
@@ -99,12 +97,6 @@ class CoReEcho(EchoModule):
         self.regressor = RegressionHead(features, regressor_dropout)
         if stage == 2:
             self.encoder.requires_grad_(False)
-        self.register_buffer("train_ef_mean", torch.tensor(math.nan))
-        self.val_metrics = ef_metrics("val/")
-        self.val_videos = SumMetric()
-        self.test_metrics = ef_metrics("test/")
-        self.test_mean_predictor = ef_metrics("test/mean_predictor_")
-        self._collected: list[tuple] = []
 
     # ------------------------------------------------------------------ networks
 
@@ -133,18 +125,14 @@ class CoReEcho(EchoModule):
 
     # ------------------------------------------------------------------ stage set-up
 
-    def on_fit_start(self) -> None:
-        if self.trainer.global_step != 0:  # resumed: weights come from the checkpoint
-            return
-        datamodule = getattr(self.trainer, "datamodule", None)
-        mean = getattr(datamodule, "train_ef_mean", math.nan)
-        if math.isfinite(mean):
-            self.train_ef_mean.fill_(mean)
+    def on_fresh_fit(self, mean: float) -> None:
         if self.stage == 2:
             self._load_stage1()
-        elif math.isfinite(mean):
-            with torch.no_grad():
-                self.regressor.reset_output(mean)
+        else:
+            super().on_fresh_fit(mean)
+
+    def seed_ef_output(self, mean: float) -> None:
+        self.regressor.reset_output(mean)
 
     def _load_stage1(self) -> None:
         if not self.stage1_checkpoint:
@@ -194,7 +182,8 @@ class CoReEcho(EchoModule):
         self.log("train/l1_loss", regression, prog_bar=True, batch_size=size)
         return contrastive + regression  # the regressor's L1 cannot reach the encoder: its input is detached
 
-    def configure_optimizers(self) -> Any:
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The regressor's group (with ``regressor_lr``) and, in stage 1, everything else that trains."""
         regressor = {"params": list(self.regressor.parameters())}
         if self.regressor_lr is not None:
             regressor["lr"] = self.regressor_lr
@@ -203,108 +192,32 @@ class CoReEcho(EchoModule):
             regressor_ids = {id(p) for p in regressor["params"]}
             others = [p for p in self.parameters() if p.requires_grad and id(p) not in regressor_ids]
             groups.insert(0, {"params": others})
-        optimizer = self.optimizer(groups)
-        if self.scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}
+        return groups
 
-    # ------------------------------------------------------------------ evaluation
+    # ------------------------------------------------------------------ evaluation (EFModule runs the steps)
 
-    def _evaluate(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-clip predictions, per-video mean predictions and per-video mean embeddings."""
-        features = self.encode(batch["video"]).float()
-        clip_predictions = self.regressor(features).squeeze(-1).float()
-        videos = len(batch["ef"])
-        predictions = average_clip_predictions(clip_predictions, batch["clip_owner"], videos)
-        embeddings = average_clip_predictions(features, batch["clip_owner"], videos)
-        return clip_predictions, predictions, embeddings
+    def clip_outputs(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.encode(video).float()
+        return {"ef": self.regressor(features).squeeze(-1).float(), "embedding": features}
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        _, prediction, _ = self._evaluate(batch)
-        self.val_metrics.update(prediction, batch["ef"])
-        self.val_videos.update(torch.ones_like(prediction).sum())
-        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(prediction))
-        self.log("val/num_videos", self.val_videos, batch_size=len(prediction))
-
-    def on_test_epoch_start(self) -> None:
-        self._collected = []
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        _, prediction, embeddings = self._evaluate(batch)
-        self.test_metrics.update(prediction, batch["ef"])
-        self.log_dict(self.test_metrics, batch_size=len(prediction))
-        if math.isfinite(self.train_ef_mean.item()):
-            constant = torch.full_like(prediction, self.train_ef_mean.item())
-            self.test_mean_predictor.update(constant, batch["ef"])
-            self.log_dict(self.test_mean_predictor, batch_size=len(prediction))
-        self._collected += zip(
-            batch["filename"], prediction.tolist(), batch["ef"].tolist(), embeddings.cpu().numpy().astype(np.float32)
-        )
-
-    def on_test_epoch_end(self) -> None:
-        rows = gather_lists(self._collected)
-        self._collected = []
-        if len(rows) < 3:
-            return
-        predicted = np.array([r[1] for r in rows])
-        true = np.array([r[2] for r in rows])
-        embeddings = np.stack([r[3] for r in rows])
+    def extra_summary(self, records: list[EFPrediction]) -> dict[str, Any]:
+        """|Spearman(PC1 of the video embeddings, EF)| (logged as ``test/pc1_spearman``) and the embedding map."""
+        if len(records) < 3:
+            return {"stage": self.stage}
+        true = np.array([r.ef_true for r in records])
+        embeddings = np.stack([r.embedding for r in records])
         components = principal_components(embeddings, 2)
         pc1_spearman = abs_spearman(components[:, 0], true)
         self.log("test/pc1_spearman", pc1_spearman, sync_dist=True)  # every rank holds all rows: the same value
-        if not self.trainer.is_global_zero:
-            return
-        title = f"CoReEcho stage {self.stage} test"
-        log_figure(self, "test/ef_agreement", ef_agreement_figure(predicted, true, title))
-        if self.embedding_plot:
-            log_figure(self, "test/embeddings", embedding_figure(embeddings, true, components, f"{title} embeddings"))
-        mae = float(np.abs(predicted - true).mean())
-        baseline = float(np.abs(self.train_ef_mean.item() - true).mean())
-        summary = {
-            "test_mae": mae,
-            "test_rmse": float(np.sqrt(np.square(predicted - true).mean())),
-            "test_r2": float(1 - np.square(predicted - true).sum() / np.square(true - true.mean()).sum()),
-            "mean_predictor_mae": baseline,
-            "ratio": mae / baseline,
-            "pc1_spearman": pc1_spearman,
-            "videos": len(rows),
-            "stage": self.stage,
-        }
-        rank_zero_info(
-            f"Test EF MAE {mae:.2f} over {len(rows)} videos; always predicting the training mean "
-            f"({self.train_ef_mean.item():.1f}%) gives {baseline:.2f} (ratio {mae / baseline:.2f}); "
-            f"|Spearman(PC1, EF)| = {pc1_spearman:.3f}"
+        if self.embedding_plot and self.trainer.is_global_zero:
+            title = f"CoReEcho stage {self.stage} test embeddings"
+            log_figure(self, "test/embeddings", embedding_figure(embeddings, true, components, title))
+        return {"pc1_spearman": pc1_spearman, "stage": self.stage}
+
+    def summary_line(self, summary: dict[str, Any]) -> str:
+        return (
+            super().summary_line(summary) + f"; |Spearman(PC1, EF)| = {summary.get('pc1_spearman', float('nan')):.3f}"
         )
-        save_test_summary(self.run_dir, summary)
-
-    # ------------------------------------------------------------------ prediction
-
-    def on_predict_epoch_start(self) -> None:
-        self._collected = []
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        clip_predictions, prediction, _ = self._evaluate(batch)
-        owner, videos = batch["clip_owner"], len(batch["ef"])
-        deviations = clip_predictions - prediction[owner]
-        spread = average_clip_predictions(deviations.square(), owner, videos).sqrt()  # population std over clips
-        counts = torch.bincount(owner, minlength=videos)
-        self._collected += zip(
-            batch["filename"], prediction.tolist(), spread.tolist(), counts.tolist(), batch["ef"].tolist()
-        )
-        return prediction
-
-    def on_predict_epoch_end(self) -> None:
-        rows = gather_lists(self._collected)
-        self._collected = []
-        if not self.trainer.is_global_zero:
-            return
-        table = [
-            [name, f"{predicted:.3f}", f"{spread:.3f}", clips, "" if math.isnan(true) else f"{true:.3f}"]
-            for name, predicted, spread, clips, true in sorted(rows)
-        ]
-        header = ["FileName", "EF_pred", "EF_clip_std", "num_clips", "EF_true"]
-        path = write_csv(self.predictions_csv or self.run_dir / "predictions.csv", header, table)
-        rank_zero_info(f"Wrote {len(rows)} EF predictions to {path}")
 
 
 # ---------------------------------------------------------------------- embedding analysis
@@ -330,7 +243,7 @@ def abs_spearman(values: np.ndarray, ef: np.ndarray) -> float:
 
 def embedding_figure(embeddings: np.ndarray, ef: np.ndarray, components: np.ndarray, title: str = ""):
     """2-D maps of per-video embeddings coloured by EF: PCA, plus UMAP when ``umap-learn`` is importable."""
-    import matplotlib.pyplot as plt
+    from echo_modules.common.plotting import new_figure
 
     try:
         import umap  # optional: not an EchoLab dependency
@@ -340,8 +253,8 @@ def embedding_figure(embeddings: np.ndarray, ef: np.ndarray, components: np.ndar
     if umap is not None and len(embeddings) > 5:
         reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(embeddings) - 1), random_state=0)
         panels.append(("UMAP", reducer.fit_transform(embeddings)))
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4), squeeze=False)
-    for axis, (name, points) in zip(axes[0], panels):
+    figure, axes = new_figure(len(panels), width=4.8)
+    for axis, (name, points) in zip(axes, panels):
         scatter = axis.scatter(points[:, 0], points[:, 1], c=ef, cmap="viridis", s=10)
         axis.set(title=f"{name} {title}".strip(), xlabel=f"{name} 1", ylabel=f"{name} 2")
         figure.colorbar(scatter, ax=axis, label="true EF (%)")
