@@ -21,6 +21,7 @@ demo: install
 	$(VENV)/bin/echolab fit --config configs/quickstart.yaml --data.init_args.data_dir $(DEMO_DATA)
 	$(VENV)/bin/echolab fit --config configs/quickstart.yaml --config configs/quickstart_stage2.yaml --data.init_args.data_dir $(DEMO_DATA)
 	$(VENV)/bin/echolab test --config configs/quickstart.yaml --config configs/quickstart_stage2.yaml --data.init_args.data_dir $(DEMO_DATA) --ckpt_path $(DEMO_RUN)_stage2/checkpoints/best.ckpt
+	$(PY) benchmarks/phantom_shortcuts.py --echonet $(DEMO_DATA) --run $(DEMO_RUN)_stage2 --no-disease
 
 lint: install
 	$(PY) -m ruff check .

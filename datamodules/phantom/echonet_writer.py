@@ -82,6 +82,7 @@ def plan_echonet_dataset(
     ef_distribution: str = "echonet",
     max_frames: int | None = None,
     severity_range: tuple[float, float] = (0.1, 1.0),
+    pose_variation: float = 1.0,
 ) -> list[PhantomSpec]:
     """The videos `write_echonet_dataset` writes for these arguments, without rendering them (see
     `simulator.sample_params` for what the None defaults draw: EchoNet-like frame rates and lengths)."""
@@ -103,6 +104,7 @@ def plan_echonet_dataset(
             ef_distribution=ef_distribution,
             severity_range=severity_range,
             max_frames=max_frames,
+            pose_variation=pose_variation,
         )
         video_seed = int(np.random.SeedSequence([seed, index, 1]).generate_state(1)[0])
         es_first = bool(rng.random() < 0.5)
@@ -143,13 +145,14 @@ def write_echonet_dataset(
     fps_range: tuple[float, float] | None = None,
     ef_distribution: str = "echonet",
     max_frames: int | None = None,
+    pose_variation: float = 1.0,
 ) -> Path:
     """Write `num_videos` phantom videos in the EchoNet-Dynamic layout under `out_dir`; returns `out_dir`.
 
     By default the videos are drawn like the real release: EF and volumes like EchoNet-Dynamic (``ef_distribution``
     ``echonet``; ``uniform`` over ``ef_range`` and ``camus`` are the alternatives), frame rates mostly 50 (22-106)
     and lengths of 28-1002 frames. ``max_frames`` caps the lengths (for quick CPU runs); ``num_frames_range`` /
-    ``fps_range`` draw lengths / frame rates uniformly instead."""
+    ``fps_range`` draw lengths / frame rates uniformly instead; ``pose_variation`` < 1 narrows the probe pose."""
     out_dir = Path(out_dir)
     videos_dir = out_dir / "Videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
@@ -163,6 +166,7 @@ def write_echonet_dataset(
         fps_range,
         ef_distribution=ef_distribution,
         max_frames=max_frames,
+        pose_variation=pose_variation,
     )
     file_rows, tracing_rows, truth_rows = [], [], []
     for spec in specs:

@@ -335,3 +335,16 @@ def disease_baselines(
         "num_test": int(test.sum()),
         "num_videos": len(y),
     }
+
+
+def learned_ef(mae: float, baselines: dict, margin: float = 0.75) -> bool:
+    """Whether a model's EF MAE on the baselines' evaluation split is well below (``margin`` x) the strongest of the
+    mean predictor and the shortcut: the bar for "it learned the heart" on the phantom."""
+    return bool(mae < margin * baselines["strongest_mae"])
+
+
+def learned_disease(auroc: float, baselines: dict, margin: float = 0.1, floor: float = 0.75) -> bool:
+    """Whether a model's AUROC on the baselines' evaluation split is at least ``floor`` and ``margin`` above the
+    shortcut's (on that split and leave-one-out, whichever is higher)."""
+    shortcut = max(baselines["shortcut_auroc"], baselines["shortcut_loo_auroc"])
+    return bool(auroc >= floor and auroc > shortcut + margin)

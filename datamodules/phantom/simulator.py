@@ -5,26 +5,34 @@ The anatomy (LV cavity, myocardium, LA; RV, RA and the septa in the 4-chamber vi
 pixel of the frame back to the material point that sits there at that instant; the tissue texture (speckle times
 echogenicity) and the label map are both looked up through that same deformation, so speckle moves with the tissue and
 the masks are exactly the anatomy that is drawn. The deformation is a composition of smooth, invertible maps driven by
-one contraction curve k(t) in [0, 1] (0 at end-diastole, 1 at end-systole):
+one contraction curve k(t) in [0, 1] (0 at end-diastole, 1 at end-systole), each motion with its own amplitude:
 
-* longitudinal shortening: the mitral plane moves toward the (fixed) apex, the atria stretch behind it;
-* inward wall motion: at each level the LV cavity narrows toward the long axis (less at the annulus) and the
-  displacement fades outside the wall, so the myocardium thickens;
-* LA filling: an area-preserving radial map about the annulus midpoint expands the LA as the LV empties;
-* in 4CH, radial maps of the same kind for RV contraction and RA filling.
+* longitudinal shortening: the mitral plane moves toward the (fixed) apex by `longitudinal` (MAPSE, which follows
+  LV function only loosely), the tricuspid plane by its own share of it, the atria stretch behind them;
+* inward wall motion: at each level the LV cavity narrows toward the long axis by the calibrated strength eps (less
+  at the annulus) and the displacement fades outside the wall, so the myocardium thickens;
+* LA filling: an area-preserving radial map about the annulus midpoint expands the LA by `la_filling`;
+* in 4CH, radial maps of the same kind for RV contraction (`rv_strain`) and RA filling (`ra_filling`).
+
+Every amplitude but eps is drawn independently of the EF, and so are the scene's other motions: breathing and a
+per-beat swing translate the whole heart under the probe, the speckle decorrelates from frame to frame, and the
+brightness follows breathing and through-plane motion. Global motion energy or brightness therefore says little about
+EF; finding the LV does.
 
 To keep it fast, the deformation is evaluated on a coarse grid at a ladder of contraction levels and interpolated
-(bilinearly in space, linearly in k); the interpolated tables are what both the image and the labels are sampled
-through, so the ground truth stays exact.
+(bilinearly in space, linearly in k); the interpolated tables (translated per frame) are what both the image and the
+labels are sampled through, so the ground truth stays exact.
 
 The contraction strength is calibrated per video so that the EF measured on the rendered masks by the method of discs
 is close to the requested EF; the EF reported is the measured one. Imaging effects are applied in scan coordinates: a
-75-degree sector with its apex at the top centre, depth attenuation, lateral fall-off, near-field clutter, thermal
-noise, log compression and a light blur.
+sector of 60-90 degrees with its apex at the top centre, depth attenuation with time-gain compensation, lateral
+fall-off, near-field clutter, thermal noise, log compression and a light blur. Volumes are in mL: the imaging depth
+is set from the LV's size in mm, as a sonographer frames the heart.
 
-Disease variants change the anatomy or the motion of one region and report where, in `abnormal_region`:
-``wall_motion`` (an akinetic apical-lateral segment), ``septal_gap`` (a gap in the interatrial septum, 4CH) and
-``dilated_rv`` (an enlarged RV and RA with a flattened, shifted septum, 4CH).
+Disease variants change the anatomy or the motion of one region, graded by `severity` (mild cases common when
+sampled), and report where, in `abnormal_region`: ``wall_motion`` (a hypokinetic apical-lateral segment: extent and
+depth grow with severity), ``septal_gap`` (a gap in the interatrial septum, 4CH; its width grows with severity) and
+``dilated_rv`` (PAH-like, 4CH: RV and RA dilation, septal flattening and reduced RV longitudinal motion).
 """
 
 from __future__ import annotations
@@ -211,6 +219,7 @@ def sample_params(
     ef_distribution: EfDistribution = "echonet",
     severity_range: tuple[float, float] = (0.1, 1.0),
     max_frames: int | None = None,
+    pose_variation: float = 1.0,
 ) -> PhantomParams:
     """Random plausible parameters, every nuisance drawn independently of the EF.
 
@@ -221,11 +230,16 @@ def sample_params(
     files, and the cycle phase is chosen so that an end-diastole and its end-systole fall inside the video.
     severity: ``low + (high - low) * u ** 1.6`` over ``severity_range``, so mild cases are the common ones. The LV is
     sized in mL (EDV log-normal around 80 mL, dilated at low EF) and the imaging depth follows the heart, as a
-    sonographer sets it, so the heart's size in pixels says nothing about its EF."""
+    sonographer sets it, so the heart's size in pixels says nothing about its EF. pose_variation < 1 narrows the
+    probe pose (apex position and depth, tilt, sector width) and LV framing toward their typical values: a gentler
+    phantom for short CPU fits (the motion and intensity nuisance, which hide EF from global statistics, stay)."""
     draws = rng.random(40)
 
     def between(i: int, low: float, high: float) -> float:
         return float(low + (high - low) * draws[i])
+
+    def pose(i: int, low: float, high: float) -> float:
+        return float(low + (high - low) * (0.5 + pose_variation * (draws[i] - 0.5)))
 
     ef = draw_ef(float(draws[18]), float(draws[0]), ef_distribution, ef_range)
     heart_rate = between(1, *heart_rate_range)
@@ -251,7 +265,7 @@ def sample_params(
     first_ed = max(0.0, latest_ed) * draws[5]
     phase = float((1.0 - first_ed / cycle) % 1.0)
     four = view == "4CH"
-    lv_length, lv_width = between(6, 0.38, 0.48), between(7, 0.26, 0.35)
+    lv_length, lv_width = pose(6, 0.38, 0.48), pose(7, 0.26, 0.35)
     # volumes in mL: EDV log-normal around 78 mL, dilated at low EF; the depth is set so the heart fills the frame
     edv_ml = 78.0 * math.exp(0.28 * float(special.ndtri(np.clip(draws[20], 1e-6, 1 - 1e-6))))
     edv_ml *= 1.0 + 0.025 * max(0.0, 60.0 - ef)
@@ -272,9 +286,9 @@ def sample_params(
         lv_length=lv_length,
         lv_width=lv_width,
         myo_thickness=between(8, 0.045, 0.065),
-        apex_depth=between(9, 0.06, 0.12),
-        apex_shift=between(10, -0.02, 0.05) if four else between(10, -0.04, 0.04),
-        tilt_deg=between(11, 1.0, 16.0) if four else between(11, -9.0, 9.0),
+        apex_depth=pose(9, 0.06, 0.12),
+        apex_shift=pose(10, -0.02, 0.05) if four else pose(10, -0.04, 0.04),
+        tilt_deg=pose(11, 1.0, 16.0) if four else pose(11, -9.0, 9.0),
         la_size=between(12, 0.82, 1.15),
         rv_size=between(13, 0.8, 1.25),
         # the mitral-plane excursion follows LV function loosely (as MAPSE does); every other motion is independent
@@ -289,7 +303,7 @@ def sample_params(
         attenuation=between(16, 0.3, 0.9),
         gain_db=between(17, -3.0, 3.0),
         tgc_db=(between(28, -4.0, 4.0), between(29, -4.0, 4.0), between(30, -4.0, 4.0)),
-        sector_half_angle_deg=round(between(31, 30.0, 45.0) * 2.0) / 2.0,
+        sector_half_angle_deg=round(pose(31, 30.0, 45.0) * 2.0) / 2.0,
         breathing_amplitude=between(32, 0.0, 0.035),
         breathing_rate=between(33, 10.0, 22.0),
         breathing_phase=between(34, 0.0, 1.0),
