@@ -133,6 +133,9 @@ def phantom_main(args: list[str]) -> None:
         help="EF distribution (default: echonet for EchoNet, camus for CAMUS)",
     )
     parser.add_argument("--max-frames", type=int, default=None, help="EchoNet: cap on the video lengths (frames)")
+    parser.add_argument(
+        "--pose-variation", type=float, default=1.0, help="EchoNet: probe-pose spread (1 = realistic, < 1 gentler)"
+    )
     options = parser.parse_args(args)
     if options.num_videos < 3:
         parser.error("--num-videos must be at least 3 (one per split)")
@@ -145,6 +148,7 @@ def phantom_main(args: list[str]) -> None:
             seed=options.seed,
             ef_distribution=options.ef_distribution or "echonet",
             max_frames=options.max_frames,
+            pose_variation=options.pose_variation,
         )
     elif options.format == "camus":
         from datamodules.phantom.camus_writer import write_camus_dataset

@@ -23,7 +23,7 @@ def test_learns_ef_well_below_the_shortcut_and_the_mean(phantom_echonet_train, e
     """Test EF MAE well below both the mean predictor and the anatomy-free shortcut on the same TEST split; the fit
     stops once validation is clearly ahead of both on VAL; an untrained model fails the same check."""
     run_dir = tmp_path / "run"
-    epochs = 16
+    epochs = 15
     config = tiny_ef_config(
         phantom_echonet_train,
         run_dir,
@@ -35,8 +35,8 @@ def test_learns_ef_well_below_the_shortcut_and_the_mean(phantom_echonet_train, e
             "data.init_args.num_eval_clips": 4,
         },
     )
-    config["model"]["init_args"]["encoder"]["init_args"]["width"] = 16
-    config["model"]["init_args"]["optimizer"]["init_args"]["lr"] = 3.0e-3
+    config["model"]["init_args"]["encoder"]["init_args"].update(width=16, depth=4)
+    config["model"]["init_args"]["optimizer"]["init_args"]["lr"] = 1.0e-3
     config["model"]["init_args"]["scheduler"] = {
         "class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
         "init_args": {"T_max": epochs},
