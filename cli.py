@@ -245,17 +245,40 @@ def phantom_main(args: list[str]) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subset", choices=["PAH", "ASD"], default="PAH", help="CardiacNet subset (disease)")
     parser.add_argument("--camus-layout", choices=["nifti", "mhd"], default="nifti", help="CAMUS 2023 or 2019 release")
+    parser.add_argument(
+        "--ef-distribution",
+        choices=["echonet", "uniform", "camus"],
+        default=None,
+        help="EF distribution (default: echonet for EchoNet, camus for CAMUS)",
+    )
+    parser.add_argument("--max-frames", type=int, default=None, help="EchoNet: cap on the video lengths (frames)")
+    parser.add_argument(
+        "--pose-variation", type=float, default=1.0, help="EchoNet: probe-pose spread (1 = realistic, < 1 gentler)"
+    )
     options = parser.parse_args(args)
     if options.num_videos < 3:
         parser.error("--num-videos must be at least 3 (one per split)")
     if options.format == "echonet":
         from datamodules.phantom.echonet_writer import write_echonet_dataset
 
-        out = write_echonet_dataset(options.out, num_videos=options.num_videos, seed=options.seed)
+        out = write_echonet_dataset(
+            options.out,
+            num_videos=options.num_videos,
+            seed=options.seed,
+            ef_distribution=options.ef_distribution or "echonet",
+            max_frames=options.max_frames,
+            pose_variation=options.pose_variation,
+        )
     elif options.format == "camus":
         from datamodules.phantom.camus_writer import write_camus_dataset
 
-        out = write_camus_dataset(options.out, options.num_videos, seed=options.seed, layout=options.camus_layout)
+        out = write_camus_dataset(
+            options.out,
+            options.num_videos,
+            seed=options.seed,
+            layout=options.camus_layout,
+            ef_distribution=options.ef_distribution or "camus",
+        )
     elif options.format == "cardiacnet":
         from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from datamodules.phantom.shortcuts import learned_ef
 from tests.helpers import check_ddp_test_and_predict, run_echolab, tiny_ef_config, write_config
 
 pytestmark = pytest.mark.slow
@@ -18,39 +19,60 @@ def metrics_table(run_dir) -> pd.DataFrame:
     return pd.read_csv(run_dir / "logs" / "version_0" / "metrics.csv")
 
 
-def test_learns_ef_well_below_mean_predictor(phantom_echonet_train, tmp_path):
+def test_learns_ef_well_below_the_shortcut_and_the_mean(phantom_echonet_train, echonet_train_baselines, tmp_path):
+    """Test EF MAE well below both the mean predictor and the anatomy-free shortcut on the same TEST split; the fit
+    stops once validation is clearly ahead of both on VAL; an untrained model fails the same check."""
     run_dir = tmp_path / "run"
+    epochs = 15
     config = tiny_ef_config(
         phantom_echonet_train,
         run_dir,
         **{
-            "trainer.max_epochs": 10,
+            "trainer.max_epochs": epochs,
             "data.init_args.frame_size": 48,
             "data.init_args.clip_length": 16,
             "data.init_args.batch_size": 8,
             "data.init_args.num_eval_clips": 4,
         },
     )
-    config["model"]["init_args"]["encoder"]["init_args"]["width"] = 16
+    config["model"]["init_args"]["encoder"]["init_args"].update(width=16, depth=4)
     config["model"]["init_args"]["optimizer"]["init_args"]["lr"] = 1.0e-3
     config["model"]["init_args"]["scheduler"] = {
         "class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
-        "init_args": {"T_max": 10},
+        "init_args": {"T_max": epochs},
     }
-    config["trainer"]["callbacks"][0]["init_args"] = {
-        "dirpath": str(run_dir / "checkpoints"),
-        "filename": "best",
-        "monitor": "val/mae",
-        "save_last": True,
-    }
+    config["trainer"]["callbacks"] = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"dirpath": str(run_dir / "checkpoints"), "filename": "best", "monitor": "val/mae"},
+        },
+        {
+            "class_path": "lightning.pytorch.callbacks.EarlyStopping",
+            "init_args": {
+                "monitor": "val/mae",
+                "stopping_threshold": 0.6 * echonet_train_baselines["VAL"]["strongest_mae"],
+                "patience": 1000,
+            },
+        },
+    ]
     path = write_config(tmp_path / "fit.yaml", config)
     fit = run_echolab("fit", "--config", str(path))
     assert fit.returncode == 0, fit.stderr[-3000:]
     test = run_echolab("test", "--config", str(path), "--ckpt_path", str(run_dir / "checkpoints" / "best.ckpt"))
     assert test.returncode == 0, test.stderr[-3000:]
     summary = json.loads((run_dir / "logs" / "version_0" / "test_summary.json").read_text())
-    assert summary["ratio"] < 0.6, summary  # test EF MAE well below always predicting the training mean
+    baselines = echonet_train_baselines["TEST"]
+    report = {"model": summary, "baselines": baselines}
+    assert summary["mean_predictor_mae"] == pytest.approx(baselines["mean_mae"], abs=0.01), report  # the same split
+    assert learned_ef(summary["test_mae"], baselines), report  # well below the mean predictor and the shortcut
     assert (run_dir / "logs" / "version_0" / "figures" / "test_ef_agreement.png").is_file()
+    # the control: the same check on the untrained model (no checkpoint) fails
+    untrained_dir = tmp_path / "untrained"
+    control = write_config(tmp_path / "untrained.yaml", tiny_ef_config(phantom_echonet_train, untrained_dir) | {
+        "data": config["data"], "model": config["model"]})  # fmt: skip
+    assert run_echolab("test", "--config", str(control)).returncode == 0
+    untrained = json.loads((untrained_dir / "logs" / "version_0" / "test_summary.json").read_text())
+    assert not learned_ef(untrained["test_mae"], baselines), untrained
 
 
 def test_ddp_two_processes_validates_every_video_once(phantom_echonet, tmp_path):

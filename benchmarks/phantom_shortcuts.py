@@ -1,0 +1,144 @@
+"""What a model must beat on the echo phantom: the mean predictor and the anatomy-free shortcuts, beside learned runs.
+
+Writes the default (realistic) phantom in the EchoNet-Dynamic and CardiacNet-PAH/ASD layouts (or reads existing
+folders), prints the EF baselines (mean predictor, ridge on global statistics; TEST split and leave-one-out) and the
+disease baselines (logistic on 3x3-grid statistics; TEST split and leave-one-out), the data's EF and intensity
+statistics, and the test numbers of any runs given with --run (folders holding test_summary.json). Targets on the
+default phantom: EF shortcut MAE >= 0.75 x the mean predictor's; disease shortcut AUROC <= 0.75.
+
+    python benchmarks/phantom_shortcuts.py                         # quick: 96 EchoNet videos, 60 per CardiacNet subset
+    python benchmarks/phantom_shortcuts.py --num-videos 160 --num-disease 100
+    python benchmarks/phantom_shortcuts.py --echonet data/phantom_echonet --run runs/quickstart_stage2 --no-disease
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset  # noqa: E402
+from datamodules.phantom.echonet_writer import write_echonet_dataset  # noqa: E402
+from datamodules.phantom.shortcuts import _read_avi, disease_baselines, ef_baselines  # noqa: E402
+
+
+def echonet_statistics(data_dir: Path, videos: int = 20) -> dict:
+    """EF distribution of FileList.csv and grey-level statistics of the first ``videos`` videos (all frames)."""
+    files = pd.read_csv(data_dir / "FileList.csv")
+    pixels = []
+    for name in files["FileName"][:videos]:
+        frames, _, _ = _read_avi(data_dir / "Videos" / f"{name}.avi", 112, 10_000)
+        pixels.append(frames.astype(np.float32).ravel())
+    grey = np.concatenate(pixels)
+    return {
+        "ef_mean": files["EF"].mean(),
+        "ef_sd": files["EF"].std(),
+        "ef_skew": float(stats.skew(files["EF"])),
+        "ef_min": files["EF"].min(),
+        "ef_max": files["EF"].max(),
+        "edv_ml": files["EDV"].mean(),
+        "esv_ml": files["ESV"].mean(),
+        "corr_edv_ef": float(np.corrcoef(files["EDV"], files["EF"])[0, 1]),
+        "fps": f"{files['FPS'].min():g}-{files['FPS'].max():g}",
+        "frames": f"{files['NumberOfFrames'].min()}-{files['NumberOfFrames'].max()}",
+        "grey_mean": float(grey.mean()),
+        "grey_sd": float(grey.std()),
+    }
+
+
+def _latest_summary(run: Path) -> Path | None:
+    """The newest test_summary.json under a run folder (its logger versions), if any."""
+    found = list(Path(run).rglob("test_summary.json"))
+    return max(found, key=lambda path: path.stat().st_mtime) if found else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-videos", type=int, default=96, help="EchoNet-layout videos to write")
+    parser.add_argument("--num-disease", type=int, default=60, help="videos per CardiacNet subset to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-frames", type=int, default=None, help="cap on the EchoNet video lengths")
+    parser.add_argument("--echonet", type=Path, default=None, help="use this EchoNet-layout folder instead")
+    parser.add_argument("--cardiacnet", type=Path, default=None, help="use this CardiacNet folder instead")
+    parser.add_argument("--run", type=Path, action="append", default=[], help="run folder(s) with test_summary.json")
+    parser.add_argument("--no-disease", action="store_true", help="EF baselines only (no CardiacNet data)")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        echonet = args.echonet
+        if echonet is None:
+            start = time.perf_counter()
+            echonet = write_echonet_dataset(
+                scratch / "echonet", args.num_videos, seed=args.seed, max_frames=args.max_frames
+            )
+            print(f"wrote {args.num_videos} EchoNet-layout videos in {time.perf_counter() - start:.1f} s")
+        start = time.perf_counter()
+        ef = ef_baselines(echonet)
+        seconds = time.perf_counter() - start
+        facts = echonet_statistics(echonet)
+        print(f"\nEchoNet layout: {echonet}")
+        print(
+            f"  EF {facts['ef_mean']:.1f} +- {facts['ef_sd']:.1f} (skew {facts['ef_skew']:+.2f}, "
+            f"{facts['ef_min']:.1f}-{facts['ef_max']:.1f}); EDV {facts['edv_ml']:.0f} mL, ESV {facts['esv_ml']:.0f} mL, "
+            f"corr(EDV, EF) {facts['corr_edv_ef']:+.2f}; FPS {facts['fps']}, frames {facts['frames']}; "
+            f"grey {facts['grey_mean']:.1f} +- {facts['grey_sd']:.1f}"
+        )
+        print("  (EchoNet-Dynamic: EF 55.7 +- 12.4, left-skewed; grey 31.8 +- 49.7; FPS 22-106; 28-1002 frames)")
+        print(f"\n  {'EF predictor':<44}{'TEST MAE':>10}{'LOO MAE':>10}{'/ mean':>8}")
+        print(f"  {'mean predictor (TRAIN mean)':<44}{ef['mean_mae']:>10.2f}{ef['mean_loo_mae']:>10.2f}{1.0:>8.2f}")
+        print(
+            f"  {'shortcut (ridge, global statistics)':<44}{ef['shortcut_mae']:>10.2f}"
+            f"{ef['shortcut_loo_mae']:>10.2f}{ef['loo_ratio']:>8.2f}   ({seconds:.1f} s)"
+        )
+        for run in args.run:
+            summary_path = _latest_summary(run)
+            if summary_path is None:
+                print(f"  {str(run):<44}  (no test_summary.json)")
+                continue
+            summary = json.loads(summary_path.read_text())
+            if "test_mae" in summary:
+                ratio = summary["test_mae"] / ef["mean_mae"]
+                print(f"  {'learned: ' + str(run):<44}{summary['test_mae']:>10.2f}{'':>10}{ratio:>8.2f}")
+        target = "met" if min(ef["ratio"], ef["loo_ratio"]) >= 0.75 else "NOT met"
+        print(f"  target shortcut / mean >= 0.75 (TEST {ef['ratio']:.2f}, LOO {ef['loo_ratio']:.2f}): {target}")
+
+        if args.no_disease:
+            return
+        print(f"\n  {'disease shortcut (logistic, 3x3 grid)':<44}{'TEST AUROC':>12}{'LOO AUROC':>11}")
+        for subset in ("PAH", "ASD"):
+            root = args.cardiacnet
+            if root is None:
+                start = time.perf_counter()
+                root = write_cardiacnet_dataset(scratch / f"cardiacnet_{subset}", args.num_disease, args.seed, subset)
+                written = time.perf_counter() - start
+            elif not (root / f"CardiacNet-{subset}").is_dir():
+                continue
+            else:
+                written = 0.0
+            result = disease_baselines(root, subset=subset)
+            worst = max(result["shortcut_auroc"], result["shortcut_loo_auroc"])
+            label = f"CardiacNet-{subset} ({result['num_videos']} videos)"
+            print(
+                f"  {label:<44}"
+                f"{result['shortcut_auroc']:>12.2f}{result['shortcut_loo_auroc']:>11.2f}"
+                f"   target <= 0.75: {'met' if worst <= 0.75 else 'NOT met'}"
+                + (f"   (written in {written:.0f} s)" if written else "")
+            )
+        for run in args.run:
+            summary_path = _latest_summary(run)
+            if summary_path is not None and "auroc" in (summary := json.loads(summary_path.read_text())):
+                print(f"  {'learned: ' + str(run):<44}{summary['auroc']:>12.2f}")
+
+
+if __name__ == "__main__":
+    main()
