@@ -153,6 +153,15 @@ def main(args: list[str] | None = None) -> None:
     if argv and argv[0] == "phantom":
         phantom_main(argv[1:])
         return
+    if argv and argv[0] == "anatomy":  # anatomical validity of a folder of segmentations (no model)
+        from echo_modules.anatomical_vae.commands import anatomy_main
+
+        try:
+            anatomy_main(argv[1:])
+        except (ConfigError, DataError) as error:
+            print(f"echolab: error: {_one_line(error)}", file=sys.stderr)
+            sys.exit(2)
+        return
     try:
         run_cli(args)
     except (ConfigError, DataError) as error:
