@@ -112,3 +112,36 @@ def test_temporal_metrics_see_jitter():
     clean, noisy = temporal_metrics(masks), temporal_metrics(jittered)
     assert noisy["violations_lv_area"] > clean["violations_lv_area"]
     assert noisy["frame_to_frame_dice"] < clean["frame_to_frame_dice"]
+
+
+def test_biplane_ef_from_ground_truth_equals_the_phantom_truth(tmp_path):
+    from datamodules.phantom.camus_writer import write_camus_dataset
+    from echo_modules.anatomical_vae.indices import agreement, clinical_indices
+    from echo_modules.segmentation.data import load_camus_sequences
+
+    data = write_camus_dataset(tmp_path / "CAMUS", 8, seed=4, size=128, sequence_gt=False)
+    by_patient: dict[str, dict] = {}
+    for sequence in load_camus_sequences(data, 128):
+        by_patient.setdefault(sequence.patient, {})[sequence.view] = sequence
+    biplane, single, truth = [], [], []
+    for views in by_patient.values():
+        ed = {v: s.masks[s.ed_index] for v, s in views.items()}
+        es = {v: s.masks[s.es_index] for v, s in views.items()}
+        spacing = {v: s.spacing for v, s in views.items()}
+        result = clinical_indices(ed, es, spacing)
+        assert result["method"] == "biplane" and result["edv"] > result["esv"] > 0
+        biplane.append(result["ef"])
+        single.append(clinical_indices({"4CH": ed["4CH"]}, {"4CH": es["4CH"]}, spacing)["ef"])
+        truth.append(views["4CH"].ef)  # the Info cfg: the phantom's own EF (mean of both views' disc EF)
+    errors = np.abs(np.array(biplane) - np.array(truth))
+    assert errors.max() < 2.0, errors
+    assert agreement(single, truth)["count"] == len(truth)
+    # a wrong spacing is not silently fine: volumes scale with it
+    views = next(iter(by_patient.values()))
+    half = {v: (s.spacing[0] / 2, s.spacing[1]) for v, s in views.items()}
+    ed = {v: s.masks[s.ed_index] for v, s in views.items()}
+    es = {v: s.masks[s.es_index] for v, s in views.items()}
+    assert (
+        clinical_indices(ed, es, half)["edv"]
+        < 0.8 * clinical_indices(ed, es, {v: s.spacing for v, s in views.items()})["edv"]
+    )

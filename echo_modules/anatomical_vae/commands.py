@@ -42,7 +42,15 @@ def anatomy_main(args: list[str]) -> None:
     parser.add_argument(
         "--gap-tolerance-mm2", type=float, default=None, help="gap tolerance in mm^2 (default H*W/2^14 px)"
     )
+    parser.add_argument("--vae", default=None, help="AnatomicalVAE checkpoint: also correct + smooth every file")
+    parser.add_argument("--out", default=None, help="with --vae: folder for corrected masks and the before/after CSVs")
+    parser.add_argument("--no-smooth", action="store_true", help="with --vae: correct only, no temporal smoothing")
+    parser.add_argument(
+        "--wandb-project", default=None, help="with --vae: log before/after overlays to this W&B project"
+    )
     options = parser.parse_args(args)
+    if options.vae and not options.out:
+        parser.error("--vae needs --out (where the corrected masks go)")
     thresholds = CriteriaThresholds(
         erosion_ratio_min=options.erosion_ratio_min,
         width_ratio_max=options.width_ratio_max,
@@ -60,3 +68,29 @@ def anatomy_main(args: list[str]) -> None:
         valid += int(np.sum(result.valid))
     write_csv(options.csv, CSV_HEADER, rows)
     print(f"{valid}/{frames} frames anatomically valid; wrote {options.csv}")
+    if options.vae:
+        _correct_folder(options, root)
+
+
+def _correct_folder(options: argparse.Namespace, root: Path) -> None:
+    from datamodules.errors import ConfigError
+    from echo_modules.anatomical_vae.module import AnatomicalVAE
+    from echo_modules.anatomical_vae.pipeline import postprocess_folder
+
+    if not Path(options.vae).is_file():
+        raise ConfigError(f"--vae {options.vae}: no such checkpoint")
+    model = AnatomicalVAE.load_from_checkpoint(options.vae, map_location="cpu")
+    if len(model.latent_bank) == 0:
+        raise ConfigError(f"--vae {options.vae}: the checkpoint has no latent bank (fit with build_bank_after_fit)")
+    run = None
+    if options.wandb_project:
+        import wandb
+
+        run = wandb.init(project=options.wandb_project, job_type="anatomy", config=vars(options))
+    summary = postprocess_folder(model, root, options.out, smooth=not options.no_smooth, wandb_run=run,
+                                 default_spacing=tuple(options.spacing))  # fmt: skip
+    if run is not None:
+        run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        run.finish()
+    text = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
+    print(f"corrected into {options.out}: {text}")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.camus import (
     VIEWS,
@@ -149,6 +149,22 @@ class FrameDataset(Dataset):
         }
 
 
+class SequenceBatchSampler(Sampler):
+    """One batch per sequence, frames in order (whole-sequence prediction and post-processing)."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        self.sizes = list(sizes)
+
+    def __iter__(self):
+        start = 0
+        for size in self.sizes:
+            yield list(range(start, start + size))
+            start += size
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+
 class CamusFramesDataModule(L.LightningDataModule):
     """Every labelled frame of a CAMUS-layout folder (phantom or real) for the segmenter and the anatomical VAE.
 
@@ -220,9 +236,5 @@ class CamusFramesDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         sequences = self.split(self.predict_split)
         dataset = FrameDataset(sequences, self.norm_mean, self.norm_std, self.channels)
-        sizes = [len(s.masks) for s in sequences]
-        batches, start = [], 0
-        for size in sizes:
-            batches.append(list(range(start, start + size)))
-            start += size
-        return DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers)
+        sampler = SequenceBatchSampler([len(s.masks) for s in sequences])
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers)
