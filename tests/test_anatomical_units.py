@@ -91,13 +91,20 @@ def test_rejection_sampling_draws_from_the_kde_and_keeps_only_valid_latents():
     def valid(z):
         return z[:, 0] > -10  # everything valid
 
-    bank, stats = rejection_sample_bank(codes, valid, num_proposals=20000, seed=1)
+    bank, stats = rejection_sample_bank(codes, valid, num_proposals=20000, seed=1, sampler="rejection")
     assert stats.accepted == len(bank) > 1000
     # bimodal target: the Gaussian proposal's mass at the origin is rejected
     assert (bank[:, 0].abs() < 1).float().mean() < 0.1
     assert abs(bank[:, 0].mean()) < 0.5 and (bank[:, 0] > 0).float().mean() == pytest.approx(0.5, abs=0.1)
-    half, stats_half = rejection_sample_bank(codes, lambda z: z[:, 0] > 0, num_proposals=20000, seed=1)
+    half, stats_half = rejection_sample_bank(codes, lambda z: z[:, 0] > 0, 20000, seed=1, sampler="rejection")
     assert (half[:, 0] > 0).all() and stats_half.valid < stats_half.accepted
+    # exact KDE draws: the same bimodal target, every draw "accepted"
+    exact, stats_exact = rejection_sample_bank(codes, valid, num_proposals=4000, seed=1)
+    assert stats_exact.accepted == 4000 and (exact[:, 0].abs() < 1).float().mean() < 0.1
+    assert (exact[:, 0] > 0).float().mean() == pytest.approx(0.5, abs=0.05)
+    kde_spread = exact[exact[:, 0] > 0].std(dim=0)
+    data_spread = codes[codes[:, 0] > 0].std(dim=0)
+    assert (kde_spread > data_spread).all() and (kde_spread < 1.5 * data_spread).all()  # data + kernel noise
 
 
 def test_temporal_metrics_see_jitter():

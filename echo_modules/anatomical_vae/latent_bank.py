@@ -4,6 +4,11 @@ Target P: a Gaussian kernel density estimate of the encoded training (+ validati
 by leave-one-out likelihood over a grid (cross-validation). Proposal Q: a Gaussian with the codes' mean and
 covariance. Envelope M = max over the codes of P/Q. A proposal z ~ Q is kept when u * M * Q(z) <= P(z), u ~ U(0, 1);
 kept latents are decoded and those whose decoding passes every anatomical criterion form the bank.
+
+With M taken over the data, as vital does, acceptance collapses with the latent size: at 16 dims a KDE is so peaked
+at its points that M is ~1e20 and nothing is accepted in millions of proposals (``benchmarks/anatomical_vae.py``
+measures it). ``sampler="kde"`` (the default) therefore draws from the same target P exactly (a random code plus
+kernel noise), with no envelope; ``sampler="rejection"`` is the published procedure.
 """
 
 from __future__ import annotations
@@ -83,11 +88,15 @@ def rejection_sample_bank(
     batch_size: int = 4096,
     max_bank_size: int | None = None,
     seed: int = 0,
+    sampler: str = "kde",
 ) -> tuple[torch.Tensor, BankStats]:
-    """Latents drawn from the KDE of ``codes`` by rejection sampling whose decodings are valid.
+    """Latents drawn from the KDE of ``codes`` (by rejection sampling or exactly) whose decodings are valid.
 
     decode_valid: latents ``(B, D)`` -> boolean ``(B,)`` (decode, then the anatomical criteria).
+    sampler: ``kde`` (exact draws from the KDE) or ``rejection`` (Gaussian proposal, envelope over the data).
     """
+    if sampler not in ("kde", "rejection"):
+        raise ValueError(f"sampler must be 'kde' or 'rejection', got {sampler!r}")
     codes = codes.detach().double().cpu()
     bandwidth = select_bandwidth(codes)
     kde = GaussianKDE(codes, bandwidth)
@@ -96,12 +105,19 @@ def rejection_sample_bank(
     log_envelope = (kde.log_density(codes) - gaussian_log_density(codes, mean, covariance)).max()
     generator = torch.Generator().manual_seed(seed)
     cholesky = torch.linalg.cholesky(covariance)
+    unwhiten = torch.linalg.inv(kde.whiten)
     kept, accepted, valid, drawn = [], 0, 0, 0
     while drawn < num_proposals:
         count = min(batch_size, num_proposals - drawn)
-        z = mean + torch.randn(count, codes.shape[1], generator=generator, dtype=codes.dtype) @ cholesky.T
-        log_u = torch.rand(count, generator=generator, dtype=codes.dtype).log()
-        keep = log_u + log_envelope + gaussian_log_density(z, mean, covariance) <= kde.log_density(z)
+        noise = torch.randn(count, codes.shape[1], generator=generator, dtype=codes.dtype)
+        if sampler == "kde":  # a random code plus kernel noise, in whitened coordinates, mapped back
+            picks = torch.randint(len(codes), (count,), generator=generator)
+            z = (kde.points[picks] + bandwidth * noise) @ unwhiten + kde.mean
+            keep = torch.ones(count, dtype=torch.bool)
+        else:
+            z = mean + noise @ cholesky.T
+            log_u = torch.rand(count, generator=generator, dtype=codes.dtype).log()
+            keep = log_u + log_envelope + gaussian_log_density(z, mean, covariance) <= kde.log_density(z)
         drawn += count
         if keep.any():
             candidates = z[keep].float()

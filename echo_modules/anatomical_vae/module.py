@@ -51,6 +51,7 @@ class AnatomicalVAE(EchoModule):
         bank_max_size: int = 200_000,
         bank_batch_size: int = 2048,
         bank_seed: int = 0,
+        bank_sampler: str = "kde",
         build_bank_after_fit: bool = True,
         correction_grid_points: int = 9,
         correction_bisection_steps: int = 4,
@@ -65,7 +66,8 @@ class AnatomicalVAE(EchoModule):
     ) -> None:
         """image_size: the square mask size (a multiple of ``2**num_blocks``). attributes: names from
         :data:`echo_modules.anatomical_vae.attributes.ATTRIBUTES` regularised in latent dims ``0..len-1``.
-        bank_*: rejection sampling (proposals drawn, bank cap). The thresholds are the criteria's
+        bank_*: sampling the KDE of the codes (proposals drawn, bank cap, ``kde`` exact draws or vital's
+        ``rejection`` sampling, see :mod:`echo_modules.anatomical_vae.latent_bank`). The thresholds are the criteria's
         (:class:`CriteriaThresholds`; vital's values, calibrated at 256 px: smaller masks need looser ones)."""
         super().__init__()
         self.save_hyperparameters()
@@ -171,6 +173,7 @@ class AnatomicalVAE(EchoModule):
             batch_size=self.hparams.bank_batch_size,
             max_bank_size=self.hparams.bank_max_size,
             seed=self.hparams.bank_seed,
+            sampler=self.hparams.bank_sampler,
         )
         self.latent_bank = bank.to(self.device)
         self.bank_stats = stats
@@ -189,10 +192,15 @@ class AnatomicalVAE(EchoModule):
         masks = np.concatenate([s.masks for s in sequences])
         spacing = tuple(np.mean([s.spacing for s in sequences], axis=0))
         self.build_latent_bank(masks, spacing)
-        for callback in self.trainer.checkpoint_callbacks:  # the bank belongs with the final weights
-            path = getattr(callback, "last_model_path", "") or ""
-            if path:
-                self.trainer.save_checkpoint(path)  # a collective: every rank calls it, rank 0 writes
+        # the bank belongs with the final weights: rewrite the checkpoints that hold them (a "last" one, or the
+        # latest of a callback that monitors nothing), not a "best" one taken at an earlier epoch
+        paths = set()
+        for callback in self.trainer.checkpoint_callbacks:
+            paths.add(getattr(callback, "last_model_path", "") or "")
+            if getattr(callback, "monitor", None) is None:
+                paths.add(getattr(callback, "best_model_path", "") or "")
+        for path in sorted(p for p in paths if p):
+            self.trainer.save_checkpoint(path)  # a collective: every rank calls it, rank 0 writes
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
