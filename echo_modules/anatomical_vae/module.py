@@ -47,6 +47,7 @@ class AnatomicalVAE(EchoModule):
         attribute_delta: float = 16.0,
         attributes: tuple[str, ...] = ATTRIBUTES,
         lr: float = 5.0e-4,
+        cosine_schedule: bool = False,
         bank_proposals: int = 1_000_000,
         bank_max_size: int = 200_000,
         bank_batch_size: int = 2048,
@@ -154,8 +155,14 @@ class AnatomicalVAE(EchoModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self):
+        """Adam (the paper's); ``cosine_schedule`` decays the rate to 0 over the fit's steps (short CPU fits)."""
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        if not self.hparams.cosine_schedule:
+            return optimizer
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ latent bank
 
