@@ -304,7 +304,15 @@ def configs_main(args: list[str]) -> None:
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
     "phantom": ("write a phantom dataset in a real dataset's on-disk layout", lambda argv: phantom_main(argv)),
     "configs": ("list the shipped configs", lambda argv: configs_main(argv)),
+    "anatomy": ("anatomical validity of a folder of segmentations (no model)", lambda argv: anatomy_main(argv)),
 }
+
+
+def anatomy_main(args: list[str]) -> None:
+    """``echolab anatomy MASKS_DIR --csv out.csv``: see :mod:`echo_modules.anatomical_vae.commands`."""
+    from echo_modules.anatomical_vae.commands import anatomy_main as run
+
+    run(args)
 
 
 def version() -> str:
@@ -362,7 +370,11 @@ def main(args: list[str] | None = None) -> None:
         print(f"echolab {version()}")
         return
     if argv[0] in COMMANDS:
-        COMMANDS[argv[0]][1](argv[1:])
+        try:
+            COMMANDS[argv[0]][1](argv[1:])
+        except (ConfigError, DataError) as error:
+            print(f"echolab: error: {_one_line(error)}", file=sys.stderr)
+            sys.exit(2)
         return
     resolved = resolve_config_names(argv)
     if args is None:  # LightningCLI reads sys.argv itself (and warns when it is given both)

@@ -1,0 +1,260 @@
+"""``AnatomicalVAE``: an attribute-regularised VAE over segmentation maps, and the post-processing built on it.
+
+Training (Painchaud et al., TMI 2022): one-hot masks -> encoder -> z -> decoder -> class logits;
+loss = ce_weight * CE + dice_weight * (1 - Dice) + kl_weight * KL + attribute_weight * AR-VAE attribute loss on the
+first ``len(attributes)`` latent dims (lv_area, lv_base_width, lv_length, lv_orientation, myo_area, epi_center_x,
+epi_center_y in dims 0-6 by default). After fitting, :meth:`build_latent_bank` densifies the space of valid shapes
+(KDE + rejection sampling, decode, keep valid); the bank is a buffer, so it is saved with (and loaded from) the
+checkpoint. :meth:`correct` makes invalid frames valid (nearest valid latent, then back toward the original) and
+:meth:`smooth` makes a sequence temporally consistent; ``predict`` does both on whole sequences.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+
+from echo_modules.anatomical_vae.attributes import ATTRIBUTES, compute_attributes
+from echo_modules.anatomical_vae.criteria import CriteriaThresholds, compute_criteria
+from echo_modules.anatomical_vae.latent_bank import BankStats, rejection_sample_bank
+from echo_modules.anatomical_vae.losses import attribute_loss, kl_divergence, soft_dice_loss
+from echo_modules.anatomical_vae.networks import SegmentationDecoder, SegmentationEncoder
+from echo_modules.anatomical_vae.postprocess import (
+    ATTRIBUTE_THRESHOLDS,
+    correct_latents,
+    dice_per_class,
+    smooth_latent_sequence,
+)
+from echo_modules.common.module import EchoModule
+
+
+class AnatomicalVAE(EchoModule):
+    def __init__(
+        self,
+        image_size: int = 256,
+        num_classes: int = 4,
+        latent_dim: int = 16,
+        base_channels: int = 48,
+        num_blocks: int = 4,
+        ce_weight: float = 0.1,
+        dice_weight: float = 1.0,
+        kl_weight: float = 1.0e-4,
+        attribute_weight: float = 0.1,
+        attribute_delta: float = 16.0,
+        attributes: tuple[str, ...] = ATTRIBUTES,
+        lr: float = 5.0e-4,
+        cosine_schedule: bool = False,
+        bank_proposals: int = 1_000_000,
+        bank_max_size: int = 200_000,
+        bank_batch_size: int = 2048,
+        bank_seed: int = 0,
+        bank_sampler: str = "kde",
+        build_bank_after_fit: bool = True,
+        correction_grid_points: int = 9,
+        correction_bisection_steps: int = 4,
+        smoothing_other_weight: float = 50.0,
+        smoothing_max_weight: float = 128.0,
+        smoothing_depth: int = 5,
+        erosion_ratio_min: float = 0.12,
+        width_ratio_max: float = 4.15,
+        lv_background_frontier_max: float = 0.4,
+        myo_atrium_frontier_max: float = 0.11,
+        gap_tolerance_fraction: float = 2.0**-14,
+    ) -> None:
+        """image_size: the square mask size (a multiple of ``2**num_blocks``). attributes: names from
+        :data:`echo_modules.anatomical_vae.attributes.ATTRIBUTES` regularised in latent dims ``0..len-1``.
+        bank_*: sampling the KDE of the codes (proposals drawn, bank cap, ``kde`` exact draws or vital's
+        ``rejection`` sampling, see :mod:`echo_modules.anatomical_vae.latent_bank`). The thresholds are the criteria's
+        (:class:`CriteriaThresholds`; vital's values, calibrated at 256 px: smaller masks need looser ones)."""
+        super().__init__()
+        self.save_hyperparameters()
+        unknown = [name for name in attributes if name not in ATTRIBUTES]
+        if unknown or len(attributes) > latent_dim:
+            raise ValueError(f"attributes must be <= latent_dim names from {ATTRIBUTES}, got {list(attributes)}")
+        self.attribute_columns = [ATTRIBUTES.index(name) for name in attributes]
+        self.encoder = SegmentationEncoder(num_classes, image_size, latent_dim, base_channels, num_blocks)
+        self.decoder = SegmentationDecoder(num_classes, image_size, latent_dim, base_channels, num_blocks)
+        self.thresholds = CriteriaThresholds(
+            erosion_ratio_min=erosion_ratio_min,
+            width_ratio_max=width_ratio_max,
+            lv_background_frontier_max=lv_background_frontier_max,
+            myo_atrium_frontier_max=myo_atrium_frontier_max,
+            gap_tolerance_fraction=gap_tolerance_fraction,
+        )
+        self.register_buffer("latent_bank", torch.zeros(0, latent_dim))
+        self.bank_stats: BankStats | None = None
+        self.bank_spacing: tuple[float, float] = (1.0, 1.0)
+
+    # ------------------------------------------------------------------ network
+
+    def one_hot(self, masks: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(masks.long(), self.hparams.num_classes).permute(0, 3, 1, 2).float()
+
+    def forward(self, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, log_var = self.encoder(self.one_hot(masks))
+        return self.decoder(mean), mean, log_var
+
+    @torch.no_grad()
+    def encode(self, masks: torch.Tensor | np.ndarray, batch_size: int = 256) -> torch.Tensor:
+        """Latent means ``(N, D)`` of label maps ``(N, H, W)``."""
+        masks = torch.as_tensor(np.asarray(masks) if not torch.is_tensor(masks) else masks)
+        outs = [self.encoder(self.one_hot(part.to(self.device)))[0] for part in torch.split(masks, batch_size)]
+        return torch.cat(outs)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Label maps ``(N, H, W)`` (argmax) of latents ``(N, D)``."""
+        outs = [self.decoder(part.to(self.device)).argmax(dim=1) for part in torch.split(latents, batch_size)]
+        return torch.cat(outs) if outs else torch.zeros(0, self.hparams.image_size, self.hparams.image_size)
+
+    def valid(self, masks: torch.Tensor | np.ndarray, spacing: tuple[float, float] | None = None) -> np.ndarray:
+        masks = masks.cpu().numpy() if torch.is_tensor(masks) else masks
+        spacing = self.bank_spacing if spacing is None else tuple(float(v) for v in spacing)
+        return compute_criteria(masks, spacing, self.thresholds).valid
+
+    def decodes_valid(self, latents: torch.Tensor, spacing: tuple[float, float] | None = None) -> torch.Tensor:
+        return torch.from_numpy(self.valid(self.decode(latents), spacing))
+
+    # ------------------------------------------------------------------ training
+
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        masks = batch["mask"].long()
+        mean, log_var = self.encoder(self.one_hot(masks))
+        latent = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if self.training else mean
+        logits = self.decoder(latent)
+        ce = F.cross_entropy(logits, masks)
+        dice = soft_dice_loss(logits, masks)
+        kl = kl_divergence(mean, log_var)
+        loss = self.hparams.ce_weight * ce + self.hparams.dice_weight * dice + self.hparams.kl_weight * kl
+        if self.attribute_columns and self.hparams.attribute_weight > 0:
+            spacing = batch.get("spacing")
+            spacing = spacing.cpu().numpy() if spacing is not None else (1.0, 1.0)
+            values = compute_attributes(masks.cpu().numpy(), spacing)[:, self.attribute_columns]
+            attributes = torch.as_tensor(values, dtype=latent.dtype, device=latent.device)
+            regularised = latent[:, : len(self.attribute_columns)]
+            attr = attribute_loss(regularised, attributes, self.hparams.attribute_delta)
+            loss = loss + self.hparams.attribute_weight * attr
+            self.log(f"{stage}/attribute", attr, batch_size=len(masks))
+        self.log_dict({f"{stage}/ce": ce, f"{stage}/dice_loss": dice, f"{stage}/kl": kl}, batch_size=len(masks))
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(masks))
+        if stage != "train":
+            hard = torch.from_numpy(dice_per_class(logits.argmax(dim=1).cpu().numpy(), masks.cpu().numpy()))
+            self.log(f"{stage}/dice", hard.mean().item(), prog_bar=True, batch_size=len(masks), sync_dist=True)
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        """Adam (the paper's); ``cosine_schedule`` decays the rate to 0 over the fit's steps (short CPU fits)."""
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        if not self.hparams.cosine_schedule:
+            return optimizer
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ latent bank
+
+    @torch.no_grad()
+    def build_latent_bank(self, masks: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> BankStats:
+        """Encode ground-truth ``masks`` (N, H, W), rejection-sample the KDE of their codes, keep valid decodings."""
+        was_training = self.training
+        self.eval()
+        self.bank_spacing = tuple(float(s) for s in spacing)
+        codes = self.encode(masks).cpu()
+        bank, stats = rejection_sample_bank(
+            codes,
+            lambda z: self.decodes_valid(z),
+            num_proposals=self.hparams.bank_proposals,
+            batch_size=self.hparams.bank_batch_size,
+            max_bank_size=self.hparams.bank_max_size,
+            seed=self.hparams.bank_seed,
+            sampler=self.hparams.bank_sampler,
+        )
+        self.latent_bank = bank.to(self.device)
+        self.bank_stats = stats
+        self.train(was_training)
+        rank_zero_info(
+            f"latent bank: {stats.valid} valid of {stats.accepted} accepted / {stats.proposals} proposals "
+            f"(acceptance {stats.acceptance_rate:.3%}, valid {stats.valid_rate:.1%}, bandwidth {stats.bandwidth})"
+        )
+        return stats
+
+    def on_train_end(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not self.hparams.build_bank_after_fit or not hasattr(datamodule, "split"):
+            return
+        sequences = datamodule.split("TRAIN") + datamodule.split("VAL")
+        masks = np.concatenate([s.masks for s in sequences])
+        spacing = tuple(np.mean([s.spacing for s in sequences], axis=0))
+        self.build_latent_bank(masks, spacing)
+        # the bank belongs with the final weights: rewrite the checkpoints that hold them (a "last" one, or the
+        # latest of a callback that monitors nothing), not a "best" one taken at an earlier epoch
+        paths = set()
+        for callback in self.trainer.checkpoint_callbacks:
+            paths.add(getattr(callback, "last_model_path", "") or "")
+            if getattr(callback, "monitor", None) is None:
+                paths.add(getattr(callback, "best_model_path", "") or "")
+        for path in sorted(p for p in paths if p):
+            self.trainer.save_checkpoint(path)  # a collective: every rank calls it, rank 0 writes
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["bank_spacing"] = list(self.bank_spacing)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        bank = checkpoint.get("state_dict", {}).get("latent_bank")
+        if bank is not None:
+            self.latent_bank = torch.zeros_like(bank)  # the loaded bank's size, so load_state_dict fits it
+        self.bank_spacing = tuple(checkpoint.get("bank_spacing", (1.0, 1.0)))
+
+    # ------------------------------------------------------------------ post-processing
+
+    @torch.no_grad()
+    def correct(self, masks: np.ndarray, spacing: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
+        """Invalid frames of ``masks`` (N, H, W) replaced by the decoding of their corrected latent; valid frames
+        untouched. Returns the masks and ``{"invalid": (N,) bool before, "kept": t of each corrected frame}``."""
+        spacing = self.bank_spacing if spacing is None else tuple(float(v) for v in spacing)
+        masks = np.asarray(masks)
+        invalid = ~self.valid(masks, spacing)
+        out = masks.copy()
+        kept = np.ones(len(masks))
+        if invalid.any():
+            codes = self.encode(masks[invalid])
+            latents, fraction = correct_latents(
+                codes,
+                self.latent_bank.to(codes),
+                lambda z: self.decodes_valid(z, spacing),
+                self.hparams.correction_grid_points,
+                self.hparams.correction_bisection_steps,
+            )
+            out[invalid] = self.decode(latents).cpu().numpy().astype(masks.dtype)
+            kept[invalid] = fraction.cpu().numpy()
+        return out, {"invalid": invalid, "kept": kept}
+
+    @torch.no_grad()
+    def smooth(self, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A temporally smoothed ``(T, H, W)`` sequence (decoded smoothed latents) and the weight used per dim."""
+        codes = self.encode(np.asarray(masks)).double().cpu().numpy()
+        thresholds = tuple(ATTRIBUTE_THRESHOLDS[name] for name in self.hparams.attributes)
+        smoothed, weights = smooth_latent_sequence(
+            codes,
+            thresholds,
+            other_weight=self.hparams.smoothing_other_weight,
+            max_weight=self.hparams.smoothing_max_weight,
+            depth=self.hparams.smoothing_depth,
+        )
+        decoded = self.decode(torch.as_tensor(smoothed, dtype=torch.float32, device=self.device))
+        return decoded.cpu().numpy().astype(np.uint8), weights

@@ -1,0 +1,175 @@
+"""Post-processing in the AR-VAE latent space: nearest-valid correction (TMI 2020) and temporal smoothing (TMI 2022).
+
+Correction (the TMI 2020 step that was never released): an invalid frame is encoded to z0; if its reconstruction is
+already valid it is used; otherwise z0 moves to the nearest latent of the valid bank zb and then back along the
+segment zb -> z0 to the point closest to z0 that still decodes valid (a grid over the segment, refined by bisection
+between the last valid and the first invalid point). Valid frames are left untouched.
+
+Temporal smoothing (castor's snake): each latent dim over time is a 1-D signal x; the snake moves x along
+(x - x0) + w * (x - neighbour mean) until it stops. Its stationary point solves (I + w (I - N)) x = x0 with N the
+neighbour-mean operator (edges use their single neighbour and themselves), which is solved here directly instead of
+iterating momentum descent to it. For attribute dims w is the smallest value in [0, 128] (binary search, depth 5)
+for which every inner frame of the min-max scaled result satisfies |x_t - (x_{t-1} + x_{t+1}) / 2| <= tau; the
+other dims use w = 50.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from echo_modules.anatomical_vae.attributes import ATTRIBUTES, compute_attributes
+
+# castor's thresholds (vital/data/camus/statistics/attr_thresholds.yaml) on min-max scaled curves
+ATTRIBUTE_THRESHOLDS = {
+    "lv_area": 1.60e-2,
+    "lv_base_width": 9.69e-2,
+    "lv_length": 2.62e-2,
+    "lv_orientation": 2.29e-2,
+    "myo_area": 3.21e-2,
+    "epi_center_x": 4.56e-3,
+    "epi_center_y": 1.10e-2,
+}
+
+
+# ---------------------------------------------------------------------------------------------------- correction
+
+
+@torch.no_grad()
+def correct_latents(
+    codes: torch.Tensor,
+    bank: torch.Tensor,
+    decode_valid: Callable[[torch.Tensor], torch.Tensor],
+    grid_points: int = 9,
+    bisection_steps: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corrected latents ``(B, D)`` for invalid codes ``(B, D)`` and the fraction ``t`` kept of each code
+    (1 = its own reconstruction was valid, 0 = the bank latent itself)."""
+    if len(bank) == 0:
+        raise ValueError("the latent bank is empty: build it (AnatomicalVAE.build_latent_bank) before correcting")
+    nearest = bank[torch.cdist(codes.float(), bank.float()).argmin(dim=1)].to(codes)
+    steps = torch.linspace(0, 1, grid_points, device=codes.device, dtype=codes.dtype)  # 0: bank, 1: original
+    points = nearest[:, None] + steps[None, :, None] * (codes - nearest)[:, None]  # (B, G, D)
+    valid = decode_valid(points.reshape(-1, codes.shape[1])).reshape(len(codes), grid_points).to(codes.device)
+    valid[:, 0] = True  # the bank latent decodes valid by construction
+    # the last valid grid point before the first invalid one, walking from the bank toward the original
+    first_invalid = torch.where(
+        (~valid).any(dim=1), (~valid).float().argmax(dim=1), torch.full_like(valid[:, 0], grid_points, dtype=torch.long)
+    )
+    low = steps[first_invalid - 1]
+    high = torch.where(first_invalid < grid_points, steps[first_invalid.clamp(max=grid_points - 1)], steps[-1])
+    for _ in range(bisection_steps if grid_points > 1 else 0):
+        open_interval = high > low
+        middle = (low + high) / 2
+        ok = decode_valid(nearest + middle[:, None] * (codes - nearest)).to(codes.device)
+        low = torch.where(open_interval & ok, middle, low)
+        high = torch.where(open_interval & ~ok, middle, high)
+    return nearest + low[:, None] * (codes - nearest), low
+
+
+# ---------------------------------------------------------------------------------------------------- smoothing
+
+
+def _neighbour_operator(length: int) -> np.ndarray:
+    """N: x -> mean of each frame's neighbours (an edge frame: itself and its one neighbour)."""
+    operator = np.zeros((length, length))
+    for t in range(length):
+        if 0 < t < length - 1:
+            operator[t, t - 1] = operator[t, t + 1] = 0.5
+        elif length > 1:
+            operator[t, t] = operator[t, t + 1 if t == 0 else t - 1] = 0.5
+        else:
+            operator[t, t] = 1.0
+    return operator
+
+
+def snake(signal: np.ndarray, weight: float) -> np.ndarray:
+    """The snake's stationary point for a ``(T,)`` or ``(T, D)`` signal (see the module docstring)."""
+    length = len(signal)
+    system = np.eye(length) + weight * (np.eye(length) - _neighbour_operator(length))
+    return np.linalg.solve(system, signal)
+
+
+def second_difference(signal: np.ndarray) -> np.ndarray:
+    """|x_t - (x_{t-1} + x_{t+1}) / 2| of the inner frames, ``(T - 2, ...)``."""
+    return np.abs(signal[1:-1] - 0.5 * (signal[:-2] + signal[2:]))
+
+
+def _minmax(signal: np.ndarray) -> tuple[np.ndarray, float, float]:
+    low, high = float(signal.min()), float(signal.max())
+    return (signal - low) / max(high - low, 1e-12), low, high
+
+
+def smooth_attribute_dim(signal: np.ndarray, threshold: float, max_weight: float = 128.0, depth: int = 5) -> tuple:
+    """Smallest snake weight (binary search in [0, max_weight]) meeting ``threshold`` on the min-max scaled curve;
+    returns the smoothed signal (original scale) and the weight."""
+    scaled, low, high = _minmax(signal)
+    if len(signal) < 3 or second_difference(scaled).max() <= threshold:
+        return signal.copy(), 0.0
+    lower, upper = 0.0, max_weight
+    for _ in range(depth):
+        middle = (lower + upper) / 2
+        if second_difference(snake(scaled, middle)).max() <= threshold:
+            upper = middle
+        else:
+            lower = middle
+    return snake(scaled, upper) * max(high - low, 1e-12) + low, upper
+
+
+def smooth_latent_sequence(
+    codes: np.ndarray,
+    attribute_thresholds: tuple[float, ...] = tuple(ATTRIBUTE_THRESHOLDS.values()),
+    other_weight: float = 50.0,
+    max_weight: float = 128.0,
+    depth: int = 5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth a ``(T, D)`` latent trajectory: dims ``0..A-1`` under their thresholds, the rest with ``other_weight``.
+    Returns the smoothed codes and the weight used per dim."""
+    codes = np.asarray(codes, np.float64)
+    out, weights = np.empty_like(codes), np.empty(codes.shape[1])
+    for dim in range(codes.shape[1]):
+        if dim < len(attribute_thresholds):
+            out[:, dim], weights[dim] = smooth_attribute_dim(
+                codes[:, dim], attribute_thresholds[dim], max_weight, depth
+            )
+        else:
+            out[:, dim], weights[dim] = snake(codes[:, dim], other_weight), other_weight
+    return out, weights
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+
+def dice_per_class(prediction: np.ndarray, target: np.ndarray, classes: tuple[int, ...] = (1, 2, 3)) -> np.ndarray:
+    """``(N, K)`` hard Dice of each frame for each class (1 when both are empty)."""
+    prediction, target = np.asarray(prediction), np.asarray(target)
+    if prediction.ndim == 2:
+        prediction, target = prediction[None], target[None]
+    out = np.empty((len(prediction), len(classes)))
+    for k, label in enumerate(classes):
+        p = (prediction == label).reshape(len(prediction), -1)
+        t = (target == label).reshape(len(target), -1)
+        total = p.sum(axis=1) + t.sum(axis=1)
+        out[:, k] = np.where(total > 0, 2 * (p & t).sum(axis=1) / np.maximum(total, 1), 1.0)
+    return out
+
+
+def temporal_metrics(masks: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> dict[str, float]:
+    """Temporal consistency of a ``(T, H, W)`` sequence: the fraction of inner frames whose min-max scaled attribute
+    curve breaks castor's second-difference threshold (per attribute and any), and the mean frame-to-frame Dice."""
+    attributes = compute_attributes(masks, spacing)
+    out: dict[str, float] = {}
+    breaks = []
+    for index, name in enumerate(ATTRIBUTES):
+        curve = attributes[:, index]
+        if len(curve) < 3 or np.isnan(curve).any():
+            violation = np.ones(max(len(curve) - 2, 1), bool)
+        else:
+            violation = second_difference(_minmax(curve)[0]) > ATTRIBUTE_THRESHOLDS[name]
+        out[f"violations_{name}"] = float(violation.mean())
+        breaks.append(violation)
+    out["violations_any"] = float(np.stack(breaks).any(axis=0).mean())
+    out["frame_to_frame_dice"] = float(dice_per_class(masks[1:], masks[:-1]).mean()) if len(masks) > 1 else 1.0
+    return out

@@ -1,0 +1,121 @@
+"""``Segmenter2D``: LV cavity / myocardium / left atrium segmentation of echo frames, the model the VAE corrects.
+
+Loss = ce_weight * cross-entropy + dice_weight * (1 - soft Dice over the structures). Validation and test report
+torchmetrics Dice and Hausdorff distance (pixels) per structure. ``predict`` segments whole sequences frame by frame
+(batched, ``predict_chunk`` frames at a time) and writes each as ``<patient>/<patient>_<view>_half_sequence_gt.nii.gz``
+with its Info cfg copied, i.e. a CAMUS-layout folder that the anatomical post-processing and the clinical indices
+read like ground truth.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.functional.segmentation import dice_score, hausdorff_distance
+
+from echo_modules.anatomical_vae.losses import soft_dice_loss
+from echo_modules.anatomical_vae.mask_io import write_masks
+from echo_modules.common.module import EchoModule, save_test_summary
+from echo_modules.segmentation.networks import UNet2D
+
+STRUCTURES = ("lv", "myo", "la")
+
+
+class Segmenter2D(EchoModule):
+    def __init__(
+        self,
+        network: nn.Module | None = None,
+        num_classes: int = 4,
+        ce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        lr: float = 1.0e-3,
+        weight_decay: float = 1.0e-4,
+        predict_chunk: int = 64,
+        predictions_dir: str | None = None,
+    ) -> None:
+        """network: any ``(B, C, H, W) -> (B, num_classes, H, W)`` module (default ``UNet2D(1, 4, 32, 5)``).
+        predictions_dir: where ``predict`` writes masks (default ``<run dir>/predictions``)."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.network = network if network is not None else UNet2D(1, num_classes, 32, 5)
+        self._scores: dict[str, list[torch.Tensor]] = {}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images)
+
+    def _loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits, masks)
+        return self.hparams.ce_weight * ce + self.hparams.dice_weight * soft_dice_loss(logits, masks)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(self(batch["image"]), batch["mask"].long())
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["mask"]))
+        return loss
+
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
+        masks = batch["mask"].long()
+        logits = self(batch["image"])
+        self.log(f"{stage}/loss", self._loss(logits, masks), batch_size=len(masks), sync_dist=True)
+        predicted = logits.argmax(dim=1)
+        kwargs = dict(num_classes=self.hparams.num_classes, include_background=False, input_format="index")
+        dice = dice_score(predicted, masks, average="none", **kwargs)  # (B, 3)
+        hausdorff = hausdorff_distance(predicted, masks, **kwargs)
+        for name, values in (("dice", dice), ("hausdorff", hausdorff)):
+            self._scores.setdefault(f"{stage}/{name}", []).append(values.detach().float().cpu())
+
+    def _log_scores(self, stage: str) -> dict[str, float]:
+        summary = {}
+        for name in ("dice", "hausdorff"):
+            parts = self._scores.pop(f"{stage}/{name}", [])
+            if not parts:
+                continue
+            values = self.all_gather(torch.cat(parts)).reshape(-1, len(STRUCTURES))
+            means = torch.nanmean(values, dim=0)
+            for structure, value in zip(STRUCTURES, means.tolist(), strict=True):
+                summary[f"{stage}/{name}_{structure}"] = value
+            summary[f"{stage}/{name}"] = float(torch.nanmean(means))
+        self.log_dict(summary, rank_zero_only=True)
+        return summary
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        summary = self._log_scores("test")
+        if self.trainer.is_global_zero:
+            save_test_summary(self.run_dir, summary)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    @torch.no_grad()
+    def segment(self, images: torch.Tensor) -> torch.Tensor:
+        """``(T, C, H, W)`` frames -> ``(T, H, W)`` labels, ``predict_chunk`` frames per forward pass."""
+        parts = [self(chunk.to(self.device)).argmax(dim=1) for chunk in torch.split(images, self.hparams.predict_chunk)]
+        return torch.cat(parts)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """One whole sequence per batch (:class:`CamusFramesDataModule` predict loader)."""
+        labels = self.segment(batch["image"]).cpu().numpy().astype(np.uint8)
+        datamodule = self.trainer.datamodule
+        sequence = datamodule.sequences[int(batch["sequence"][0])]
+        out_dir = Path(self.hparams.predictions_dir or self.run_dir / "predictions")
+        folder = out_dir / sequence.patient
+        write_masks(folder / f"{sequence.name}_half_sequence_gt.nii.gz", labels, sequence.spacing)
+        source = datamodule.data_dir
+        cfg = next(source.glob(f"**/{sequence.patient}/Info_{sequence.view}.cfg"), None)
+        if cfg is not None:
+            shutil.copy(cfg, folder / cfg.name)
+        return {"name": sequence.name, "frames": len(labels)}

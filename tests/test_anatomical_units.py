@@ -1,0 +1,154 @@
+"""Pure parts of the anatomical VAE against naive references: attribute loss, snake smoothing and its binary search,
+KDE and rejection sampling, temporal metrics, Simpson's biplane indices on phantom ground truth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from echo_modules.anatomical_vae.latent_bank import GaussianKDE, rejection_sample_bank, select_bandwidth
+from echo_modules.anatomical_vae.losses import attribute_loss, attribute_loss_naive, kl_divergence, soft_dice_loss
+from echo_modules.anatomical_vae.postprocess import (
+    second_difference,
+    smooth_attribute_dim,
+    smooth_latent_sequence,
+    snake,
+    temporal_metrics,
+)
+
+
+def test_attribute_loss_equals_the_pairwise_loop_with_ties_and_missing_values():
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn(7, 3, generator=generator)
+    attributes = torch.randint(0, 3, (7, 3), generator=generator).float()  # ties: sign 0
+    attributes[2, 1] = math.nan
+    np.testing.assert_allclose(
+        attribute_loss(latent, attributes, 16.0).item(),
+        attribute_loss_naive(latent, attributes, 16.0).item(),
+        rtol=1e-5,
+    )
+    # ordered latents give a small loss, reversed ones a large one
+    values = torch.arange(6.0)[:, None]
+    assert attribute_loss(values, values, 16.0) < 0.2 < 1.5 < attribute_loss(-values, values, 16.0)
+
+
+def test_kl_and_dice_against_closed_forms():
+    mean, log_var = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, math.log(4.0)]])
+    expected = 0.5 * (1.0 + 0.0) + 0.5 * (4.0 - 1.0 - math.log(4.0))
+    assert kl_divergence(mean, log_var).item() == pytest.approx(expected)
+    target = torch.randint(0, 4, (2, 8, 8))
+    perfect = torch.nn.functional.one_hot(target, 4).permute(0, 3, 1, 2).float() * 50
+    assert soft_dice_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_snake_is_the_stationary_point_of_the_momentum_descent():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=12).cumsum()
+    weight = 7.0
+    x, velocity = signal.copy(), np.zeros_like(signal)
+    for _ in range(20000):  # castor's momentum gradient descent on (x - x0) + w * (x - neighbour mean)
+        padded = np.concatenate([[x[0]], x, [x[-1]]])
+        neighbours = 0.5 * (padded[:-2] + padded[2:])
+        velocity = 0.9 * velocity - 0.01 * ((x - signal) + weight * (x - neighbours))
+        x = x + velocity
+    np.testing.assert_allclose(snake(signal, weight), x, atol=1e-6)
+
+
+def test_binary_search_finds_the_smallest_weight_meeting_the_threshold():
+    rng = np.random.default_rng(1)
+    signal = np.sin(np.linspace(0, np.pi, 20)) + rng.normal(scale=0.2, size=20)
+    smoothed, weight = smooth_attribute_dim(signal, threshold=0.02)
+    scaled = (smoothed - signal.min()) / (signal.max() - signal.min())
+    assert second_difference(scaled).max() <= 0.02 + 1e-9
+    assert 0 < weight <= 128
+    coarser = snake((signal - signal.min()) / (signal.max() - signal.min()), weight - 128 / 2**5)
+    assert second_difference(coarser).max() > 0.02  # one search step less smoothing breaks the threshold
+    codes = np.stack([signal, signal], axis=1)
+    _, weights = smooth_latent_sequence(codes, attribute_thresholds=(0.02,), other_weight=50.0)
+    assert weights[0] == weight and weights[1] == 50.0
+
+
+def test_kde_matches_the_naive_density_and_cross_validation_prefers_a_sensible_bandwidth():
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randn(60, 2, generator=generator).double() * torch.tensor([1.0, 3.0]).double()
+    kde = GaussianKDE(codes, bandwidth=0.4)
+    query = torch.randn(5, 2, generator=generator).double()
+    covariance = torch.cov(codes.T) + 1e-6 * torch.eye(2, dtype=torch.float64)
+    kernel = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64), covariance * 0.4**2)
+    naive = torch.stack([torch.logsumexp(kernel.log_prob(q - codes), 0) - math.log(len(codes)) for q in query])
+    np.testing.assert_allclose(kde.log_density(query).numpy(), naive.numpy(), rtol=1e-6)
+    assert 0.05 < select_bandwidth(codes) < 1.0
+
+
+def test_rejection_sampling_draws_from_the_kde_and_keeps_only_valid_latents():
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.cat([torch.randn(100, 2, generator=generator) - 3, torch.randn(100, 2, generator=generator) + 3])
+
+    def valid(z):
+        return z[:, 0] > -10  # everything valid
+
+    bank, stats = rejection_sample_bank(codes, valid, num_proposals=20000, seed=1, sampler="rejection")
+    assert stats.accepted == len(bank) > 1000
+    # bimodal target: the Gaussian proposal's mass at the origin is rejected
+    assert (bank[:, 0].abs() < 1).float().mean() < 0.1
+    assert abs(bank[:, 0].mean()) < 0.5 and (bank[:, 0] > 0).float().mean() == pytest.approx(0.5, abs=0.1)
+    half, stats_half = rejection_sample_bank(codes, lambda z: z[:, 0] > 0, 20000, seed=1, sampler="rejection")
+    assert (half[:, 0] > 0).all() and stats_half.valid < stats_half.accepted
+    # exact KDE draws: the same bimodal target, every draw "accepted"
+    exact, stats_exact = rejection_sample_bank(codes, valid, num_proposals=4000, seed=1)
+    assert stats_exact.accepted == 4000 and (exact[:, 0].abs() < 1).float().mean() < 0.1
+    assert (exact[:, 0] > 0).float().mean() == pytest.approx(0.5, abs=0.05)
+    kde_spread = exact[exact[:, 0] > 0].std(dim=0)
+    data_spread = codes[codes[:, 0] > 0].std(dim=0)
+    assert (kde_spread > data_spread).all() and (kde_spread < 1.5 * data_spread).all()  # data + kernel noise
+
+
+def test_temporal_metrics_see_jitter():
+    from datamodules.phantom.camus_writer import half_sequence_video
+
+    video, cycle = half_sequence_video("4CH", 0, 0, 64, (30.0, 60.0), (40.0, 60.0))
+    masks = video.masks[cycle]
+    jittered = masks.copy()
+    lv = jittered[1::2] == 1
+    grown = np.stack([ndimage.binary_dilation(frame, iterations=2) for frame in lv]) & (jittered[1::2] == 2)
+    jittered[1::2][grown] = 1  # every other frame's LV 2 px larger
+    clean, noisy = temporal_metrics(masks), temporal_metrics(jittered)
+    assert noisy["violations_lv_area"] > clean["violations_lv_area"]
+    assert noisy["frame_to_frame_dice"] < clean["frame_to_frame_dice"]
+
+
+def test_biplane_ef_from_ground_truth_equals_the_phantom_truth(tmp_path):
+    from datamodules.phantom.camus_writer import write_camus_dataset
+    from echo_modules.anatomical_vae.indices import agreement, clinical_indices
+    from echo_modules.segmentation.data import load_camus_sequences
+
+    data = write_camus_dataset(tmp_path / "CAMUS", 8, seed=4, size=128, sequence_gt=False)
+    by_patient: dict[str, dict] = {}
+    for sequence in load_camus_sequences(data, 128):
+        by_patient.setdefault(sequence.patient, {})[sequence.view] = sequence
+    biplane, single, truth = [], [], []
+    for views in by_patient.values():
+        ed = {v: s.masks[s.ed_index] for v, s in views.items()}
+        es = {v: s.masks[s.es_index] for v, s in views.items()}
+        spacing = {v: s.spacing for v, s in views.items()}
+        result = clinical_indices(ed, es, spacing)
+        assert result["method"] == "biplane" and result["edv"] > result["esv"] > 0
+        biplane.append(result["ef"])
+        single.append(clinical_indices({"4CH": ed["4CH"]}, {"4CH": es["4CH"]}, spacing)["ef"])
+        truth.append(views["4CH"].ef)  # the Info cfg: the phantom's own EF (mean of both views' disc EF)
+    errors = np.abs(np.array(biplane) - np.array(truth))
+    assert errors.max() < 2.0, errors
+    assert agreement(single, truth)["count"] == len(truth)
+    # a wrong spacing is not silently fine: volumes scale with it
+    views = next(iter(by_patient.values()))
+    half = {v: (s.spacing[0] / 2, s.spacing[1]) for v, s in views.items()}
+    ed = {v: s.masks[s.ed_index] for v, s in views.items()}
+    es = {v: s.masks[s.es_index] for v, s in views.items()}
+    assert (
+        clinical_indices(ed, es, half)["edv"]
+        < 0.8 * clinical_indices(ed, es, {v: s.spacing for v, s in views.items()})["edv"]
+    )

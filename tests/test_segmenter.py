@@ -1,0 +1,44 @@
+"""Segmenter2D pieces that need no fit: the networks' shapes (own U-Net and a timm encoder with random init), the
+loss at a perfect prediction, torchmetrics Dice/Hausdorff per structure, and whole-sequence predict writing NIfTI."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from echo_modules.anatomical_vae.mask_io import read_masks
+from echo_modules.segmentation import CamusFramesDataModule, Segmenter2D, TimmUNet2D, UNet2D
+
+
+@pytest.mark.parametrize("network", [UNet2D(1, 4, 8, 4), TimmUNet2D("resnet18", 1, 4, pretrained=False)])
+def test_networks_map_frames_to_class_logits(network):
+    logits = network(torch.randn(2, 1, 64, 64))
+    assert logits.shape == (2, 4, 64, 64)
+
+
+def test_loss_is_lowest_at_the_truth():
+    model = Segmenter2D(UNet2D(1, 4, 8, 3))
+    masks = torch.randint(0, 4, (2, 16, 16))
+    perfect = torch.nn.functional.one_hot(masks, 4).permute(0, 3, 1, 2).float() * 30
+    assert model._loss(perfect, masks) < 1e-3 < model._loss(torch.zeros_like(perfect), masks)
+
+
+def test_predict_writes_every_sequence_whole_and_test_reports_per_structure(tmp_path):
+    from datamodules.phantom.camus_writer import write_camus_dataset
+
+    data = write_camus_dataset(tmp_path / "CAMUS", 3, seed=2, size=64)
+    datamodule = CamusFramesDataModule(str(data), frame_size=64, batch_size=8, predict_split="TRAIN")
+    model = Segmenter2D(UNet2D(1, 4, 8, 3), predictions_dir=str(tmp_path / "pred"), predict_chunk=5)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    outputs = trainer.predict(model, datamodule)
+    sequences = datamodule.split("TRAIN")
+    assert [o["frames"] for o in outputs] == [len(s.masks) for s in sequences]
+    for sequence in sequences:
+        masks, spacing = read_masks(tmp_path / "pred" / sequence.patient / f"{sequence.name}_half_sequence_gt.nii.gz")
+        assert masks.shape == sequence.masks.shape and np.allclose(spacing, sequence.spacing, rtol=1e-4)
+        assert (tmp_path / "pred" / sequence.patient / f"Info_{sequence.view}.cfg").is_file()
+    results = trainer.test(model, datamodule, verbose=False)[0]
+    assert {f"test/dice_{s}" for s in ("lv", "myo", "la")} <= set(results)
+    assert {f"test/hausdorff_{s}" for s in ("lv", "myo", "la")} <= set(results)
