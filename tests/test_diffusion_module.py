@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from datamodules.errors import ConfigError, DataError
 from echo_modules.diffusion import EchoDiffusion, SpadeUNet3D
 from echo_modules.diffusion.metrics import (
-    MyocardiumThreshold,
     FrechetVideoDistance,
+    MyocardiumThreshold,
     dice,
     lv_area_change,
     mask_consistency,
