@@ -28,7 +28,7 @@ from echo_modules.common.module import EchoModule
 from echo_modules.diffusion.export import SyntheticEchoNetWriter, to_uint8
 from echo_modules.diffusion.metrics import per_frame_ssim
 from echo_modules.diffusion.networks import SpadeUNet3D
-from echo_modules.diffusion.privacy import PrivacyFilter, first_frame_features
+from echo_modules.diffusion.privacy import PrivacyFilter, video_signature
 from echo_modules.diffusion.samplers import SAMPLERS, sample_diffusion, sample_flow
 from echo_modules.diffusion.schedules import (
     alphas_cumprod,
@@ -112,6 +112,8 @@ class EchoDiffusion(EchoModule):
                 f"model.sampler {sampler!r} does not fit objective {objective!r}: "
                 "use ddpm/ddim/dpmsolver for epsilon and v, euler/heun for flow"
             )
+        self.optimizer = optimizer
+        self.scheduler = scheduler
         self.objective = objective
         self.sampler = sampler
         self.num_sampling_steps = num_sampling_steps
@@ -138,10 +140,10 @@ class EchoDiffusion(EchoModule):
         return callbacks
 
     def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(self.parameters())
-        if self.hparams.scheduler is None:
+        optimizer = self.optimizer(self.parameters())
+        if self.scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.hparams.scheduler(optimizer)}
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}
 
     # ------------------------------------------------------------------ the network with conditions
 
@@ -323,7 +325,7 @@ class EchoDiffusion(EchoModule):
         for index in range(len(dataset)):
             video = dataset[index]["video"]
             video = video[:1] if video.ndim == 5 else video[None]
-            features.append(first_frame_features(video.float()))
+            features.append(video_signature(video.float()))
         privacy = PrivacyFilter(torch.cat(features), self.hparams.privacy_percentile)
         rank_zero_info(
             f"privacy filter: {len(records)} training videos, real-vs-real nearest-neighbour similarity "

@@ -1,8 +1,9 @@
 """Privacy filter for synthetic datasets (after EchoNet-Synthetic / EchoFlow): drop a synthetic video whose nearest
 training video is more similar than real patients are to each other.
 
-Similarity is the Pearson correlation of first-frame features (by default the frame average-pooled to a 16 x 16 grid:
-a re-identification signature that needs no trained network; a Siamese re-identification encoder can be passed in).
+Similarity is the Pearson correlation of video signatures (by default the clip average-pooled to 4 time bins of a
+16 x 16 grid: anatomy, speckle and motion, a re-identification signature that needs no trained network;
+EchoNet-Synthetic's first-frame Siamese encoder, or any ``(B, C, T, H, W) -> (B, D)`` function, can be passed in).
 The threshold is a percentile (95th, as EchoNet-Synthetic) of the real-vs-real nearest-neighbour similarities of the
 training set, so a synthetic video is rejected when it is closer to some training patient than 95 % of training
 patients are to their own nearest other patient.
@@ -18,10 +19,10 @@ import torch.nn.functional as F
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def first_frame_features(videos: torch.Tensor, grid: int = 16) -> torch.Tensor:
-    """``(B, C, T, H, W)`` -> ``(B, grid*grid)`` zero-mean unit-norm features of the first frame."""
-    frame = videos[:, :, 0].float().mean(1, keepdim=True)
-    pooled = F.adaptive_avg_pool2d(frame, grid).flatten(1)
+def video_signature(videos: torch.Tensor, grid: int = 16, time_bins: int = 4) -> torch.Tensor:
+    """``(B, C, T, H, W)`` -> ``(B, time_bins*grid*grid)`` zero-mean unit-norm pooled intensities (dot = Pearson)."""
+    grey = videos.float().mean(1, keepdim=True)
+    pooled = F.adaptive_avg_pool3d(grey, (min(time_bins, grey.shape[2]), grid, grid)).flatten(1)
     pooled = pooled - pooled.mean(1, keepdim=True)
     return pooled / pooled.norm(dim=1, keepdim=True).clamp(min=1e-8)
 
@@ -33,7 +34,7 @@ class PrivacyFilter:
         if len(train_features) < 2:
             raise ValueError("the privacy filter needs at least two training videos to calibrate its threshold")
         self.train_features = train_features.float()
-        self.feature_fn = feature_fn or first_frame_features
+        self.feature_fn = feature_fn or video_signature
         similarity = self.train_features @ self.train_features.T
         similarity.fill_diagonal_(-float("inf"))
         self.real_nearest = similarity.amax(1)
@@ -41,7 +42,7 @@ class PrivacyFilter:
 
     @classmethod
     def from_videos(cls, videos: torch.Tensor, percentile: float = 95.0, feature_fn: FeatureFn | None = None):
-        feature_fn = feature_fn or first_frame_features
+        feature_fn = feature_fn or video_signature
         return cls(feature_fn(videos), percentile, feature_fn)
 
     def nearest_similarity(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

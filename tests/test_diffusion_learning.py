@@ -1,0 +1,194 @@
+"""EchoDiffusion learns on a tiny phantom (real CAMUS-layout NIfTI files, real Trainer fit), and the synthetic
+dataset it exports reads back through the EchoNet-Dynamic DataModule with the privacy filter doing its job.
+
+Data: 4 phantom hearts, each written at EF 30 and EF 70 (the phantom draws every other parameter from the same
+random numbers, so the ED map is the heart's and the EF only changes the contraction): 8 half-sequences, 8 frames of
+32 px from ED. Every check is run on the fitted model and on the same model untrained, which must fail it.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+
+from datamodules.camus import CamusDataModule
+from echo_modules.diffusion import EchoDiffusion, SpadeUNet3D
+from echo_modules.diffusion.metrics import MyocardiumThreshold, lv_area_change, mask_consistency, per_frame_ssim
+
+HEARTS, EFS, FRAMES, SIZE = 4, (30.0, 70.0), 8, 32
+FIT_STEPS = 300
+
+
+def write_same_hearts_at_two_efs(root: Path, seed: int = 3) -> Path:
+    """One CAMUS-layout dataset: patient k*HEARTS + i is heart i at EFS[k] (written by the phantom's CAMUS writer)."""
+    from datamodules.phantom.camus_writer import write_camus_dataset
+
+    patients = []
+    for k, ef in enumerate(EFS):
+        part = write_camus_dataset(root.parent / f"part{k}", HEARTS, seed=seed, size=48, ef_range=(ef, ef + 1e-3),
+                                   split_fractions=(1, 0, 0))  # fmt: skip
+        for i in range(HEARTS):
+            old, new = f"patient{i + 1:04d}", f"patient{k * HEARTS + i + 1:04d}"
+            (root / new).mkdir(parents=True)
+            for path in (part / old).iterdir():
+                shutil.copy(path, root / new / path.name.replace(old, new))
+            patients.append(new)
+    split = root / "database_split"
+    split.mkdir()
+    (split / "subgroup_training.txt").write_text("".join(f"{p}\n" for p in patients))
+    (split / "subgroup_validation.txt").write_text("")
+    (split / "subgroup_testing.txt").write_text("")
+    return root
+
+
+def tiny_model(**overrides) -> EchoDiffusion:
+    network = SpadeUNet3D(base_channels=8, channel_mults=(1, 2), spade_hidden=8, frame_embed_dim=8, heads=2,
+                          ef_conditioning=True)  # fmt: skip
+    options = dict(objective="flow", sampler="euler", num_sampling_steps=8, guidance_scale=1.0, map_drop_prob=0.2,
+                   ef_drop_prob=0.2, ema_decay=0.9, optimizer=partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0))  # fmt: skip
+    return EchoDiffusion(network, **(options | overrides))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diffusion")
+    data_dir = write_same_hearts_at_two_efs(root / "CAMUS")
+    datamodule = CamusDataModule(str(data_dir), task="synthesis", views="2CH", frame_size=SIZE, clip_length=FRAMES,
+                                 period=2, channels=1, batch_size=8, num_workers=0, cache_dir=str(root / "cache"),
+                                 predict_split="TRAIN")  # fmt: skip
+    L.seed_everything(0)
+    model = tiny_model()
+    untrained = copy.deepcopy(model)
+    trainer = L.Trainer(max_steps=FIT_STEPS, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=str(root / "run"))  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule._eval_loader(datamodule.records["TRAIN"]))), 0)
+    order = torch.argsort(torch.tensor([int(name[7:11]) for name in batch["filename"]]))  # patient order: EF 30, EF 70
+    real, ed_mask, ef = batch["video"][order], batch["ed_mask"][order], batch["ef"][order]
+    return {"model": model.eval(), "untrained": untrained.eval(), "datamodule": datamodule, "root": root,
+            "real": real, "ed_mask": ed_mask, "ef": ef, "segmenter": MyocardiumThreshold.fit(real, ed_mask)}  # fmt: skip
+
+
+def other_heart(n: int) -> torch.Tensor:
+    """For each video, another heart at the same EF (the 'wrong map' control)."""
+    return torch.tensor([(i + 1) % HEARTS + HEARTS * (i // HEARTS) for i in range(n)])
+
+
+def guidance_report(model: EchoDiffusion, real, ed_mask, ef, segmenter) -> dict[str, float]:
+    seeds = list(range(len(real)))
+    guided = model.generate(ed_mask, ef, FRAMES, seeds)
+    unguided = model.generate(None, ef, FRAMES, seeds, size=tuple(real.shape[-2:]))
+    wrong = model.generate(ed_mask[other_heart(len(real))], ef, FRAMES, seeds)
+
+    def mse(videos):
+        return ((videos - real) ** 2).mean().item()
+
+    return {
+        "guided_mse": mse(guided),
+        "unguided_mse": mse(unguided),
+        "wrong_map_mse": mse(wrong),
+        "mean_video_mse": mse(real.mean(0, keepdim=True).expand_as(real)),  # the mean predictor
+        "guided_ssim": per_frame_ssim(guided, real).mean().item(),
+        "unguided_ssim": per_frame_ssim(unguided, real).mean().item(),
+        "guided_dice": mask_consistency(guided, ed_mask, segmenter).mean().item(),
+        "wrong_map_dice": mask_consistency(wrong, ed_mask, segmenter).mean().item(),
+        "real_dice": mask_consistency(real, ed_mask, segmenter).mean().item(),
+    }
+
+
+def guidance_passes(report: dict[str, float]) -> bool:
+    closer = report["guided_mse"] < 0.8 * min(report["unguided_mse"], report["wrong_map_mse"], report["mean_video_mse"])
+    return closer and report["guided_ssim"] > report["unguided_ssim"] + 0.05
+
+
+@pytest.mark.slow
+def test_guided_samples_match_their_map_better_than_unguided_and_wrong_map_samples(fitted):
+    args = (fitted["real"], fitted["ed_mask"], fitted["ef"], fitted["segmenter"])
+    trained, untrained = guidance_report(fitted["model"], *args), guidance_report(fitted["untrained"], *args)
+    print("\ntrained", {k: round(v, 3) for k, v in trained.items()})
+    print("untrained", {k: round(v, 3) for k, v in untrained.items()})
+    assert guidance_passes(trained), trained
+    assert not guidance_passes(untrained), untrained
+    # mask consistency: the generated first frame's myocardium lies on the map's, above the wrong-map control
+    assert trained["guided_dice"] > trained["wrong_map_dice"] + 0.05
+    assert not untrained["guided_dice"] > untrained["wrong_map_dice"] + 0.05
+
+
+def ef_effect(model: EchoDiffusion, ed_mask, threshold: float) -> torch.Tensor:
+    """Per map: LV-area change of the sample asked for EF 70 minus that of the sample asked for EF 30 (same noise)."""
+    seeds = [100 + i for i in range(len(ed_mask))]
+    low = model.generate(ed_mask, torch.full((len(ed_mask),), EFS[0]), FRAMES, seeds)
+    high = model.generate(ed_mask, torch.full((len(ed_mask),), EFS[1]), FRAMES, seeds)
+    return lv_area_change(high, ed_mask, threshold) - lv_area_change(low, ed_mask, threshold)
+
+
+@pytest.mark.slow
+def test_asking_for_a_higher_ef_makes_the_lv_contract_more(fitted):
+    """Measured on the generated frames: the dark (blood) share of the ED LV cavity lost by the smallest later frame,
+    a phantom-calibrated LV-area change (threshold halfway between LV blood and myocardium)."""
+    real, ed_mask, ef, threshold = fitted["real"], fitted["ed_mask"], fitted["ef"], fitted["segmenter"].threshold
+    real_change = lv_area_change(real, ed_mask, threshold)
+    real_effect = (real_change[ef > 50] - real_change[ef < 50]).mean().item()  # the same hearts at EF 70 vs EF 30
+    assert real_effect > 0.05  # the measurement sees EF on real videos
+    maps = ed_mask[:HEARTS]
+    trained = ef_effect(fitted["model"], maps, threshold)
+    untrained = ef_effect(fitted["untrained"], maps, threshold)
+    print(
+        f"\nLV-area change EF70 - EF30: real {real_effect:.3f}, trained {trained.tolist()}, untrained {untrained.tolist()}"
+    )
+    assert trained.mean() > 0.5 * real_effect and (trained > 0).float().mean() >= 0.75
+    assert not untrained.mean() > 0.5 * real_effect
+
+
+@pytest.mark.slow
+def test_predict_exports_an_echonet_dataset_and_the_privacy_filter_rejects_a_planted_copy(fitted, monkeypatch):
+    from datamodules.echonet_dynamic import EchoNetDynamicDataModule
+
+    model, datamodule, real = fitted["model"], fitted["datamodule"], fitted["real"]
+    out = fitted["root"] / "synthetic"
+    model.hparams.update(synthetic_dir=str(out), samples_per_map=2, predict_ef=[25.0, 75.0], max_attempts=3)
+    generate, planted = model.generate, {"done": False}
+
+    def generate_with_a_planted_copy(ed_mask, ef=None, num_frames=16, seeds=None, **kwargs):
+        videos = generate(ed_mask, ef, num_frames, seeds, **kwargs)
+        if not planted["done"]:  # the first sample is a copy of a training video (a memorised patient)
+            videos[0] = real[0].to(videos)
+            planted["done"] = True
+        return videos
+
+    monkeypatch.setattr(model, "generate", generate_with_a_planted_copy)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_model_summary=False,
+                        default_root_dir=str(fitted["root"] / "predict"))  # fmt: skip
+    trainer.predict(model, datamodule=datamodule, return_predictions=False)
+
+    privacy = model.privacy
+    assert not privacy.accept(real).any()  # every training video, as a "synthetic" one, is refused
+    summary = pd.read_json(out / "synthesis_summary.json", typ="series")
+    files = pd.read_csv(out / "FileList.csv")
+    requested = 2 * len(real)
+    assert summary["rejected_by_privacy_filter"] >= 1 and summary["generated"] > requested
+    assert (
+        len(files) + summary["dropped_after_max_attempts"]
+        == requested
+        == summary["videos"] + summary["dropped_after_max_attempts"]
+    )
+    assert set(files["RequestedEF"]) <= {25.0, 75.0} and (files["EF"] == files["RequestedEF"]).all()
+    assert set(files["Split"]) == {"TRAIN", "VAL"} and files["Seed"].is_unique
+    assert files["Attempts"].max() >= 2 or summary["dropped_after_max_attempts"] >= 1  # rejected -> regenerated
+    # the EchoNet-Dynamic DataModule reads the export unchanged
+    echonet = EchoNetDynamicDataModule(str(out), frame_size=SIZE, channels=1, clip_length=FRAMES, period=1,
+                                       batch_size=4, num_workers=0, cache_dir=str(fitted["root"] / "cache_syn"))  # fmt: skip
+    echonet.prepare_data()
+    echonet.setup("fit")
+    assert len(echonet.records["TRAIN"]) + len(echonet.records["VAL"]) == len(files)
+    batch = echonet.on_after_batch_transfer(next(iter(echonet.train_dataloader())), 0)
+    assert batch["video"].shape[1:] == (1, FRAMES, SIZE, SIZE) and torch.isfinite(batch["video"]).all()
+    assert set(batch["ef"].tolist()) <= {25.0, 75.0}
