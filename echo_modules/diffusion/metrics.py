@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -66,6 +67,44 @@ class MyocardiumThreshold(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return (frames.float().mean(1) > self.threshold).long() * MYOCARDIUM
+
+
+class TinyFrameSegmenter(nn.Module):
+    """A small 2D conv segmenter ``(B, C, H, W) -> (B, H, W)`` labels, fitted in seconds on real frames and their
+    maps (:meth:`fit`): a stand-in for a trained Segmenter2D on the phantom, where the speckled myocardium is too
+    close in intensity to the surrounding tissue for a threshold to outline it."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 4, width: int = 16) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, width, 5, padding=2), nn.SiLU(),
+            nn.Conv2d(width, width, 5, padding=4, dilation=2), nn.SiLU(),
+            nn.Conv2d(width, width, 5, padding=8, dilation=4), nn.SiLU(),
+            nn.Conv2d(width, num_classes, 1),
+        )  # fmt: skip
+
+    def logits(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.layers(frames.float())
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.logits(frames).argmax(1)
+
+    @classmethod
+    def fit(cls, frames: torch.Tensor, masks: torch.Tensor, steps: int = 300, seed: int = 0) -> TinyFrameSegmenter:
+        """Cross-entropy on ``frames`` ``(N, C, H, W)`` with ``masks`` ``(N, H, W)``, random shifts of up to 2 px."""
+        generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = cls(frames.shape[1], int(masks.max()) + 1)
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(steps):
+            dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
+            x, y = torch.roll(frames, (dy, dx), (2, 3)), torch.roll(masks, (dy, dx), (1, 2))
+            loss = F.cross_entropy(model.logits(x), y.long())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return model.eval().requires_grad_(False)
 
 
 def mask_consistency(

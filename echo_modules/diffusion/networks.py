@@ -5,7 +5,9 @@ Encoder: residual 3D conv blocks (GroupNorm, time embedding as scale/shift), eac
 of a pixel). Decoder and middle: the same blocks with SPADE in place of GroupNorm (eq. 6):
 ``f' = gamma(x, k) * Norm(f) + delta(x, k)`` from the one-hot ED map ``x`` duplicated over time and a cosine
 embedding ``k`` of frame time. An all-zero map is the null condition of classifier-free guidance. Optional EF
-conditioning adds an embedding of the requested EF to the time embedding (NaN EF = the learned null EF).
+conditioning adds an embedding of the requested EF to the time embedding (NaN EF = the learned null EF) and gives
+SPADE the EF beside the map and frame time, so the EF can shape where the walls go frame by frame (how far the LV
+contracts is a spatial effect that a global embedding alone learns slowly).
 Downsampling is spatial only: clips are short (8-24 frames) and every frame is generated.
 """
 
@@ -196,7 +198,7 @@ class SpadeUNet3D(nn.Module):
         if ef_conditioning:
             self.ef_mlp = nn.Sequential(nn.Linear(base_channels, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
             self.null_ef = nn.Parameter(torch.zeros(embed_dim))
-        condition_channels = num_classes + frame_embed_dim
+        condition_channels = num_classes + frame_embed_dim + (frame_embed_dim + 1 if ef_conditioning else 0)
         widths = [base_channels * m for m in channel_mults]
 
         def stage(cin: int, cout: int, level: int, spade: bool) -> _Stage:
@@ -239,14 +241,23 @@ class SpadeUNet3D(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def condition(self, seg_map: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """SPADE's input: the one-hot map duplicated over time beside the cosine frame-time embedding."""
+    def condition(self, seg_map: torch.Tensor, num_frames: int, ef: torch.Tensor | None = None) -> torch.Tensor:
+        """SPADE's input: the one-hot map duplicated over time beside the cosine frame-time embedding (and, with EF
+        conditioning, a cosine EF embedding and a known-EF flag, all zero for the null EF)."""
         b, _, h, w = seg_map.shape
         frames = torch.arange(num_frames, device=seg_map.device, dtype=torch.float32)
         frame_time = cosine_embedding(frames, self.frame_embed_dim, max_period=100.0)  # (T, E)
         frame_time = frame_time.T[None, :, :, None, None].expand(b, -1, -1, h, w)
         duplicated = seg_map.float()[:, :, None].expand(-1, -1, num_frames, -1, -1)
-        return torch.cat([duplicated, frame_time], dim=1)
+        parts = [duplicated, frame_time]
+        if self.ef_conditioning:
+            if ef is None:
+                ef = torch.full((b,), math.nan, device=seg_map.device)
+            known = torch.isfinite(ef.float())
+            ef_code = cosine_embedding(torch.nan_to_num(ef.float()) / 100.0, self.frame_embed_dim, max_period=10.0)
+            ef_code = torch.cat([ef_code, torch.ones(b, 1, device=seg_map.device)], dim=1) * known[:, None]
+            parts.append(ef_code[:, :, None, None, None].expand(-1, -1, num_frames, h, w))
+        return torch.cat(parts, dim=1)
 
     def embedding(self, time: torch.Tensor, ef: torch.Tensor | None) -> torch.Tensor:
         embedding = self.time_mlp(cosine_embedding(time, self.base_channels))
@@ -268,7 +279,7 @@ class SpadeUNet3D(nn.Module):
         self, x: torch.Tensor, time: torch.Tensor, seg_map: torch.Tensor, ef: torch.Tensor | None = None
     ) -> torch.Tensor:
         embedding = self.embedding(time, ef)
-        condition = self.condition(seg_map, x.shape[2])
+        condition = self.condition(seg_map, x.shape[2], ef)
         h = self.stem(x)
         skips = [h]
         for level, blocks in enumerate(self.down):
