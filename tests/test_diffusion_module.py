@@ -14,6 +14,7 @@ from echo_modules.diffusion import EchoDiffusion, SpadeUNet3D
 from echo_modules.diffusion.metrics import (
     FrechetVideoDistance,
     MyocardiumThreshold,
+    TinyFrameSegmenter,
     dice,
     lv_area_change,
     mask_consistency,
@@ -188,6 +189,20 @@ def test_mask_consistency_and_threshold_segmenter_on_a_drawn_heart():
     assert mask_consistency(video, ed_mask, segmenter).min() > 0.99
     shifted = torch.roll(ed_mask, 4, dims=2)
     assert mask_consistency(video, shifted, segmenter).max() < 0.6
+
+
+def test_tiny_frame_segmenter_learns_a_drawn_heart():
+    ed_mask = torch.zeros(4, 16, 16, dtype=torch.long)
+    for i in range(4):
+        ed_mask[i, 3 + i : 12 + i % 2, 3:13] = 2
+        ed_mask[i, 5 + i : 10, 5:11] = 1
+    frames = (ed_mask == 2).float()[:, None] * 2.0 + 0.3 * torch.randn(
+        4, 1, 16, 16, generator=torch.Generator().manual_seed(0)
+    )
+    segmenter = TinyFrameSegmenter.fit(frames, ed_mask, steps=150)
+    video = frames[:, :, None]
+    assert mask_consistency(video, ed_mask, segmenter).mean() > 0.8
+    assert mask_consistency(video, torch.roll(ed_mask, 4, dims=2), segmenter).mean() < 0.5
 
 
 def test_frechet_video_distance_orders_distributions():
