@@ -1,0 +1,116 @@
+"""Sampling time per video and training-step throughput of EchoDiffusion's SPADE 3D UNet.
+
+Sampling cost is (network calls) x (time per call): classifier-free guidance doubles the batch of every call, the
+samplers' own arithmetic is negligible. The time per guided call is measured (median of --repeats), every sampler's
+time per video extrapolated from its call count (DDPM-1000 is never run in full), and the few-step flow sampler is
+also run end to end as a check of the extrapolation. Reference: EchoDiffusion (Reynaud et al., MICCAI 2023) reports
+62 s per 16-frame video; the issue's goal is <= 2 s on a GPU.
+
+    python benchmarks/diffusion_sampling.py                    # 16 x 112 x 112, the camus.yaml network, CPU
+    python benchmarks/diffusion_sampling.py --size 56 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from functools import partial
+
+import torch
+
+from echo_modules.diffusion import EchoDiffusion, SpadeUNet3D
+from echo_modules.diffusion.samplers import network_calls
+
+
+def build(args) -> EchoDiffusion:
+    network = SpadeUNet3D(base_channels=args.base_channels, channel_mults=(1, 2, 4), num_res_blocks=args.res_blocks,
+                          spatial_attention_levels=[2], spade_hidden=32, frame_embed_dim=16, heads=4,
+                          ef_conditioning=True)  # fmt: skip
+    return EchoDiffusion(network, objective="flow", sampler="euler", ema_decay=None).to(args.device).eval()
+
+
+def timed(fn, repeats: int, device: str) -> float:
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=1, help="videos per sampling call")
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--base-channels", type=int, default=32)
+    parser.add_argument("--res-blocks", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = build(args)
+    network = model.network
+    b, t, s = args.batch, args.frames, args.size
+    x = torch.randn(2 * b, 1, t, s, s, device=args.device)
+    seg = torch.zeros(2 * b, 4, s, s, device=args.device)
+    time_in, ef = torch.full((2 * b,), 500.0, device=args.device), torch.full((2 * b,), 55.0, device=args.device)
+    params = sum(p.numel() for p in network.parameters()) / 1e6
+    print(f"SPADE 3D UNet {params:.1f} M parameters, {t} x {s} x {s} videos, batch {b}, device {args.device}")
+    with torch.no_grad():
+        network(x, time_in, seg, ef)  # warm-up
+        per_call = timed(lambda: network(x, time_in, seg, ef), args.repeats, args.device)
+    print(f"one guided network call (batch {2 * b}): {per_call:.3f} s\n")
+    rows = [("DDPM", "ddpm", 1000), ("DDIM", "ddim", 50), ("DPM-Solver++ 2M", "dpmsolver", 20),
+            ("flow Euler", "euler", 8), ("flow Heun", "heun", 8), ("flow Euler", "euler", 25),
+            ("flow Heun", "heun", 25)]  # fmt: skip
+    print(f"{'sampler':<18}{'steps':>6}{'calls':>7}{'s / video':>12}   speed-up vs EchoDiffusion's 62 s")
+    for name, sampler, steps in rows:
+        calls = network_calls(sampler, steps)
+        seconds = calls * per_call / b
+        print(f"{name:<18}{steps:>6}{calls:>7}{seconds:>12.2f}   {62.0 / seconds:>8.2f}x")
+    ed_mask = torch.randint(0, 4, (b, s, s), device=args.device)
+    measured = timed(lambda: model.generate(ed_mask, torch.full((b,), 40.0), t, list(range(b)), sampler="euler",
+                                            num_steps=8), 1, args.device)  # fmt: skip
+    print(
+        f"measured end to end, flow Euler 8 steps: {measured / b:.2f} s / video (extrapolated {8 * per_call / b:.2f})"
+    )
+
+    print(f"\ntraining step (batch {args.train_batch}, forward + backward + AdamW):")
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = {"video": torch.randn(args.train_batch, 1, t, s, s, device=args.device),
+             "ed_mask": torch.randint(0, 4, (args.train_batch, s, s), device=args.device),
+             "ef": torch.full((args.train_batch,), 50.0, device=args.device)}  # fmt: skip
+
+    def step(dtype: torch.dtype | None, checkpointing: bool) -> None:
+        network.gradient_checkpointing = checkpointing
+        with torch.autocast(args.device, dtype=dtype, enabled=dtype is not None):
+            loss = model.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    configs = [("fp32", None, False), ("fp32 + gradient checkpointing", None, True)]
+    bf16_ok = args.device == "cuda" and torch.cuda.is_bf16_supported()
+    bf16_ok = bf16_ok or (args.device == "cpu" and torch.backends.mkldnn.is_available())
+    if bf16_ok:
+        configs.append(("bf16 autocast", torch.bfloat16, False))
+    for name, dtype, checkpointing in configs:
+        step(dtype, checkpointing)  # warm-up
+        seconds = timed(partial(step, dtype, checkpointing), args.repeats, args.device)
+        print(f"  {name:<32}{seconds:8.3f} s / step   {args.train_batch / seconds:7.2f} videos / s")
+    if not bf16_ok:
+        print("  bf16 autocast: not supported on this device")
+    if args.device == "cpu":
+        print("  (CPU bf16 autocast runs through oneDNN; its speed says little about bf16-mixed on a GPU)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""EchoDiffusion learns on a tiny phantom (real CAMUS-layout NIfTI files, real Trainer fit), and the synthetic
+dataset it exports reads back through the EchoNet-Dynamic DataModule with the privacy filter doing its job.
+
+Data: 4 phantom hearts, each written at EF 30 and EF 70 (the phantom draws every other parameter from the same
+random numbers, so the ED map is the heart's and the EF only changes the contraction): 8 half-sequences, 8 frames of
+32 px from ED. Every check is run on the fitted model and on the same model untrained, which must fail it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datamodules.camus import CamusDataModule
+from echo_modules.diffusion import EchoDiffusion, SpadeUNet3D
+from echo_modules.diffusion.metrics import (
+    MyocardiumThreshold,
+    TinyFrameSegmenter,
+    lv_area_change,
+    mask_consistency,
+    per_frame_ssim,
+)
+
+HEARTS, EFS, FRAMES, SIZE = 4, (30.0, 70.0), 8, 32
+FIT_STEPS = int(os.environ.get("ECHOLAB_DIFFUSION_FIT_STEPS", 300))  # a quick dry run of the code paths: set it low
+
+
+def write_same_hearts_at_two_efs(root: Path, seed: int = 3) -> Path:
+    """One CAMUS-layout dataset: patient k*HEARTS + i is heart i at EFS[k] (written by the phantom's CAMUS writer)."""
+    from datamodules.phantom.camus_writer import write_camus_dataset
+
+    patients = []
+    for k, ef in enumerate(EFS):
+        part = write_camus_dataset(root.parent / f"part{k}", HEARTS, seed=seed, size=48, ef_range=(ef, ef + 1e-3),
+                                   split_fractions=(1, 0, 0))  # fmt: skip
+        for i in range(HEARTS):
+            old, new = f"patient{i + 1:04d}", f"patient{k * HEARTS + i + 1:04d}"
+            (root / new).mkdir(parents=True)
+            for path in (part / old).iterdir():
+                shutil.copy(path, root / new / path.name.replace(old, new))
+            patients.append(new)
+    split = root / "database_split"
+    split.mkdir()
+    (split / "subgroup_training.txt").write_text("".join(f"{p}\n" for p in patients))
+    (split / "subgroup_validation.txt").write_text("")
+    (split / "subgroup_testing.txt").write_text("")
+    return root
+
+
+def tiny_model(**overrides) -> EchoDiffusion:
+    network = SpadeUNet3D(base_channels=8, channel_mults=(1, 2), spade_hidden=8, frame_embed_dim=8, heads=2,
+                          ef_conditioning=True)  # fmt: skip
+    options = dict(objective="flow", sampler="euler", num_sampling_steps=8, guidance_scale=1.0, map_drop_prob=0.2,
+                   ef_drop_prob=0.2, ema_decay=0.9, optimizer=partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0))  # fmt: skip
+    return EchoDiffusion(network, **(options | overrides))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diffusion")
+    data_dir = write_same_hearts_at_two_efs(root / "CAMUS")
+    datamodule = CamusDataModule(str(data_dir), task="synthesis", views="2CH", frame_size=SIZE, clip_length=FRAMES,
+                                 period=2, channels=1, batch_size=8, num_workers=0, cache_dir=str(root / "cache"),
+                                 predict_split="TRAIN")  # fmt: skip
+    L.seed_everything(0)
+    model = tiny_model()
+    untrained = copy.deepcopy(model)
+    trainer = L.Trainer(max_steps=FIT_STEPS, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=str(root / "run"))  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule._eval_loader(datamodule.records["TRAIN"]))), 0)
+    order = torch.argsort(torch.tensor([int(name[7:11]) for name in batch["filename"]]))  # patient order: EF 30, EF 70
+    real, ed_mask, ef = batch["video"][order], batch["ed_mask"][order], batch["ef"][order]
+    return {"model": model.eval(), "untrained": untrained.eval(), "datamodule": datamodule, "root": root,
+            "real": real, "ed_mask": ed_mask, "ef": ef, "threshold": MyocardiumThreshold.fit(real, ed_mask).threshold,
+            "segmenter": TinyFrameSegmenter.fit(real[:, :, 0], ed_mask)}  # fmt: skip
+
+
+def other_heart(n: int) -> torch.Tensor:
+    """For each video, another heart at the same EF (the 'wrong map' control)."""
+    return torch.tensor([(i + 1) % HEARTS + HEARTS * (i // HEARTS) for i in range(n)])
+
+
+def guidance_report(model: EchoDiffusion, real, ed_mask, ef, segmenter) -> dict[str, float]:
+    seeds = list(range(len(real)))
+    guided = model.generate(ed_mask, ef, FRAMES, seeds)
+    unguided = model.generate(None, ef, FRAMES, seeds, size=tuple(real.shape[-2:]))
+    wrong = model.generate(ed_mask[other_heart(len(real))], ef, FRAMES, seeds)
+
+    def mse(videos):
+        """Squared error of 4 x 4-pooled frames: anatomy and motion, not the speckle a sample draws afresh."""
+        pool = partial(F.avg_pool3d, kernel_size=(1, 4, 4))
+        return ((pool(videos) - pool(real)) ** 2).mean().item()
+
+    def ssim(videos):
+        return per_frame_ssim(videos, real).mean().item()
+
+    mean_video = real.mean(0, keepdim=True).expand_as(real)  # the mean predictor
+    copy = real[other_heart(len(real))]  # a "generator" that returns another patient's training video
+    return {
+        "guided_mse": mse(guided),
+        "unguided_mse": mse(unguided),
+        "wrong_map_mse": mse(wrong),
+        "mean_video_mse": mse(mean_video),
+        "copy_other_heart_mse": mse(copy),
+        "guided_ssim": ssim(guided),
+        "unguided_ssim": ssim(unguided),
+        "wrong_map_ssim": ssim(wrong),
+        "mean_video_ssim": ssim(mean_video),
+        "copy_other_heart_ssim": ssim(copy),
+        "guided_dice": mask_consistency(guided, ed_mask, segmenter).mean().item(),
+        "wrong_map_dice": mask_consistency(wrong, ed_mask, segmenter).mean().item(),
+        "real_dice": mask_consistency(real, ed_mask, segmenter).mean().item(),
+    }
+
+
+SAMPLE_BASELINES = ("unguided", "wrong_map", "copy_other_heart")
+
+
+def guidance_passes(report: dict[str, float]) -> bool:
+    """Guided samples beat every sample-type control in structure (SSIM) and in pooled squared error.
+
+    The pixel-wise mean video is reported but is no bar for a sampler: it is the squared-error-optimal blur of all
+    training videos, not a sample (no speckle of its own), and wins MSE/SSIM against any sample at this size.
+    """
+    ssim = report["guided_ssim"] > max(report[f"{name}_ssim"] for name in SAMPLE_BASELINES) + 0.02
+    mse = report["guided_mse"] < 0.95 * min(report[f"{name}_mse"] for name in SAMPLE_BASELINES)
+    return ssim and mse
+
+
+@pytest.mark.slow
+def test_guided_samples_match_their_map_better_than_unguided_and_wrong_map_samples(fitted):
+    args = (fitted["real"], fitted["ed_mask"], fitted["ef"], fitted["segmenter"])
+    trained, untrained = guidance_report(fitted["model"], *args), guidance_report(fitted["untrained"], *args)
+    print("\ntrained", {k: round(v, 3) for k, v in trained.items()})
+    print("untrained", {k: round(v, 3) for k, v in untrained.items()})
+    assert guidance_passes(trained), trained
+    assert not guidance_passes(untrained), untrained
+    # mask consistency: the generated first frame's myocardium lies on the map's, above the wrong-map control
+    assert trained["guided_dice"] > trained["wrong_map_dice"] + 0.1
+    assert not untrained["guided_dice"] > untrained["wrong_map_dice"] + 0.1
+    assert trained["real_dice"] > 0.9  # the segmenter itself outlines the real myocardium
+
+
+def ef_effect(model: EchoDiffusion, ed_mask, threshold: float) -> torch.Tensor:
+    """Per map: LV-area change of the sample asked for EF 70 minus that of the sample asked for EF 30 (same noise)."""
+    seeds = [100 + i for i in range(len(ed_mask))]
+    low = model.generate(ed_mask, torch.full((len(ed_mask),), EFS[0]), FRAMES, seeds)
+    high = model.generate(ed_mask, torch.full((len(ed_mask),), EFS[1]), FRAMES, seeds)
+    return lv_area_change(high, ed_mask, threshold) - lv_area_change(low, ed_mask, threshold)
+
+
+def test_lv_area_change_sees_ef_on_real_phantom_videos(fitted):
+    """The EF read-out for generated videos: the dark (blood) share of the ED LV cavity lost by the smallest later
+    frame, with the threshold halfway between LV blood and myocardium. On the real videos of the same hearts it is
+    larger at EF 70 than at EF 30 for every heart. (The tiny model's EF-conditioned samples do not yet show the effect
+    at this fit budget: see the issue note; `ef_effect` is what to assert once they do.)"""
+    real, ed_mask, ef, threshold = fitted["real"], fitted["ed_mask"], fitted["ef"], fitted["threshold"]
+    change = lv_area_change(real, ed_mask, threshold)
+    per_heart = change[ef > 50] - change[ef < 50]  # patients i and HEARTS + i are heart i at EF 30 and EF 70
+    assert (ef[:HEARTS] < 50).all() and (ef[HEARTS:] > 50).all()
+    assert (per_heart > 0.03).all(), per_heart
+    assert not (lv_area_change(real[:, :, :1].expand_as(real), ed_mask, threshold).abs() > 1e-6).any()  # no motion
+
+
+@pytest.mark.slow
+def test_predict_exports_an_echonet_dataset_and_the_privacy_filter_rejects_a_planted_copy(fitted, monkeypatch):
+    from datamodules.echonet_dynamic import EchoNetDynamicDataModule
+
+    model, datamodule, real = fitted["model"], fitted["datamodule"], fitted["real"]
+    out = fitted["root"] / "synthetic"
+    model.hparams.update(synthetic_dir=str(out), samples_per_map=2, predict_ef=[25.0, 75.0], max_attempts=3)
+    generate, planted = model.generate, {"done": False}
+
+    def generate_with_a_planted_copy(ed_mask, ef=None, num_frames=16, seeds=None, **kwargs):
+        videos = generate(ed_mask, ef, num_frames, seeds, **kwargs)
+        if not planted["done"]:  # the first sample is a copy of a training video (a memorised patient)
+            videos[0] = real[0].to(videos)
+            planted["done"] = True
+        return videos
+
+    monkeypatch.setattr(model, "generate", generate_with_a_planted_copy)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_model_summary=False,
+                        default_root_dir=str(fitted["root"] / "predict"))  # fmt: skip
+    trainer.predict(model, datamodule=datamodule, return_predictions=False)
+
+    privacy = model.privacy
+    assert not privacy.accept(real).any()  # every training video, as a "synthetic" one, is refused
+    summary = pd.read_json(out / "synthesis_summary.json", typ="series")
+    files = pd.read_csv(out / "FileList.csv")
+    requested = 2 * len(real)
+    assert summary["rejected_by_privacy_filter"] >= 1 and summary["generated"] > requested
+    assert (
+        len(files) + summary["dropped_after_max_attempts"]
+        == requested
+        == summary["videos"] + summary["dropped_after_max_attempts"]
+    )
+    assert set(files["RequestedEF"]) <= {25.0, 75.0} and (files["EF"] == files["RequestedEF"]).all()
+    assert set(files["Split"]) == {"TRAIN", "VAL"} and files["Seed"].is_unique
+    assert files["Attempts"].max() >= 2 or summary["dropped_after_max_attempts"] >= 1  # rejected -> regenerated
+    # the EchoNet-Dynamic DataModule reads the export unchanged
+    echonet = EchoNetDynamicDataModule(str(out), frame_size=SIZE, channels=1, clip_length=FRAMES, period=1,
+                                       batch_size=4, num_workers=0, cache_dir=str(fitted["root"] / "cache_syn"))  # fmt: skip
+    echonet.prepare_data()
+    echonet.setup("fit")
+    assert len(echonet.records["TRAIN"]) + len(echonet.records["VAL"]) == len(files)
+    batch = echonet.on_after_batch_transfer(next(iter(echonet.train_dataloader())), 0)
+    assert batch["video"].shape[1:] == (1, FRAMES, SIZE, SIZE) and torch.isfinite(batch["video"]).all()
+    assert set(batch["ef"].tolist()) <= {25.0, 75.0}
+
+
+@pytest.mark.slow
+def test_validation_logs_ssim_and_generated_videos_beside_real_ones_to_wandb(fitted, tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    model, datamodule = fitted["model"], fitted["datamodule"]
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="echolab-tests")
+    trainer = L.Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path))  # fmt: skip
+    metrics = trainer.validate(model, dataloaders=datamodule._eval_loader(datamodule.records["TRAIN"]))[0]
+    logger.experiment.finish()
+    assert 0.3 < metrics["val/ssim"] <= 1.0 and metrics["val/loss"] > 0
+    videos = list(Path(tmp_path).rglob("media/videos/**/*.mp4"))
+    assert len(videos) == model.hparams.num_val_samples
+    import av
+
+    with av.open(str(videos[0])) as container:  # H.264: plays in a browser
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.width == 2 * SIZE  # real | generated
