@@ -144,10 +144,90 @@ def test_dead_codebook_entries_are_restarted_and_then_used():
     quantiser.usage_decay = 0.5  # forget quickly so the test needs few steps
     for _ in range(6):
         quantiser(torch.randn(4, 4, 2, 3, 3, generator=generator))
-    assert quantiser.restart_dead_codes() >= 6
+    assert len(quantiser.restart_dead_codes()) >= 6
     assert quantiser.codebook.detach().abs().max() < 50  # the far entries moved onto features
     used = quantiser.eval()(torch.randn(8, 4, 2, 3, 3, generator=generator)).indices.unique()
     assert (used >= 6).any()
+
+
+def test_codebook_usage_counts_only_learning_passes_and_restarted_rows_get_fresh_adam_state():
+    """A pass that teaches nothing (``learn=False``, the cycle passes) leaves the running usage alone; a restarted
+    entry's Adam moments are zeroed while the other entries keep theirs."""
+    from echo_modules.cardiacnet.module import reset_optimizer_rows
+
+    generator = torch.Generator().manual_seed(5)
+    quantiser = _quantiser(torch.randn(8, 3, generator=generator)).train()
+    usage = quantiser.usage.clone()
+    result = quantiser(torch.randn(2, 3, 1, 2, 2, generator=generator), learn=False)
+    assert torch.equal(quantiser.usage, usage)  # no decay, no counts
+    (codebook_grad,) = torch.autograd.grad(result.loss, quantiser.codebook, allow_unused=True)
+    assert codebook_grad is None or codebook_grad.abs().sum() == 0  # only the commitment term remains
+    quantiser(torch.randn(2, 3, 1, 2, 2, generator=generator))
+    assert not torch.equal(quantiser.usage, usage)
+    assert result.used == result.indices.unique().numel()
+    optimizer = torch.optim.Adam([quantiser.codebook], lr=0.1)
+    quantiser.codebook.grad = torch.ones_like(quantiser.codebook)
+    optimizer.step()
+    reset_optimizer_rows(optimizer, quantiser.codebook, torch.tensor([1, 4]))
+    state = optimizer.state[quantiser.codebook]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert state[key][[1, 4]].abs().sum() == 0 and (state[key][[0, 2, 3, 5, 6, 7]] != 0).all(), key
+
+
+def test_temporal_discriminator_judges_each_spatial_patch_as_a_small_video():
+    """Eq. 2's third term: the clip cut into non-overlapping p x p patches, each followed over all frames, through
+    the same temporal PatchGAN as the whole clip."""
+    from echo_modules.cardiacnet.networks import ConsistencyDeformationDiscriminator
+
+    discriminator = ConsistencyDeformationDiscriminator(width=4, num_layers=2, frames=2, patch=8, channels_last=False)
+    video = torch.randn(2, 1, 4, 16, 24)
+    patches = discriminator.patches(video)
+    assert patches.shape == (2 * 2 * 3, 1, 4, 8, 8)
+    torch.testing.assert_close(patches[3 + 2], video[0, :, :, 8:16, 16:24])  # clip 0, patch row 1, column 2
+    logits = discriminator(video, torch.tensor([0, 2]))
+    torch.testing.assert_close(logits.patches, discriminator.video(patches))
+    assert logits.frames.shape[0] == 2 * 2 and logits.video.shape[0] == 2
+
+
+def test_gradient_clipping_under_fp16_acts_on_unscaled_gradients():
+    """With a loss scale of 2^16, clipping before unscaling would leave true norms 65536 times below the threshold;
+    CardiacNet clips in on_before_optimizer_step, after Lightning's scaler unscaled them."""
+    import lightning as L
+    from lightning.pytorch.plugins import MixedPrecision
+    from torch.utils.data import DataLoader
+
+    from echo_modules.cardiacnet import CardiacNet
+
+    norms: list[float] = []
+
+    class Recording(CardiacNet):
+        def on_before_optimizer_step(self, optimizer):
+            super().on_before_optimizer_step(optimizer)
+            grads = [p.grad.float().norm() for group in optimizer.param_groups for p in group["params"]
+                     if p.grad is not None]  # fmt: skip
+            norms.append(float(torch.stack(grads).norm()))
+
+    generator = torch.Generator().manual_seed(0)
+    items = [
+        {"normal_video": torch.randn(1, 4, 16, 16, generator=generator),
+         "abnormal_video": torch.randn(1, 4, 16, 16, generator=generator)}
+        for _ in range(4)
+    ]  # fmt: skip
+    model = Recording(
+        widths=[4, 8], latent_dim=8, num_codes=16, position_grid=(4, 8, 8), disc_width=4, disc_layers=2,
+        disc_frames=2, disc_patch=8, bank_size=8, bank_min_fill=1, gradient_clip=1e-3, grad_norm_every=1,
+    )  # fmt: skip
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    trainer = L.Trainer(
+        accelerator="cpu", plugins=[plugin], max_steps=4, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, DataLoader(items, batch_size=2))
+    finite = [n for n in norms if np.isfinite(n)]  # an overflowing step (inf gradients) is skipped by the scaler
+    assert finite and all(n == pytest.approx(1e-3, rel=1e-3) for n in finite), norms
+    assert trainer.precision_plugin.scaler.get_scale() > 1e3  # the gradients were scaled by thousands
+    for term in ("identity", "cycle", "adversarial", "quantisation"):
+        assert trainer.callback_metrics[f"train/grad_norm/{term}"] > 0, term
 
 
 def test_positional_encoding_is_an_outer_product_and_resizes():
@@ -197,14 +277,23 @@ def test_adversarial_losses_match_their_definitions():
 def test_bank_losses_pull_to_the_centroid_and_push_from_the_other_class():
     descriptors = torch.randn(6, 4, requires_grad=True)
     centroid = torch.randn(4)
-    naive = sum(((descriptors[i] - centroid) ** 2).sum() for i in range(6)) / 24
-    assert centroid_loss(descriptors, centroid).item() == pytest.approx(naive.item(), rel=1e-6)
+    naive_sum = sum(((descriptors[i] - centroid) ** 2).sum() for i in range(6)) / 6  # Eq. 4 per clip, clip mean
+    assert centroid_loss(descriptors, centroid).item() == pytest.approx(naive_sum.item(), rel=1e-6)
+    assert centroid_loss(descriptors, centroid, "mean").item() == pytest.approx(naive_sum.item() / 4, rel=1e-6)
     other_bank = torch.randn(20, 4)
-    separation = ot_separation_loss(descriptors, other_bank)  # -OT: minimising it moves the batch away from the bank
-    (gradient,) = torch.autograd.grad(separation, descriptors)
-    moved = descriptors.detach() - 0.5 * gradient
-    assert sorted_ot_cost(moved, other_bank) > sorted_ot_cost(descriptors.detach(), other_bank)
-    assert ot_separation_loss(descriptors, other_bank, margin=1e-6).item() == 0.0  # already further apart
+    cost = sorted_ot_cost(descriptors.detach(), other_bank).item()
+    unbounded = ot_separation_loss(descriptors, other_bank, margin=None)  # -OT: minimising it separates
+    (gradient,) = torch.autograd.grad(unbounded, descriptors)
+    moved = descriptors.detach() - 0.5 * gradient / gradient.norm()
+    assert sorted_ot_cost(moved, other_bank) > cost
+    # Eq. 5 as written sums over the d = 4 dimensions and the J = 20 bank rows: d * J times the mean cost
+    assert unbounded.item() == pytest.approx(-4 * 20 * cost, rel=1e-6)
+    assert ot_separation_loss(descriptors, other_bank, margin=None, reduction="mean").item() == pytest.approx(-cost)
+    hinge = ot_separation_loss(descriptors, other_bank, margin=cost + 0.5, reduction="mean")
+    assert hinge.item() == pytest.approx(0.5, rel=1e-5)  # bounded: it stops pushing at the margin ...
+    assert ot_separation_loss(descriptors, other_bank, margin=cost / 2).item() == 0.0  # ... and is 0 beyond it
+    (beyond,) = torch.autograd.grad(ot_separation_loss(descriptors, other_bank, margin=cost / 2), descriptors)
+    assert beyond.abs().sum() == 0
     assert clip_descriptor(torch.randn(2, 4, 3, 5, 5), (1, 2, 2)).shape == (2, 16)
 
 
