@@ -32,6 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 import yaml
@@ -100,16 +101,31 @@ def write_phantom(out: Path, subset: str, num_videos: int, seed: int = 0) -> Pat
     )  # fmt: skip
 
 
-def fit(model, datamodule, epochs: int, seed: int) -> float:
-    """Train ``model`` for ``epochs`` on CPU (no validation, no logger); returns seconds."""
-    import lightning as L
+class GradientShares(L.Callback):
+    """Each ``train/grad_share/<term>`` the model logs (every ``grad_norm_every`` batches), in order."""
 
+    def __init__(self) -> None:
+        self.shares: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        logged = {
+            key.split("/")[-1]: float(value)
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith("train/grad_share/")
+        }
+        if logged and (not self.shares or logged != self.shares[-1]):
+            self.shares.append(logged)
+
+
+def fit(model, datamodule, epochs: int, seed: int, callbacks: list | None = None) -> float:
+    """Train ``model`` for ``epochs`` on CPU (no validation, no logger); returns seconds."""
     if epochs <= 0:
         return 0.0
     L.seed_everything(seed, verbose=False)
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        callbacks=callbacks or [],
     )  # fmt: skip
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -227,8 +243,6 @@ def shortcut_auroc(data_dir: Path, datamodule) -> tuple[float, str]:
 
 def video_classifier_row(data_dir: Path, subset: str, frame_size: int, cache: Path, epochs: int, seed: int):
     """The supervised baseline: VideoClassifier with a TinyVideoEncoder on the same (unpaired) clips."""
-    import lightning as L
-
     from echo_modules.common.backbones import TinyVideoEncoder
     from echo_modules.video_classifier import VideoClassifier
 
@@ -254,8 +268,6 @@ def video_classifier_row(data_dir: Path, subset: str, frame_size: int, cache: Pa
 
 
 def run_row(name: str, data_dir: Path, args: argparse.Namespace, cache: Path, seed: int) -> dict[str, Any]:
-    import lightning as L
-
     if name == "VideoClassifier":
         result, seconds = video_classifier_row(data_dir, args.subset, args.frame_size, cache, args.epochs, seed)
         return result | {"seconds": seconds}
@@ -263,8 +275,12 @@ def run_row(name: str, data_dir: Path, args: argparse.Namespace, cache: Path, se
     model_args = phantom_model_args(args.frame_size) | ROWS[name]
     model = build_cardiacnet(model_args)
     datamodule = phantom_datamodule(data_dir, args.subset, args.frame_size, cache)
-    seconds = fit(model, datamodule, 0 if name == "untrained" else args.epochs, seed)
-    return evaluate_cardiacnet(model, datamodule) | {"seconds": seconds}
+    shares = GradientShares()
+    seconds = fit(model, datamodule, 0 if name == "untrained" else args.epochs, seed, [shares])
+    result = evaluate_cardiacnet(model, datamodule) | {"seconds": seconds}
+    if shares.shares:
+        result["grad_share_first"], result["grad_share_last"] = shares.shares[0], shares.shares[-1]
+    return result
 
 
 def format_table(results: dict[str, list[dict[str, Any]]], shortcut: float, shortcut_source: str) -> str:
@@ -288,6 +304,11 @@ def format_table(results: dict[str, list[dict[str, Any]]], shortcut: float, shor
             f"| {cell(rows, 'seconds', 0)} |"
         )
     lines.append(f"| shortcut ({shortcut_source}) | - | {shortcut:.2f} | | | | | |")
+    for name, rows in results.items():
+        if rows and "grad_share_last" in rows[0]:
+            first, last = rows[0]["grad_share_first"], rows[0]["grad_share_last"]
+            shares = ", ".join(f"{k} {first[k]:.3f} -> {last[k]:.3f}" for k in last)
+            lines.append(f"\nencoder gradient shares, {name} (first logged step -> last): {shares}")
     return "\n".join(lines)
 
 

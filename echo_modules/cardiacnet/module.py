@@ -620,8 +620,8 @@ class CardiacNet(EchoModule):
             self.clip_gradients(optimizer, self.hparams.gradient_clip, gradient_clip_algorithm="norm")
 
     def _log_gradient_norms_now(self) -> bool:
-        every = self.hparams.grad_norm_every
-        return bool(every) and int(self.iterations) % every == 0
+        every = self.hparams.grad_norm_every  # on the k-th, 2k-th... batch: aligned with log_every_n_steps multiples
+        return bool(every) and (int(self.iterations) + 1) % every == 0
 
     def _gradient_norms(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         """Each weighted term's gradient norm on the generators' encoders (and their share of the sum): which losses
