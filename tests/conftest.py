@@ -14,12 +14,18 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+# Test datasets keep the default (realistic) phantom, with lengths capped at 112 frames for CPU time.
+TEST_MAX_FRAMES = 112
+
+
 @pytest.fixture(scope="session")
 def phantom_echonet(tmp_path_factory) -> Path:
     """A clean phantom EchoNet-Dynamic dataset (60 videos)."""
     from datamodules.phantom.echonet_writer import write_echonet_dataset
 
-    return write_echonet_dataset(tmp_path_factory.mktemp("echonet") / "EchoNet-Dynamic", num_videos=60, seed=0)
+    return write_echonet_dataset(
+        tmp_path_factory.mktemp("echonet") / "EchoNet-Dynamic", num_videos=60, seed=0, max_frames=TEST_MAX_FRAMES
+    )
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +33,18 @@ def phantom_echonet_train(tmp_path_factory) -> Path:
     """A larger phantom dataset for the runs that must learn (160 videos)."""
     from datamodules.phantom.echonet_writer import write_echonet_dataset
 
-    return write_echonet_dataset(tmp_path_factory.mktemp("echonet_train") / "EchoNet-Dynamic", num_videos=160, seed=1)
+    return write_echonet_dataset(
+        tmp_path_factory.mktemp("echonet_train") / "EchoNet-Dynamic", num_videos=160, seed=1, max_frames=TEST_MAX_FRAMES
+    )
+
+
+@pytest.fixture(scope="session")
+def echonet_train_baselines(phantom_echonet_train) -> dict:
+    """What a model that learned EF on ``phantom_echonet_train`` must beat on its TEST split: the mean predictor and
+    the anatomy-free shortcut (`datamodules.phantom.shortcuts.ef_baselines`)."""
+    from datamodules.phantom.shortcuts import ef_baselines
+
+    return ef_baselines(phantom_echonet_train)
 
 
 @pytest.fixture()

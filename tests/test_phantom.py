@@ -8,6 +8,7 @@ import decord
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from datamodules.phantom import (
     LEFT_ATRIUM,
@@ -102,16 +103,20 @@ def test_lv_size_change_tracks_the_requested_ef():
 
 
 @pytest.mark.parametrize("disease", ["wall_motion", "septal_gap", "dilated_rv"])
-def test_disease_changes_the_image_where_it_lives(disease):
+def test_disease_changes_the_image_where_it_lives_and_more_when_severe(disease):
     params = small_params()
     normal = simulate_video(params, 4)
-    sick = simulate_video(replace(params, disease=disease), 4)
     assert not normal.abnormal_region.any()
-    region = sick.abnormal_region
-    assert region.sum() >= 20
-    change = np.abs(sick.frames.astype(np.int16) - normal.frames.astype(np.int16)).mean(axis=0)
-    assert change[region].mean() > 8.0
-    assert change[region].mean() > 3.0 * change[~region].mean()
+    changes = {}
+    for severity in (0.15, 1.0):
+        sick = simulate_video(replace(params, disease=disease, severity=severity), 4)
+        region = sick.abnormal_region
+        assert region.sum() >= 20
+        change = np.abs(sick.frames.astype(np.int16) - normal.frames.astype(np.int16)).mean(axis=0)
+        assert change[region].mean() > 3.0 * change[~region].mean()
+        changes[severity] = change[region].mean() * region.sum()  # total change: where and how much
+    assert changes[1.0] > 8.0 * sick.abnormal_region.sum()
+    assert changes[0.15] < 0.6 * changes[1.0]  # graded: a mild case changes the image much less
 
 
 def test_invalid_params_fail_with_a_reason():
@@ -144,7 +149,7 @@ def test_file_list_layout(file_list, echonet_dir):
     assert file_list["FileName"].str.fullmatch(r"0X[0-9A-F]{16}").all()  # no extension, hashed like the release
     assert set(file_list["Split"]) == {"TRAIN", "VAL", "TEST"}
     assert (file_list["FrameHeight"] == 112).all() and (file_list["FrameWidth"] == 112).all()
-    assert file_list["FPS"].between(40, 60).all() and file_list["NumberOfFrames"].between(64, 112).all()
+    assert file_list["FPS"].between(22, 106).all() and file_list["NumberOfFrames"].between(28, 1002).all()
     written = sorted(path.name for path in (echonet_dir / "Videos").iterdir())
     assert written == sorted(f"{name}.avi" for name in file_list["FileName"])
 
@@ -212,3 +217,106 @@ def test_writer_is_deterministic(tmp_path):
         assert (first / name).read_bytes() == (second / name).read_bytes()
     other = write_echonet_dataset(tmp_path / "c", num_videos=2, seed=10, num_frames_range=(64, 70))
     assert (first / "FileList.csv").read_bytes() != (other / "FileList.csv").read_bytes()
+
+
+# realism: EchoNet-like statistics, nuisance independent of EF, graded severity ------------------------------------------
+
+
+def _draws(count: int = 4000, **options):
+    return [sample_params(np.random.default_rng([77, i]), **options) for i in range(count)]
+
+
+def test_ef_and_frame_statistics_are_echonet_like():
+    params = _draws()
+    ef = np.array([p.ef for p in params])
+    assert 54.0 < ef.mean() < 57.5 and 11.0 < ef.std() < 13.5  # EchoNet-Dynamic: 55.7 +- 12.4
+    assert stats.skew(ef) < -0.4 and ef.min() >= 10.0 and ef.max() <= 90.0  # left-skewed: a tail of reduced EF
+    fps = np.array([p.fps for p in params])
+    frames = np.array([p.num_frames for p in params])
+    assert 0.6 < (fps == 50).mean() < 0.8 and fps.min() >= 22 and fps.max() <= 106
+    assert frames.min() >= 28 and frames.max() <= 1002 and 130 < np.median(frames) < 230
+    capped = np.array([p.num_frames for p in _draws(400, max_frames=64)])
+    assert capped.max() <= 64 + 20 and np.median(capped) == 64  # a cap only yields to what holds an ED and its ES
+    uniform = np.array([p.ef for p in _draws(2000, ef_distribution="uniform")])
+    assert abs(uniform.mean() - 50.0) < 1.5 and uniform.min() >= 20.0 and uniform.max() <= 80.0
+    camus = np.array([p.ef for p in _draws(2000, ef_distribution="camus")])
+    assert 48.0 < camus.mean() < 54.0 and abs(stats.skew(camus)) < 0.3
+    with pytest.raises(ValueError, match="ef_distribution"):
+        sample_params(np.random.default_rng(0), ef_distribution="echo")
+
+
+def test_nuisance_is_drawn_independently_of_ef():
+    params = _draws()
+    ef = np.array([p.ef for p in params])
+    nuisance = ("heart_rate", "fps", "num_frames", "lv_length", "lv_width", "apex_depth", "apex_shift", "tilt_deg",
+                "la_size", "rv_size", "la_filling", "rv_strain", "ra_filling", "rv_longitudinal", "speckle_size",
+                "speckle_decorrelation", "noise", "attenuation", "gain_db", "sector_half_angle_deg",
+                "breathing_amplitude", "breathing_rate", "swing", "beat_gain_db")  # fmt: skip
+    for name in nuisance:
+        values = np.array([float(getattr(p, name)) for p in params])
+        assert abs(np.corrcoef(values, ef)[0, 1]) < 0.06, name
+    # coupled only where physiology couples them: MAPSE follows LV function, loosely; the LV dilates at low EF
+    assert 0.3 < np.corrcoef([p.longitudinal for p in params], ef)[0, 1] < 0.85
+    assert np.corrcoef([p.depth_mm for p in params], ef)[0, 1] < -0.2
+
+
+def test_volumes_are_in_millilitres_and_dilated_at_low_ef():
+    videos = [simulate_video(replace(p, num_frames=40, phase=0.0), i) for i, p in enumerate(_draws(30))]
+    ef, edv = np.array([v.ef for v in videos]), np.array([v.edv for v in videos])
+    assert 60.0 < np.median(edv) < 120.0 and edv.min() > 20.0  # EchoNet-Dynamic: EDV ~91 mL, ESV ~43 mL
+    assert np.corrcoef(ef, edv)[0, 1] < -0.3
+    assert all(abs(v.ef - v.params.ef) < 3.0 for v in videos)
+
+
+def test_intensities_are_like_real_echonet_videos(videos):
+    frames = np.concatenate([video.frames for video in videos.values()]).astype(np.float32)
+    assert 26.0 < frames.mean() < 38.0 and 42.0 < frames.std() < 60.0  # real EchoNet: 31.8 / 49.7
+
+
+def test_phantom_truth_reports_severity(tmp_path):
+    from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset
+
+    root = write_cardiacnet_dataset(tmp_path, 12, seed=2, size_range=(48, 56), num_frames_range=(12, 16))
+    truth = pd.read_csv(root / "CardiacNet-PAH" / "PhantomTruth.csv")
+    sick, healthy = truth[truth["Label"] == 1], truth[truth["Label"] == 0]
+    assert sick["Severity"].between(0.1, 1.0).all() and (healthy["Severity"] == 0).all()
+    severities = np.array([p.severity for p in _draws(2000)])
+    assert np.median(severities) < 0.45 and severities.min() >= 0.1  # mild cases are the common ones
+
+
+# shortcut baselines -----------------------------------------------------------------------------------------------
+
+
+def test_ef_shortcut_reads_little_from_the_default_phantom_and_finds_a_planted_leak(phantom_echonet, tmp_path):
+    """On the default phantom global statistics say little about EF; the same fit finds EF at once when it is
+    planted in a global statistic (the control: the baseline can fail a phantom)."""
+    from datamodules.phantom.shortcuts import ef_baselines
+
+    baselines = ef_baselines(phantom_echonet)
+    assert baselines["shortcut_loo_mae"] > 0.75 * baselines["mean_loo_mae"], baselines
+    assert baselines["mean_mae"] > 4.0 and baselines["num_videos"] == 60
+    leaky = tmp_path / "leaky"
+    leaky.mkdir()
+    (leaky / "Videos").symlink_to(phantom_echonet / "Videos")
+    files = pd.read_csv(phantom_echonet / "FileList.csv")
+    files["EF"] = 20.0 + 0.6 * files["FPS"]  # EF written as a function of the frame rate
+    files.to_csv(leaky / "FileList.csv", index=False)
+    leaked = ef_baselines(leaky)
+    assert leaked["shortcut_loo_mae"] < 0.2 * leaked["mean_loo_mae"], leaked
+
+
+def test_disease_shortcut_reads_little_from_the_default_phantom_and_finds_a_planted_leak(tmp_path):
+    """Coarse-grid statistics barely tell the default (mostly mild) PAH phantom from normal hearts; the same fit finds
+    the class at once when the abnormal videos are planted 30% brighter (the control: the baseline can fail)."""
+    from datamodules.nifti import load_sequence_array, write_nifti
+    from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset
+    from datamodules.phantom.shortcuts import disease_baselines
+
+    root = write_cardiacnet_dataset(tmp_path / "cn", 32, seed=4, size_range=(48, 56), num_frames_range=(12, 16))
+    default = disease_baselines(root)
+    assert default["shortcut_loo_auroc"] < 0.8, default
+    for path in (root / "CardiacNet-PAH" / "PAH").glob("*_image.nii.gz"):
+        frames, _ = load_sequence_array(path)
+        write_nifti(path, np.clip(frames.astype(np.float32) * 1.3, 0, 255).astype(np.uint8))
+    leaked = disease_baselines(root)
+    assert leaked["shortcut_loo_auroc"] > 0.95 and leaked["shortcut_auroc"] > 0.9, leaked

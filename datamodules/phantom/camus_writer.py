@@ -34,11 +34,25 @@ SPLIT_NAMES = {"TRAIN": "training", "VAL": "validation", "TEST": "testing"}
 
 
 def half_sequence_video(
-    view: str, seed: int, index: int, size: int, fps_range: tuple[float, float], ef_range: tuple[float, float]
+    view: str,
+    seed: int,
+    index: int,
+    size: int,
+    fps_range: tuple[float, float],
+    ef_range: tuple[float, float],
+    ef_distribution: str = "camus",
 ) -> tuple[PhantomVideo, slice]:
     """One view of patient ``index``: a video starting at end-diastole and the ED..ES slice of its frames."""
     rng = np.random.default_rng([seed, index])  # the same draws for both views: the same heart
-    params = sample_params(rng, num_frames=16, size=size, view=view, fps_range=fps_range, ef_range=ef_range)
+    params = sample_params(
+        rng,
+        num_frames=16,
+        size=size,
+        view=view,
+        fps_range=fps_range,
+        ef_range=ef_range,
+        ef_distribution=ef_distribution,
+    )
     systole_frames = params.systole_fraction * params.cycle_s * params.fps
     params = replace(params, phase=0.0, num_frames=int(math.ceil(systole_frames)) + 5)
     video = simulate_video(params, int(np.random.SeedSequence([seed, index, VIEWS.index(view)]).generate_state(1)[0]))
@@ -72,11 +86,13 @@ def write_camus_dataset(
     fps_range: tuple[float, float] = (30.0, 60.0),
     ef_range: tuple[float, float] = (20.0, 80.0),
     sequence_gt: bool | None = None,
+    ef_distribution: str = "camus",
 ) -> Path:
     """Write ``num_patients`` phantom patients (both views each) in a CAMUS layout under ``out_dir``; returns it.
 
     layout: ``nifti`` (the 2023 release, with database_split files) or ``mhd`` (the 2019 release).
     sequence_gt: write ``half_sequence_gt`` label maps (default: yes for nifti, no for mhd, as the releases).
+    ef_distribution: ``camus`` (a broad normal around 51%), ``echonet`` or ``uniform`` over ``ef_range``.
     """
     if num_patients < 1:
         raise ValueError(f"num_patients must be >= 1, got {num_patients}")
@@ -93,7 +109,9 @@ def write_camus_dataset(
         folder.mkdir(parents=True, exist_ok=True)
         meta_rng = np.random.default_rng([seed, index, 99])
         sex, age = ("F", "M")[int(meta_rng.integers(2))], int(meta_rng.integers(20, 90))
-        views = {view: half_sequence_video(view, seed, index, size, fps_range, ef_range) for view in VIEWS}
+        views = {
+            view: half_sequence_video(view, seed, index, size, fps_range, ef_range, ef_distribution) for view in VIEWS
+        }
         patient_ef = float(np.mean([video.ef for video, _ in views.values()]))
         patient_edv = float(np.mean([video.edv for video, _ in views.values()]))
         patient_esv = float(np.mean([video.esv for video, _ in views.values()]))

@@ -47,11 +47,13 @@ def write_cardiacnet_dataset(
     size_range: tuple[int, int] = (160, 256),
     num_frames_range: tuple[int, int] = (24, 64),
     fps_range: tuple[float, float] = (30.0, 60.0),
+    severity_range: tuple[float, float] = (0.1, 1.0),
 ) -> Path:
     """Write ``num_videos`` phantom videos of ``subset`` (PAH or ASD) in the CardiacNet layout; returns ``out_dir``.
 
     abnormal_fraction: share of videos with the subset's disease (the rest are normal hearts).
     size_range / num_frames_range: per-video square sector size in pixels and length in frames (both vary).
+    severity_range: the disease's severity is drawn over it, mild cases the most common (`sample_params`).
     """
     if subset not in DISEASE_OF_SUBSET:
         raise ValueError(f"subset must be 'PAH' or 'ASD', got {subset!r}")
@@ -78,6 +80,7 @@ def write_cardiacnet_dataset(
             disease=DISEASE_OF_SUBSET[subset] if label else "normal",
             fps_range=fps_range,
             num_frames_range=num_frames_range,
+            severity_range=severity_range,
         )
         shortest = int(np.ceil(params.systole_fraction * params.cycle_s * params.fps)) + 3  # an ED and its ES fit
         if params.num_frames < shortest + 2:
@@ -95,10 +98,19 @@ def write_cardiacnet_dataset(
         write_nifti(folder / f"{stem}_label.nii.gz", masks)
         write_nifti(folder / f"{stem}_abnormal.nii.gz", region)
         truth_rows.append(
-            (f"{folder.name}/{stem}", label, params.disease, len(frames), size, round(video.ef, 4), video.fps)
+            (
+                f"{folder.name}/{stem}",
+                label,
+                params.disease,
+                round(params.severity, 4) if label else 0.0,
+                len(frames),
+                size,
+                round(video.ef, 4),
+                video.fps,
+            )  # fmt: skip
         )
     with open(root / "PhantomTruth.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["Patient", "Label", "Disease", "NumberOfFrames", "SectorSize", "EF", "FPS"])
+        writer.writerow(["Patient", "Label", "Disease", "Severity", "NumberOfFrames", "SectorSize", "EF", "FPS"])
         writer.writerows(truth_rows)
     return out_dir

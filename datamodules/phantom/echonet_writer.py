@@ -27,7 +27,7 @@ from datamodules.phantom.simulator import PhantomParams, PhantomVideo, sample_pa
 FILELIST_COLUMNS = ("FileName", "EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS", "NumberOfFrames", "Split")
 TRACING_COLUMNS = ("FileName", "X1", "Y1", "X2", "Y2", "Frame")
 TRUTH_COLUMNS = ("FileName", "Split", "EF", "EDFrame", "ESFrame", "NumberOfFrames", "FPS", "TargetEF", "HeartRate",
-                 "View", "Disease")  # fmt: skip
+                 "View", "Disease", "Severity", "DepthMM")  # fmt: skip
 SPLITS = ("TRAIN", "VAL", "TEST")
 
 
@@ -73,14 +73,18 @@ def plan_echonet_dataset(
     seed: int = 0,
     size: int = 112,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-    num_frames_range: tuple[int, int] = (64, 112),
+    num_frames_range: tuple[int, int] | None = None,
     ef_range: tuple[float, float] = (20.0, 80.0),
-    fps_range: tuple[float, float] = (40.0, 60.0),
+    fps_range: tuple[float, float] | None = None,
     heart_rate_range: tuple[float, float] = (50.0, 110.0),
     view: str = "4CH",
     disease: str = "normal",
+    ef_distribution: str = "echonet",
+    max_frames: int | None = None,
+    severity_range: tuple[float, float] = (0.1, 1.0),
 ) -> list[PhantomSpec]:
-    """The videos `write_echonet_dataset` writes for these arguments, without rendering them."""
+    """The videos `write_echonet_dataset` writes for these arguments, without rendering them (see
+    `simulator.sample_params` for what the None defaults draw: EchoNet-like frame rates and lengths)."""
     if num_videos < 1:
         raise ValueError(f"num_videos must be >= 1, got {num_videos}")
     splits = assign_splits(num_videos, split_fractions, np.random.default_rng([seed, 0x5EED]))
@@ -96,6 +100,9 @@ def plan_echonet_dataset(
             heart_rate_range=heart_rate_range,
             fps_range=fps_range,
             num_frames_range=num_frames_range,
+            ef_distribution=ef_distribution,
+            severity_range=severity_range,
+            max_frames=max_frames,
         )
         video_seed = int(np.random.SeedSequence([seed, index, 1]).generate_state(1)[0])
         es_first = bool(rng.random() < 0.5)
@@ -131,15 +138,32 @@ def write_echonet_dataset(
     seed: int = 0,
     size: int = 112,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-    num_frames_range: tuple[int, int] = (64, 112),
+    num_frames_range: tuple[int, int] | None = None,
     ef_range: tuple[float, float] = (20.0, 80.0),
-    fps_range: tuple[float, float] = (40.0, 60.0),
+    fps_range: tuple[float, float] | None = None,
+    ef_distribution: str = "echonet",
+    max_frames: int | None = None,
 ) -> Path:
-    """Write `num_videos` phantom videos in the EchoNet-Dynamic layout under `out_dir`; returns `out_dir`."""
+    """Write `num_videos` phantom videos in the EchoNet-Dynamic layout under `out_dir`; returns `out_dir`.
+
+    By default the videos are drawn like the real release: EF and volumes like EchoNet-Dynamic (``ef_distribution``
+    ``echonet``; ``uniform`` over ``ef_range`` and ``camus`` are the alternatives), frame rates mostly 50 (22-106)
+    and lengths of 28-1002 frames. ``max_frames`` caps the lengths (for quick CPU runs); ``num_frames_range`` /
+    ``fps_range`` draw lengths / frame rates uniformly instead."""
     out_dir = Path(out_dir)
     videos_dir = out_dir / "Videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
-    specs = plan_echonet_dataset(num_videos, seed, size, split_fractions, num_frames_range, ef_range, fps_range)
+    specs = plan_echonet_dataset(
+        num_videos,
+        seed,
+        size,
+        split_fractions,
+        num_frames_range,
+        ef_range,
+        fps_range,
+        ef_distribution=ef_distribution,
+        max_frames=max_frames,
+    )
     file_rows, tracing_rows, truth_rows = [], [], []
     for spec in specs:
         video = spec.simulate()
@@ -150,7 +174,8 @@ def write_echonet_dataset(
         )
         params = spec.params
         truth_rows.append((spec.file_name, spec.split, video.ef, video.ed_index, video.es_index, num_frames,
-                           _number(video.fps), params.ef, params.heart_rate, params.view, params.disease))  # fmt: skip
+                           _number(video.fps), params.ef, params.heart_rate, params.view, params.disease,
+                           params.severity if params.disease != "normal" else 0.0, params.depth_mm))  # fmt: skip
         blocks = [(video.ed_index, video.ed_tracing), (video.es_index, video.es_tracing)]
         if spec.es_block_first:
             blocks.reverse()

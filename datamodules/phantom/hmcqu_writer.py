@@ -132,11 +132,13 @@ def write_hmcqu_dataset(
     heart_rate_range: tuple[float, float] = (60.0, 100.0),
     second_recording_fraction: float = 0.25,
     table_format: Literal["xlsx", "csv"] = "xlsx",
+    severity_range: tuple[float, float] = (0.1, 1.0),
 ) -> Path:
     """Write ``num_videos`` phantom echos in the HMC-QU layout under ``out_dir``; returns ``out_dir``.
 
     second_recording_fraction: share of patients with a second recording (``..._4CH_2``).
     table_format: ``xlsx`` (as released) or ``csv`` (the CSV export the reader also accepts).
+    severity_range: hypokinesis severity (extent and depth) of the abnormal hearts, mild cases the most common.
     """
     if num_videos < 2:
         raise ValueError(f"num_videos must be >= 2, got {num_videos}")
@@ -166,6 +168,7 @@ def write_hmcqu_dataset(
             disease="wall_motion" if label else "normal",
             fps_range=(fps, fps),
             heart_rate_range=heart_rate_range,
+            severity_range=severity_range,
         )
         rng = np.random.default_rng([seed, patient, index])
         cycle_frames = params.cycle_s * params.fps
@@ -184,7 +187,10 @@ def write_hmcqu_dataset(
             scipy.io.savemat(masks_dir / f"Mask_{echo}.mat", {"predicted": wall}, do_compression=True)
         segments = [int(label and s == ABNORMAL_SEGMENT) for s in range(1, 8)]
         table_rows.append([echo, *segments, first + 1, following + 1, MASK_MARK if has_mask else None])
-        truth_rows.append((echo, echo.split(" ")[0], label, round(video.ef, 4), first, following, len(video.frames)))
+        severity = round(params.severity, 4) if label else 0.0
+        truth_rows.append(
+            (echo, echo.split(" ")[0], label, severity, round(video.ef, 4), first, following, len(video.frames))
+        )
     if table_format == "xlsx":
         write_xlsx(out_dir / "HMC_QU.xlsx", COLUMNS, table_rows)
     else:
@@ -192,6 +198,6 @@ def write_hmcqu_dataset(
             csv.writer(handle).writerows([COLUMNS, *[["" if v is None else v for v in row] for row in table_rows]])
     with open(out_dir / "PhantomTruth.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["ECHO", "Patient", "Label", "EF", "EDFrame", "NextEDFrame", "NumberOfFrames"])
+        writer.writerow(["ECHO", "Patient", "Label", "Severity", "EF", "EDFrame", "NextEDFrame", "NumberOfFrames"])
         writer.writerows(truth_rows)
     return out_dir

@@ -36,6 +36,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
+from scipy import special
 
 from datamodules.phantom.discs import disc_tracing, ef_from_tracings
 from datamodules.tracings import volume_from_tracing
@@ -52,24 +53,25 @@ _DISEASE_BIT = 16  # bit set in the material label grid where the planted diseas
 _GRID_UPSAMPLE = 2  # the material grids are sampled at twice the frame resolution
 _COARSE_STEP = 4  # the deformation is evaluated every 4 frame pixels (at 112 px) and interpolated
 _K_LEVELS = 17  # ... at this many contraction levels, blended linearly in between
-_LONGITUDINAL_SHARE = 0.4  # mitral-plane excursion / LV length, per unit of contraction strength
 
 # echogenicity (linear amplitude, before speckle and log compression)
 _ECHO_BLOOD = 0.012
-_ECHO_BACKGROUND = 0.15
-_ECHO_MYOCARDIUM = 0.36
+_ECHO_BACKGROUND = 0.045
+_ECHO_MYOCARDIUM = 0.25
 _ECHO_WALL = 0.50
 _ECHO_PERICARDIUM = 1.0
 _ECHO_ANNULUS = 0.8
 _ECHO_LEAFLET = 0.5
-_DYNAMIC_RANGE_DB = 34.0
+_DYNAMIC_RANGE_DB = 30.0  # with the echogenicities above: grey mean ~32, SD ~50, as real EchoNet videos
 
 
 @dataclass(frozen=True)
 class PhantomParams:
     """Everything that defines one phantom video (with the seed, which draws its speckle and noise).
 
-    Lengths are fractions of the frame size unless stated, so a video looks the same at any `size`.
+    Lengths are fractions of the frame size unless stated, so a video looks the same at any `size`. The defaults are
+    a typical heart; `sample_params` draws every nuisance independently of the EF (coupled only where physiology
+    couples them: the mitral-plane excursion follows LV function loosely, the LV dilates at low EF).
     """
 
     ef: float  # target ejection fraction, percent; the measured EF (`PhantomVideo.ef`) is within about a point
@@ -79,6 +81,7 @@ class PhantomParams:
     size: int = 112  # square frame size in pixels
     view: View = "4CH"
     disease: Disease = "normal"
+    severity: float = 1.0  # disease severity in (0, 1]: 1 the most marked form, small values mild (ignored if normal)
     phase: float = 0.0  # cardiac phase of the first frame in cycles, 0 = end-diastole (onset of ejection)
     systole_fraction: float = 0.34  # ejection time as a fraction of the cycle
     lv_length: float = 0.44  # LV cavity length (apex to mitral plane) at end-diastole
@@ -89,10 +92,26 @@ class PhantomParams:
     tilt_deg: float = 9.0  # angle of the long axis from vertical; positive puts the base right of the apex
     la_size: float = 1.0  # LA scale
     rv_size: float = 1.0  # RV and RA scale (4CH)
+    longitudinal: float = 0.14  # mitral-plane excursion at end-systole / LV length (MAPSE), independent of eps
+    la_filling: float = 0.09  # LA radial expansion at end-systole (fraction of its radius)
+    rv_strain: float = 0.22  # RV free-wall inward motion at end-systole (fraction of its radius), 4CH
+    ra_filling: float = 0.14  # RA radial expansion at end-systole, 4CH
+    rv_longitudinal: float = 1.0  # tricuspid-plane excursion relative to the mitral plane's (TAPSE / MAPSE), 4CH
     speckle_size: float = 1.0  # speckle grain scale
+    speckle_decorrelation: float = 0.0  # speckle decorrelation rate, radians per second of the speckle field's phase
     noise: float = 0.02  # thermal noise amplitude (relative to myocardium ~0.4)
     attenuation: float = 0.6  # depth attenuation, nepers per frame height, partly compensated by TGC
     gain_db: float = 0.0  # overall gain
+    tgc_db: tuple[float, float, float] = (0.0, 0.0, 0.0)  # time-gain compensation at the top, middle, bottom
+    sector_half_angle_deg: float = SECTOR_HALF_ANGLE_DEG  # half the sector's opening angle
+    breathing_amplitude: float = 0.0  # peak translation of the whole scene by breathing (fraction of the frame)
+    breathing_rate: float = 15.0  # breaths per minute
+    breathing_phase: float = 0.0  # breathing phase at the first frame, cycles
+    breathing_angle_deg: float = 60.0  # direction of the breathing translation, from the image x axis
+    breathing_gain_db: float = 0.0  # brightness modulation with breathing (lung, probe contact), peak dB
+    swing: float = 0.0  # translation of the whole heart with each beat, at end-systole (fraction of the frame)
+    swing_angle_deg: float = 90.0  # its direction, from the image x axis
+    beat_gain_db: float = 0.0  # brightness change at end-systole from through-plane motion, dB (either sign)
     depth_mm: float = 180.0  # imaging depth spanned by the frame height: pixel spacing = depth_mm / size
 
     def __post_init__(self) -> None:
@@ -110,6 +129,10 @@ class PhantomParams:
             raise ValueError(f"need num_frames >= 2 and size >= 32, got {self.num_frames} and {self.size}")
         if not 0.15 <= self.systole_fraction <= 0.6:
             raise ValueError(f"systole_fraction must be in [0.15, 0.6], got {self.systole_fraction}")
+        if not 0.0 < self.severity <= 1.0:
+            raise ValueError(f"severity must be in (0, 1], got {self.severity}")
+        if not 15.0 <= self.sector_half_angle_deg <= 60.0:
+            raise ValueError(f"sector_half_angle_deg must be in [15, 60], got {self.sector_half_angle_deg}")
 
     @property
     def pixel_spacing_mm(self) -> float:
@@ -146,6 +169,35 @@ class PhantomVideo:
 # parameters
 
 
+EfDistribution = Literal["echonet", "uniform", "camus"]
+EF_DISTRIBUTIONS: tuple[str, ...] = ("echonet", "uniform", "camus")
+_DISC_VOLUME = 1.978  # ED method-of-discs volume of the phantom LV / (length^3 * width^2), measured
+_SHORTEST_FRAMES, _LONGEST_FRAMES = 28, 1002  # EchoNet-Dynamic's video lengths
+
+
+def _truncated_normal(u: float, mean: float, sd: float, low: float, high: float) -> float:
+    """The quantile ``u`` of a normal(mean, sd) truncated to [low, high]."""
+    a, b = special.ndtr((low - mean) / sd), special.ndtr((high - mean) / sd)
+    return float(np.clip(mean + sd * special.ndtri(a + (b - a) * u), low, high))
+
+
+def draw_ef(u_component: float, u_value: float, distribution: EfDistribution, ef_range: tuple[float, float]) -> float:
+    """An EF (percent) from two uniform draws.
+
+    ``echonet``: EchoNet-Dynamic's shape (mean ~55.7, SD ~12.4, a long left tail of reduced function, within
+    10-90): 85% from a healthy normal(59.8, 8), 15% from a reduced-function normal(34, 12), both truncated.
+    ``camus``: CAMUS-like, a broad normal(51, 12) truncated to 10-85. ``uniform``: uniform on ``ef_range``."""
+    if distribution == "uniform":
+        return float(ef_range[0] + (ef_range[1] - ef_range[0]) * u_value)
+    if distribution == "camus":
+        return _truncated_normal(u_value, 51.0, 12.0, 10.0, 85.0)
+    if distribution != "echonet":
+        raise ValueError(f"ef_distribution must be one of {EF_DISTRIBUTIONS}, got {distribution!r}")
+    if u_component < 0.15:
+        return _truncated_normal(u_value, 34.0, 12.0, 10.0, 90.0)
+    return _truncated_normal(u_value, 59.8, 8.0, 10.0, 90.0)
+
+
 def sample_params(
     rng: np.random.Generator,
     num_frames: int | None = None,
@@ -154,30 +206,58 @@ def sample_params(
     disease: Disease = "normal",
     ef_range: tuple[float, float] = (20.0, 80.0),
     heart_rate_range: tuple[float, float] = (50.0, 110.0),
-    fps_range: tuple[float, float] = (30.0, 60.0),
-    num_frames_range: tuple[int, int] = (64, 112),
+    fps_range: tuple[float, float] | None = None,
+    num_frames_range: tuple[int, int] | None = None,
+    ef_distribution: EfDistribution = "echonet",
+    severity_range: tuple[float, float] = (0.1, 1.0),
+    max_frames: int | None = None,
 ) -> PhantomParams:
-    """Random plausible parameters. The same draws are made whatever the view and disease, so one rng state gives
-    the same heart as a normal and as a diseased video. FPS is rounded to an integer, as in real files, and the cycle
-    phase is chosen so that an end-diastole and the end-systole after it fall inside the video."""
-    draws = rng.random(18)
+    """Random plausible parameters, every nuisance drawn independently of the EF.
+
+    The same draws are made whatever the view, disease and options, so one rng state gives the same heart as a normal
+    and as a diseased video. fps_range None: EchoNet-like frame rates (mostly 50, else 22-106); num_frames_range
+    None: EchoNet-like lengths (a log-normal duration around 3.5 s, 28-1002 frames), cut to ``max_frames`` if given
+    (never below what holds an end-diastole and the end-systole after it). FPS is rounded to an integer, as in real
+    files, and the cycle phase is chosen so that an end-diastole and its end-systole fall inside the video.
+    severity: ``low + (high - low) * u ** 1.6`` over ``severity_range``, so mild cases are the common ones. The LV is
+    sized in mL (EDV log-normal around 80 mL, dilated at low EF) and the imaging depth follows the heart, as a
+    sonographer sets it, so the heart's size in pixels says nothing about its EF."""
+    draws = rng.random(40)
 
     def between(i: int, low: float, high: float) -> float:
         return float(low + (high - low) * draws[i])
 
-    ef = between(0, *ef_range)
+    ef = draw_ef(float(draws[18]), float(draws[0]), ef_distribution, ef_range)
     heart_rate = between(1, *heart_rate_range)
-    fps = float(max(1, round(between(2, *fps_range))))
-    if num_frames is None:
-        low, high = num_frames_range
-        num_frames = int(low + min(int(draws[3] * (high - low + 1)), high - low))
+    if fps_range is None:
+        fps = 50.0 if draws[19] < 0.7 else float(round(between(2, 22.0, 106.0)))
+    else:
+        fps = float(max(1, round(between(2, *fps_range))))
     systole_fraction = float(np.clip(0.30 + 0.09 * (heart_rate - 50.0) / 60.0 + 0.04 * (draws[4] - 0.5), 0.26, 0.44))
     cycle = 60.0 / heart_rate
+    shortest = int(math.ceil(systole_fraction * cycle * fps)) + 4  # holds an end-diastole and its end-systole
+    if num_frames is None:
+        if num_frames_range is None:
+            duration = 3.5 * math.exp(0.35 * float(special.ndtri(np.clip(draws[3], 1e-6, 1 - 1e-6))))
+            num_frames = int(np.clip(round(duration * fps), _SHORTEST_FRAMES, _LONGEST_FRAMES))
+        else:
+            low, high = num_frames_range
+            num_frames = int(low + min(int(draws[3] * (high - low + 1)), high - low))
+        if max_frames is not None:
+            num_frames = min(num_frames, int(max_frames))
+        num_frames = max(num_frames, min(shortest, _LONGEST_FRAMES))
     duration = (num_frames - 1) / fps
     latest_ed = min(cycle, duration - systole_fraction * cycle - 2.0 / fps)
     first_ed = max(0.0, latest_ed) * draws[5]
     phase = float((1.0 - first_ed / cycle) % 1.0)
     four = view == "4CH"
+    lv_length, lv_width = between(6, 0.38, 0.48), between(7, 0.26, 0.35)
+    # volumes in mL: EDV log-normal around 78 mL, dilated at low EF; the depth is set so the heart fills the frame
+    edv_ml = 78.0 * math.exp(0.28 * float(special.ndtri(np.clip(draws[20], 1e-6, 1 - 1e-6))))
+    edv_ml *= 1.0 + 0.025 * max(0.0, 60.0 - ef)
+    depth_mm = (edv_ml * 1000.0 / (_DISC_VOLUME * lv_length**3 * lv_width**2)) ** (1.0 / 3.0)
+    low, high = severity_range
+    severity = float(np.clip(low + (high - low) * draws[21] ** 1.6, 1e-3, 1.0))
     return PhantomParams(
         ef=ef,
         heart_rate=heart_rate,
@@ -186,20 +266,39 @@ def sample_params(
         size=int(size),
         view=view,
         disease=disease,
+        severity=severity,
         phase=phase,
         systole_fraction=systole_fraction,
-        lv_length=between(6, 0.40, 0.47),
-        lv_width=between(7, 0.27, 0.34),
-        myo_thickness=between(8, 0.048, 0.062),
-        apex_depth=between(9, 0.07, 0.11),
-        apex_shift=between(10, -0.01, 0.04) if four else between(10, -0.03, 0.03),
-        tilt_deg=between(11, 4.0, 13.0) if four else between(11, -6.0, 6.0),
-        la_size=between(12, 0.88, 1.08),
-        rv_size=between(13, 0.85, 1.15),
+        lv_length=lv_length,
+        lv_width=lv_width,
+        myo_thickness=between(8, 0.045, 0.065),
+        apex_depth=between(9, 0.06, 0.12),
+        apex_shift=between(10, -0.02, 0.05) if four else between(10, -0.04, 0.04),
+        tilt_deg=between(11, 1.0, 16.0) if four else between(11, -9.0, 9.0),
+        la_size=between(12, 0.82, 1.15),
+        rv_size=between(13, 0.8, 1.25),
+        # the mitral-plane excursion follows LV function loosely (as MAPSE does); every other motion is independent
+        longitudinal=float(np.clip((0.03 + 0.002 * ef) * between(22, 0.65, 1.35), 0.02, 0.26)),
+        la_filling=between(23, 0.04, 0.14),
+        rv_strain=between(24, 0.12, 0.30),
+        ra_filling=between(25, 0.07, 0.20),
+        rv_longitudinal=between(26, 0.8, 1.4),
         speckle_size=between(14, 0.85, 1.2),
+        speckle_decorrelation=between(27, 0.5, 12.0),
         noise=between(15, 0.01, 0.04),
         attenuation=between(16, 0.3, 0.9),
-        gain_db=between(17, -2.5, 2.5),
+        gain_db=between(17, -3.0, 3.0),
+        tgc_db=(between(28, -4.0, 4.0), between(29, -4.0, 4.0), between(30, -4.0, 4.0)),
+        sector_half_angle_deg=round(between(31, 30.0, 45.0) * 2.0) / 2.0,
+        breathing_amplitude=between(32, 0.0, 0.035),
+        breathing_rate=between(33, 10.0, 22.0),
+        breathing_phase=between(34, 0.0, 1.0),
+        breathing_angle_deg=between(35, 40.0, 140.0),
+        breathing_gain_db=between(36, 0.0, 1.5),
+        swing=between(37, 0.0, 0.025),
+        swing_angle_deg=between(38, 0.0, 360.0),
+        beat_gain_db=between(39, -1.5, 1.5),
+        depth_mm=float(depth_mm),
     )
 
 
@@ -282,6 +381,11 @@ class _Anatomy:
     eps_ra: float = 0.14
     gap_q: float = 0.0
     gap_half: float = 0.0
+    longitudinal: float = 0.14  # mitral-plane excursion / LV length at k = 1
+    la_filling: float = 0.09
+    rv_longitudinal: float = 1.0  # tricuspid-plane excursion relative to the mitral plane's
+    akinetic_start: float = 0.52  # wall_motion: the hypokinetic segment starts this far (x LV length) from the base
+    akinetic_depth: float = 1.0  # ... and loses this share of its motion (1 = akinetic)
 
     # coordinate frames ------------------------------------------------------------------------------------------------
     def to_heart(self, x, y):
@@ -324,12 +428,16 @@ class _Anatomy:
         side = np.where(dp >= 0, dtype.type(self.th_lat), dtype.type(self.th_sept))
         return self.th_apex + (side - dtype.type(self.th_apex)) * np.abs(dp)
 
-    def akinetic_weight(self, q):
-        """1 on the apical third of the lateral wall (the akinetic segment of `wall_motion`), by level q."""
+    def akinetic_extent(self, q):
+        """1 on the apical part of the lateral wall that `wall_motion` affects (its extent grows with severity)."""
         if self.disease != "wall_motion":
             return np.zeros_like(q)
         length = self.length
-        return _smoothstep((q - 0.52 * length) * (1.0 / (0.1 * length)))
+        return _smoothstep((q - self.akinetic_start * length) * (1.0 / (0.1 * length)))
+
+    def akinetic_weight(self, q):
+        """The share of the lateral wall's inward motion lost at level q (hypokinesis depth x extent)."""
+        return self.akinetic_depth * self.akinetic_extent(q)
 
     def squeeze(self, p, q, k, eps):
         """Inverse of the LV's inward wall motion: at each level q the cavity's half-width shrinks by
@@ -362,11 +470,12 @@ class _Anatomy:
 
     def la_expansion(self, p, q, k, eps):
         """Inverse of the LA filling: an area-preserving radial map about the annulus midpoint, below the mitral line,
-        that expands the LA by up to 0.25 * eps as the LV empties (identity above the mitral line)."""
+        that expands the LA by up to `la_filling` as the LV empties (identity above the mitral line); its amount is
+        drawn apart from the LV's contraction."""
         r = np.sqrt(p * p + q * q) + 1e-6
         dp, dq = p / r, q / r
         e0 = self.lv_la_radius(dp, dq)
-        s = 1.0 + (k * np.result_type(p, np.float32).type(0.25 * eps)) * _smoothstep(dq * (-1.0 / 0.35))
+        s = 1.0 + (k * np.result_type(p, np.float32).type(self.la_filling)) * _smoothstep(dq * (-1.0 / 0.35))
         e = e0 * s
         r0 = np.where(r < e, r / s, np.sqrt(np.maximum(r * r + e0 * e0 - e * e, 0.0)))
         return dp * r0, dq * r0
@@ -380,7 +489,7 @@ class _Anatomy:
 
 def _build_anatomy(params: PhantomParams) -> _Anatomy:
     s = float(params.size)
-    dilated = params.disease == "dilated_rv"
+    pah = params.severity if params.disease == "dilated_rv" else 0.0  # graded: RV dilation, septal flattening
     four = params.view == "4CH"
     length = params.lv_length * s
     width = params.lv_width * length
@@ -391,7 +500,7 @@ def _build_anatomy(params: PhantomParams) -> _Anatomy:
     apex_x = (s - 1.0) / 2.0 + params.apex_shift * s
     apex_y = params.apex_depth * s + 0.8 * th
     cx, cy = apex_x + length * sin_t, apex_y + length * cos_t
-    w_sept = width * (0.74 if dilated else 1.0)
+    w_sept = width * (1.0 - 0.26 * pah)
     narrowing = 0.14
     kappa = 1.22 * params.la_size  # LA half-width / annulus half-width
     la_b = 0.36 * length * params.la_size
@@ -407,10 +516,10 @@ def _build_anatomy(params: PhantomParams) -> _Anatomy:
         length=length,
         w_lat=width,
         w_sept=w_sept,
-        n_sept=3.0 if dilated else 2.0,
+        n_sept=2.0 + pah,
         narrowing=narrowing,
         th_lat=th,
-        th_sept=th * (0.95 if dilated else 1.05),
+        th_sept=th * (1.05 - 0.1 * pah),
         th_apex=0.8 * th,
         la_a_lat=kappa * width * (1.0 - narrowing),
         la_a_sept=kappa * w_sept * (1.0 - narrowing),
@@ -418,11 +527,16 @@ def _build_anatomy(params: PhantomParams) -> _Anatomy:
         la_h=la_h,
         la_wall=0.018 * s,
         ramp_below=0.9 * length,
+        longitudinal=params.longitudinal,
+        la_filling=params.la_filling,
     )
+    if params.disease == "wall_motion":
+        anatomy.akinetic_start = 1.0 - (0.15 + 0.23 * params.severity) - 0.1
+        anatomy.akinetic_depth = 0.4 + 0.6 * params.severity
     if four:
-        rv_scale = params.rv_size * (1.6 if dilated else 1.0)
+        rv_scale = params.rv_size * (1.0 + 0.6 * pah)
         a_rv = 0.62 * width * rv_scale
-        b_rv = 0.40 * length * params.rv_size * (1.2 if dilated else 1.0)
+        b_rv = 0.40 * length * params.rv_size * (1.0 + 0.2 * pah)
         tricuspid_q = 0.06 * length
         overlap = 0.35
         septum_outer = w_sept + anatomy.th_sept
@@ -432,14 +546,17 @@ def _build_anatomy(params: PhantomParams) -> _Anatomy:
         anatomy.tricuspid_q = tricuspid_q
         anatomy.rv_wall = 0.035 * s
         anatomy.septum_th = 0.028 * s
-        ra_scale = params.rv_size * (1.3 if dilated else 1.0)
+        ra_scale = params.rv_size * (1.0 + 0.3 * pah)
         a_ra = 0.95 * anatomy.la_a_sept * ra_scale
-        b_ra = 0.92 * la_b * (1.12 if dilated else 1.0) * params.rv_size
+        b_ra = 0.92 * la_b * (1.0 + 0.12 * pah) * params.rv_size
         anatomy.ra_axes = (a_ra, b_ra)
         anatomy.ra_centre = (-(anatomy.la_a_sept + anatomy.septum_th) - 0.7 * a_ra, tricuspid_q - 0.5 * b_ra)
-        anatomy.eps_rv = 0.12 if dilated else 0.22
+        anatomy.eps_rv = params.rv_strain * (1.0 - 0.45 * pah)
+        anatomy.eps_ra = params.ra_filling
+        anatomy.rv_longitudinal = params.rv_longitudinal * (1.0 - 0.6 * pah)  # PAH: reduced TAPSE
         anatomy.gap_q = -0.5 * (la_h + la_b)
-        anatomy.gap_half = 0.045 * s
+        gap = params.severity if params.disease == "septal_gap" else 1.0
+        anatomy.gap_half = (0.015 + 0.03 * gap) * s
     return anatomy
 
 
@@ -477,8 +594,13 @@ def _ra_weight(du, dv):
 def _inverse_map(anatomy: _Anatomy, x, y, k, eps: float):
     """Current image points (x, y) at contraction k -> their material points, in the heart frame (p0, q0)."""
     p, q = anatomy.to_heart(x, y)
-    delta = _LONGITUDINAL_SHARE * eps * anatomy.length * k
-    q = q - delta * anatomy.ramp(q)
+    delta = anatomy.longitudinal * anatomy.length * k
+    shift = delta * anatomy.ramp(q)
+    if anatomy.four_chamber and anatomy.rv_longitudinal != 1.0:
+        # the tricuspid plane (right of the septum, p < 0) moves by its own share of the mitral plane's excursion
+        right = _smoothstep((-p - 0.7 * anatomy.w_sept) * (1.0 / (0.6 * anatomy.w_sept)))
+        shift = shift * (1.0 + (anatomy.rv_longitudinal - 1.0) * right)
+    q = q - shift
     if anatomy.four_chamber:
         p, q = _radial_map(p, q, anatomy.rv_centre, anatomy.rv_axes, anatomy.rv_angle, anatomy.eps_rv * k, _rv_weight)
         p, q = _radial_map(p, q, anatomy.ra_centre, anatomy.ra_axes, 0.0, -anatomy.eps_ra * k, _ra_weight)
@@ -564,19 +686,30 @@ def _material_grids(anatomy: _Anatomy, params: PhantomParams, pad: int):
         near = (p - hinge) ** 2 + q**2 < annulus_r**2
         echo[near & ~cavity & ~la] = _ECHO_ANNULUS
     if anatomy.disease == "wall_motion":
-        akinetic = (anatomy.akinetic_weight(q) > 0.5) & (p > 0)
+        akinetic = (anatomy.akinetic_extent(q) > 0.5) & (p > 0)
         half_width = anatomy.w_lat * np.sqrt(np.clip(1.0 - (q / anatomy.length) ** 2, 0.0, 1.0))
         disease = akinetic & (myo | peri | (cavity & (p > 0.4 * half_width)))  # the wall and where it would move
     labels[disease] |= _DISEASE_BIT
     return labels, echo
 
 
+def _speckle_field(
+    rng: np.random.Generator, shape: tuple[int, int], sigma_lateral: float, sigma_axial: float, fields: int = 1
+) -> np.ndarray:
+    """``fields`` independent complex Gaussian fields filtered by an elongated PSF, as (fields, 2, H, W) real and
+    imaginary parts: the speckle is their magnitude."""
+    noise = rng.standard_normal((fields, 2, *shape), dtype=np.float32)
+    for index in np.ndindex(fields, 2):
+        noise[index] = cv2.GaussianBlur(
+            noise[index], (0, 0), sigmaX=sigma_lateral, sigmaY=sigma_axial, borderType=cv2.BORDER_REFLECT
+        )
+    return noise
+
+
 def _speckle(rng: np.random.Generator, shape: tuple[int, int], sigma_lateral: float, sigma_axial: float) -> np.ndarray:
     """Fully developed speckle: |complex Gaussian field filtered by an elongated PSF|, mean 1."""
-    noise = rng.standard_normal((2, *shape), dtype=np.float32)
-    re = cv2.GaussianBlur(noise[0], (0, 0), sigmaX=sigma_lateral, sigmaY=sigma_axial, borderType=cv2.BORDER_REFLECT)
-    im = cv2.GaussianBlur(noise[1], (0, 0), sigmaX=sigma_lateral, sigmaY=sigma_axial, borderType=cv2.BORDER_REFLECT)
-    amplitude = np.sqrt(re * re + im * im)
+    re, im = _speckle_field(rng, shape, sigma_lateral, sigma_axial)[0]
+    amplitude = cv2.magnitude(re, im)
     return amplitude / amplitude.mean()
 
 
@@ -586,14 +719,14 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cells: int =
     return cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
 
 
-@functools.lru_cache(maxsize=8)
-def _scan_geometry(size: int):
+@functools.lru_cache(maxsize=64)
+def _scan_geometry(size: int, half_angle_deg: float = SECTOR_HALF_ANGLE_DEG):
     """Depth (pixels from the transducer), sector angle (radians) and the sector mask, in the frame."""
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     tx, ty = (size - 1) / 2.0, -0.01 * size
     depth = np.sqrt((xs - tx) ** 2 + (ys - ty) ** 2)
     angle = np.arctan2(xs - tx, ys - ty)
-    half = math.radians(SECTOR_HALF_ANGLE_DEG)
+    half = math.radians(half_angle_deg)
     inside = ((np.abs(angle) <= half) & (depth <= 1.02 * size)).astype(np.uint8)
     for array in (depth, angle, inside):
         array.setflags(write=False)
@@ -708,9 +841,11 @@ def _calibrate_contraction(params: PhantomParams, pad: int) -> tuple[float, np.n
     return best[1], labels_grid, echo
 
 
-def _valve_segments(anatomy: _Anatomy, k: np.ndarray, opening: np.ndarray, eps: float, brightness) -> list[list[tuple]]:
+def _valve_segments(
+    anatomy: _Anatomy, k: np.ndarray, opening: np.ndarray, eps: float, brightness, shift=None
+) -> list[list[tuple]]:
     """Per frame, the atrioventricular valve leaflets as line segments (start, end in 1/16 pixel, amplitude): hinged
-    on the annuli, which follow the tissue, and swinging open in diastole."""
+    on the annuli, which follow the tissue, swinging open in diastole, translated by ``shift`` (x, y) per frame."""
     a_lat = float(anatomy.lv_la_radius(np.array(1.0), np.array(0.0)))
     a_sept = float(anatomy.lv_la_radius(np.array(-1.0), np.array(0.0)))
     span = a_lat + a_sept
@@ -744,6 +879,9 @@ def _valve_segments(anatomy: _Anatomy, k: np.ndarray, opening: np.ndarray, eps: 
     direction = (1.0 - o) * closed + o * open_dir
     direction /= np.linalg.norm(direction, axis=-1, keepdims=True) + 1e-9
     tips = hinges + np.array(lengths)[None, :, :, None] * direction
+    if shift is not None:
+        offset = np.stack([np.asarray(shift[0]), np.asarray(shift[1])], axis=-1)[:, None, None, :]
+        hinges, tips = hinges + offset, tips + offset
     start = np.round(hinges * 16).astype(np.int64)
     end = np.round(tips * 16).astype(np.int64)
     values = _ECHO_LEAFLET * np.asarray(brightness)[:, :V, :]
@@ -768,7 +906,7 @@ def simulate_video(params: PhantomParams, seed: int) -> PhantomVideo:
     # random draws first, in a fixed order and shape that depend only on (size, T): a diseased video shares its
     # speckle and noise with the normal video of the same seed
     grain = scale * params.speckle_size * _GRID_UPSAMPLE
-    speckle = _speckle(rng, (n_grid, n_grid), 0.95 * grain, 0.5 * grain)
+    speckle_fields = _speckle_field(rng, (n_grid, n_grid), 0.95 * grain, 0.5 * grain, fields=2)
     heterogeneity = _smooth_field(rng, (n_grid, n_grid))
     clutter = _speckle(rng, (size, size), 1.2 * scale, 0.6 * scale)
     leaflet_brightness = 0.7 + 0.6 * rng.random((T, 2, 2))
@@ -779,20 +917,39 @@ def simulate_video(params: PhantomParams, seed: int) -> PhantomVideo:
     if params.disease != "normal":
         labels_grid, echo = _material_grids(anatomy, params, pad)
     echo = cv2.GaussianBlur(echo, (0, 0), 0.5 * _GRID_UPSAMPLE * scale)
-    material = echo * np.exp(0.25 * heterogeneity) * speckle
+    base = echo * np.exp(0.25 * heterogeneity)
+    base /= cv2.magnitude(*speckle_fields[0]).mean()
 
     times = np.arange(T) / params.fps
     phi = (params.phase + times / params.cycle_s) % 1.0
     k = _contraction(phi, params.systole_fraction)
     maps = _material_maps(anatomy, size, pad, k, eps)
-    segments = _valve_segments(anatomy, k, _valve_opening(phi, params.systole_fraction), eps, leaflet_brightness)
+    # breathing: the whole scene translates under the fixed probe (image and labels alike, through the maps)
+    breath = (
+        params.breathing_amplitude
+        * size
+        * np.sin(2.0 * np.pi * (params.breathing_phase + times * params.breathing_rate / 60.0))
+    )
+    angle_b, angle_s = math.radians(params.breathing_angle_deg), math.radians(params.swing_angle_deg)
+    swing = params.swing * size * k
+    shift_x = breath * math.cos(angle_b) + swing * math.cos(angle_s)
+    shift_y = breath * math.sin(angle_b) + swing * math.sin(angle_s)
+    # brightness: with breathing, and with each beat (through-plane motion), by amounts drawn apart from the EF
+    breath_phase = 2.0 * np.pi * (params.breathing_phase + times * params.breathing_rate / 60.0)
+    frame_gain = 10.0 ** ((params.breathing_gain_db * np.sin(breath_phase) + params.beat_gain_db * k) / 20.0)
+    # speckle decorrelation: the speckle field turns, frame by frame, toward an independent one
+    theta = params.speckle_decorrelation * times
+    segments = _valve_segments(
+        anatomy, k, _valve_opening(phi, params.systole_fraction), eps, leaflet_brightness, (shift_x, shift_y)
+    )
 
     # scan-coordinate effects: attenuation with TGC, lateral fall-off, near-field clutter, thermal noise; then log
     # compression to the display range and a light blur, black outside the sector
-    depth, angle, sector = _scan_geometry(size)
-    half = math.radians(SECTOR_HALF_ANGLE_DEG)
+    depth, angle, sector = _scan_geometry(size, params.sector_half_angle_deg)
+    half = math.radians(params.sector_half_angle_deg)
     relative_depth = depth / size
-    gain = np.exp(-params.attenuation * (relative_depth - 0.45)) * 10 ** (params.gain_db / 20.0)
+    tgc_db = np.interp(relative_depth, [0.0, 0.5, 1.0], params.tgc_db)
+    gain = np.exp(-params.attenuation * (relative_depth - 0.45)) * 10 ** ((params.gain_db + tgc_db) / 20.0)
     gain = (gain * (0.35 + 0.65 * _smoothstep((half - np.abs(angle)) / math.radians(6.0)))).astype(np.float32)
     haze = (0.35 * np.exp(-relative_depth / 0.06) * clutter).astype(np.float32)
     noise_step = np.float32(params.noise / 255.0)
@@ -802,12 +959,26 @@ def simulate_video(params: PhantomParams, seed: int) -> PhantomVideo:
     sigma = 0.45 * scale
     frames = np.empty((T, size, size), dtype=np.uint8)
     coded = np.empty((T, size, size), dtype=np.uint8)
+    (re_a, im_a), (re_b, im_b) = speckle_fields
+    identity = np.arange(size, dtype=np.float32)
+    identity_x = np.broadcast_to((identity + pad) * _GRID_UPSAMPLE, (size, size))
+    identity_y = np.ascontiguousarray(identity_x.T)
     for t, (map_x, map_y) in enumerate(maps):
+        if shift_x[t] != 0 or shift_y[t] != 0:  # the maps at x - shift: the deformed scene, translated
+            grid_x = identity_x * np.float32(1.0 / _GRID_UPSAMPLE) - np.float32(pad + shift_x[t])
+            grid_y = identity_y * np.float32(1.0 / _GRID_UPSAMPLE) - np.float32(pad + shift_y[t])
+            moved_x = cv2.remap(map_x - identity_x, grid_x, grid_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            moved_y = cv2.remap(map_y - identity_y, grid_x, grid_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            map_x = moved_x + (identity_x - np.float32(shift_x[t] * _GRID_UPSAMPLE))
+            map_y = moved_y + (identity_y - np.float32(shift_y[t] * _GRID_UPSAMPLE))
+        c, s = math.cos(theta[t]), math.sin(theta[t])
+        speckle = cv2.magnitude(cv2.addWeighted(re_a, c, re_b, s, 0.0), cv2.addWeighted(im_a, c, im_b, s, 0.0))
+        material = cv2.multiply(base, speckle)
         coded[t] = cv2.remap(labels_grid, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
         amplitude = cv2.remap(material, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         for start, end, value in segments[t]:
             cv2.line(amplitude, start, end, value, thickness=1, lineType=cv2.LINE_8, shift=4)
-        amplitude *= gain
+        amplitude *= gain * np.float32(frame_gain[t])
         amplitude += haze
         amplitude += noise_step * thermal[t]
         np.maximum(amplitude, floor, out=amplitude)
