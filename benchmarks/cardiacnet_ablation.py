@@ -232,13 +232,13 @@ def intensity_shortcut_auroc(datamodule) -> float:
     return auroc(sign * test_x[:, best], test_y)
 
 
-def shortcut_auroc(data_dir: Path, datamodule) -> tuple[float, str]:
-    """The phantom's disease shortcut AUROC (its own baseline where the phantom provides it)."""
+def shortcut_auroc(data_dir: Path, subset: str, datamodule) -> tuple[float, str]:
+    """The phantom's disease shortcut AUROC (its own baseline, ``disease_baselines``, where the phantom has it)."""
     try:
         from datamodules.phantom.shortcuts import disease_baselines
     except ImportError:
         return intensity_shortcut_auroc(datamodule), "intensity statistics (this script)"
-    return float(disease_baselines(data_dir)["shortcut_auroc"]), "datamodules.phantom.shortcuts"
+    return float(disease_baselines(data_dir, subset)["shortcut_auroc"]), "phantom disease_baselines"
 
 
 def video_classifier_row(data_dir: Path, subset: str, frame_size: int, cache: Path, epochs: int, seed: int):
@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir or write_phantom(Path(tmp), args.subset, args.num_videos)
         cache = Path(tmp) / "cache"
-        shortcut, source = shortcut_auroc(data_dir, phantom_datamodule(data_dir, args.subset, args.frame_size, cache))
+        datamodule = phantom_datamodule(data_dir, args.subset, args.frame_size, cache)
+        shortcut, source = shortcut_auroc(data_dir, args.subset, datamodule)
         results: dict[str, list[dict[str, Any]]] = {}
         for name in args.rows:
             for seed in args.seeds:
