@@ -1,6 +1,8 @@
 """CardiacNet: unit tests of its parts against naive references (optimal transport vs POT, the codebook, the memory
-banks, the losses, the map statistics), then real CLI runs on a phantom CardiacNet-ASD dataset: a short fit separates
-normal from ASD-like videos on the test split and its abnormality maps point at the planted septal gap."""
+banks, the losses, the map statistics, fp16 clipping), then real CLI runs on a phantom CardiacNet-PAH dataset: a short
+fit separates normal from PAH-like test videos by its reconstruction score where the same CardiacNet untrained does not,
+its abnormality maps point at the planted region, and its loss terms each carry a share of the encoder gradient. The
+ASD phantom and the ablations are measured by benchmarks/cardiacnet_ablation.py."""
 
 from __future__ import annotations
 
@@ -144,10 +146,90 @@ def test_dead_codebook_entries_are_restarted_and_then_used():
     quantiser.usage_decay = 0.5  # forget quickly so the test needs few steps
     for _ in range(6):
         quantiser(torch.randn(4, 4, 2, 3, 3, generator=generator))
-    assert quantiser.restart_dead_codes() >= 6
+    assert len(quantiser.restart_dead_codes()) >= 6
     assert quantiser.codebook.detach().abs().max() < 50  # the far entries moved onto features
     used = quantiser.eval()(torch.randn(8, 4, 2, 3, 3, generator=generator)).indices.unique()
     assert (used >= 6).any()
+
+
+def test_codebook_usage_counts_only_learning_passes_and_restarted_rows_get_fresh_adam_state():
+    """A pass that teaches nothing (``learn=False``, the cycle passes) leaves the running usage alone; a restarted
+    entry's Adam moments are zeroed while the other entries keep theirs."""
+    from echo_modules.cardiacnet.module import reset_optimizer_rows
+
+    generator = torch.Generator().manual_seed(5)
+    quantiser = _quantiser(torch.randn(8, 3, generator=generator)).train()
+    usage = quantiser.usage.clone()
+    result = quantiser(torch.randn(2, 3, 1, 2, 2, generator=generator), learn=False)
+    assert torch.equal(quantiser.usage, usage)  # no decay, no counts
+    (codebook_grad,) = torch.autograd.grad(result.loss, quantiser.codebook, allow_unused=True)
+    assert codebook_grad is None or codebook_grad.abs().sum() == 0  # only the commitment term remains
+    quantiser(torch.randn(2, 3, 1, 2, 2, generator=generator))
+    assert not torch.equal(quantiser.usage, usage)
+    assert result.used == result.indices.unique().numel()
+    optimizer = torch.optim.Adam([quantiser.codebook], lr=0.1)
+    quantiser.codebook.grad = torch.ones_like(quantiser.codebook)
+    optimizer.step()
+    reset_optimizer_rows(optimizer, quantiser.codebook, torch.tensor([1, 4]))
+    state = optimizer.state[quantiser.codebook]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert state[key][[1, 4]].abs().sum() == 0 and (state[key][[0, 2, 3, 5, 6, 7]] != 0).all(), key
+
+
+def test_temporal_discriminator_judges_each_spatial_patch_as_a_small_video():
+    """Eq. 2's third term: the clip cut into non-overlapping p x p patches, each followed over all frames, through
+    the same temporal PatchGAN as the whole clip."""
+    from echo_modules.cardiacnet.networks import ConsistencyDeformationDiscriminator
+
+    discriminator = ConsistencyDeformationDiscriminator(width=4, num_layers=2, frames=2, patch=8, channels_last=False)
+    video = torch.randn(2, 1, 4, 16, 24)
+    patches = discriminator.patches(video)
+    assert patches.shape == (2 * 2 * 3, 1, 4, 8, 8)
+    torch.testing.assert_close(patches[3 + 2], video[0, :, :, 8:16, 16:24])  # clip 0, patch row 1, column 2
+    logits = discriminator(video, torch.tensor([0, 2]))
+    torch.testing.assert_close(logits.patches, discriminator.video(patches))
+    assert logits.frames.shape[0] == 2 * 2 and logits.video.shape[0] == 2
+
+
+def test_gradient_clipping_under_fp16_acts_on_unscaled_gradients():
+    """With a loss scale of 2^16, clipping before unscaling would leave true norms 65536 times below the threshold;
+    CardiacNet clips in on_before_optimizer_step, after Lightning's scaler unscaled them."""
+    import lightning as L
+    from lightning.pytorch.plugins import MixedPrecision
+    from torch.utils.data import DataLoader
+
+    from echo_modules.cardiacnet import CardiacNet
+
+    norms: list[float] = []
+
+    class Recording(CardiacNet):
+        def on_before_optimizer_step(self, optimizer):
+            super().on_before_optimizer_step(optimizer)
+            grads = [p.grad.float().norm() for group in optimizer.param_groups for p in group["params"]
+                     if p.grad is not None]  # fmt: skip
+            norms.append(float(torch.stack(grads).norm()))
+
+    generator = torch.Generator().manual_seed(0)
+    items = [
+        {"normal_video": torch.randn(1, 4, 16, 16, generator=generator),
+         "abnormal_video": torch.randn(1, 4, 16, 16, generator=generator)}
+        for _ in range(4)
+    ]  # fmt: skip
+    model = Recording(
+        widths=[4, 8], latent_dim=8, num_codes=16, position_grid=(4, 8, 8), disc_width=4, disc_layers=2,
+        disc_frames=2, disc_patch=8, bank_size=8, bank_min_fill=1, gradient_clip=1e-3, grad_norm_every=1,
+    )  # fmt: skip
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    trainer = L.Trainer(
+        accelerator="cpu", plugins=[plugin], max_steps=4, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, DataLoader(items, batch_size=2))
+    finite = [n for n in norms if np.isfinite(n)]  # an overflowing step (inf gradients) is skipped by the scaler
+    assert finite and all(n == pytest.approx(1e-3, rel=1e-3) for n in finite), norms
+    assert trainer.precision_plugin.scaler.get_scale() > 1e3  # the gradients were scaled by thousands
+    for term in ("identity", "cycle", "adversarial", "quantisation"):
+        assert trainer.callback_metrics[f"train/grad_norm/{term}"] > 0, term
 
 
 def test_positional_encoding_is_an_outer_product_and_resizes():
@@ -197,14 +279,23 @@ def test_adversarial_losses_match_their_definitions():
 def test_bank_losses_pull_to_the_centroid_and_push_from_the_other_class():
     descriptors = torch.randn(6, 4, requires_grad=True)
     centroid = torch.randn(4)
-    naive = sum(((descriptors[i] - centroid) ** 2).sum() for i in range(6)) / 24
-    assert centroid_loss(descriptors, centroid).item() == pytest.approx(naive.item(), rel=1e-6)
+    naive_sum = sum(((descriptors[i] - centroid) ** 2).sum() for i in range(6)) / 6  # Eq. 4 per clip, clip mean
+    assert centroid_loss(descriptors, centroid).item() == pytest.approx(naive_sum.item(), rel=1e-6)
+    assert centroid_loss(descriptors, centroid, "mean").item() == pytest.approx(naive_sum.item() / 4, rel=1e-6)
     other_bank = torch.randn(20, 4)
-    separation = ot_separation_loss(descriptors, other_bank)  # -OT: minimising it moves the batch away from the bank
-    (gradient,) = torch.autograd.grad(separation, descriptors)
-    moved = descriptors.detach() - 0.5 * gradient
-    assert sorted_ot_cost(moved, other_bank) > sorted_ot_cost(descriptors.detach(), other_bank)
-    assert ot_separation_loss(descriptors, other_bank, margin=1e-6).item() == 0.0  # already further apart
+    cost = sorted_ot_cost(descriptors.detach(), other_bank).item()
+    unbounded = ot_separation_loss(descriptors, other_bank, margin=None)  # -OT: minimising it separates
+    (gradient,) = torch.autograd.grad(unbounded, descriptors)
+    moved = descriptors.detach() - 0.5 * gradient / gradient.norm()
+    assert sorted_ot_cost(moved, other_bank) > cost
+    # Eq. 5 as written sums over the d = 4 dimensions and the J = 20 bank rows: d * J times the mean cost
+    assert unbounded.item() == pytest.approx(-4 * 20 * cost, rel=1e-6)
+    assert ot_separation_loss(descriptors, other_bank, margin=None, reduction="mean").item() == pytest.approx(-cost)
+    hinge = ot_separation_loss(descriptors, other_bank, margin=cost + 0.5, reduction="mean")
+    assert hinge.item() == pytest.approx(0.5, rel=1e-5)  # bounded: it stops pushing at the margin ...
+    assert ot_separation_loss(descriptors, other_bank, margin=cost / 2).item() == 0.0  # ... and is 0 beyond it
+    (beyond,) = torch.autograd.grad(ot_separation_loss(descriptors, other_bank, margin=cost / 2), descriptors)
+    assert beyond.abs().sum() == 0
     assert clip_descriptor(torch.randn(2, 4, 3, 5, 5), (1, 2, 2)).shape == (2, 16)
 
 
@@ -289,9 +380,16 @@ def cardiacnet_pah_phantom(tmp_path_factory):
     )  # fmt: skip
 
 
+def phantom_model_config() -> dict:
+    """The model section of configs/cardiacnet/phantom.yaml: the tests run the shipped phantom settings."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "configs" / "cardiacnet" / "phantom.yaml").read_text())["model"]
+
+
 def tiny_cardiacnet_config(data_dir, run_dir, max_epochs: int = 16, subset: str = "PAH") -> dict:
     """A CardiacNet config on the phantom that trains on a CPU in about a minute (1 x 8 x 32 x 32 clips, 7 steps
-    per epoch on 80 videos)."""
+    per epoch on 80 videos; the model settings of configs/cardiacnet/phantom.yaml)."""
     return {
         "seed_everything": 0,
         "trainer": {
@@ -313,34 +411,7 @@ def tiny_cardiacnet_config(data_dir, run_dir, max_epochs: int = 16, subset: str 
                 }
             ],
         },  # fmt: skip
-        "model": {
-            "class_path": "echo_modules.cardiacnet.CardiacNet",
-            "init_args": {
-                "widths": [8, 16, 32],
-                "latent_dim": 32,
-                "num_codes": 128,
-                "position_grid": [8, 8, 8],
-                "disc_width": 8,
-                "disc_layers": 2,
-                "disc_frames": 2,
-                "gan_loss": "vanilla",
-                "identity_weight": 2.5,
-                "cycle_weight": 10.0,
-                "centroid_weight": 0.01,
-                "ot_weight": 0.01,
-                "bank_size": 64,
-                "bank_min_fill": 8,
-                "head_feature_grad": 1.0,
-                "generator_optimizer": {
-                    "class_path": "torch.optim.Adam",
-                    "init_args": {"lr": 2.0e-3, "betas": [0.5, 0.99]},
-                },
-                "discriminator_optimizer": {
-                    "class_path": "torch.optim.Adam",
-                    "init_args": {"lr": 2.0e-3, "betas": [0.5, 0.99]},
-                },
-            },  # fmt: skip
-        },
+        "model": phantom_model_config(),
         "data": {
             "class_path": "datamodules.cardiacnet.CardiacNetDataModule",
             "init_args": {
@@ -360,32 +431,59 @@ def tiny_cardiacnet_config(data_dir, run_dir, max_epochs: int = 16, subset: str 
     }
 
 
+def echolab_test(config, run_dir, version: str, checkpoint=None) -> dict:
+    """`echolab test` of ``checkpoint`` (None: the model as built from the config, untrained) -> its test summary."""
+    args = ["test", "--config", str(config), "--trainer.logger.init_args.version", version]
+    test = run_echolab(*args, *(["--ckpt_path", str(checkpoint)] if checkpoint is not None else []))
+    assert test.returncode == 0, test.stderr[-3000:]
+    return json.loads((run_dir / "logs" / version / "test_summary.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def fitted_pah(cardiacnet_pah_phantom, tmp_path_factory) -> dict:
-    """One short fit on the PAH phantom, then `echolab test` on its last checkpoint."""
+    """One short fit on the PAH phantom, then `echolab test` on its last checkpoint and on the untrained model."""
     run_dir = tmp_path_factory.mktemp("cardiacnet_run") / "run"
     path = write_config(run_dir.parent / "fit.yaml", tiny_cardiacnet_config(cardiacnet_pah_phantom, run_dir))
     fit = run_echolab("fit", "--config", str(path))
     assert fit.returncode == 0, fit.stderr[-3000:]
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    test = run_echolab(
-        "test", "--config", str(path), "--ckpt_path", str(checkpoint), "--trainer.logger.init_args.version", "test"
-    )
-    assert test.returncode == 0, test.stderr[-3000:]
-    summary = json.loads((run_dir / "logs" / "test" / "test_summary.json").read_text())
-    return {"run_dir": run_dir, "config": path, "checkpoint": checkpoint, "summary": summary}
+    return {
+        "run_dir": run_dir,
+        "config": path,
+        "checkpoint": checkpoint,
+        "summary": echolab_test(path, run_dir, "test", checkpoint),
+        "control": echolab_test(path, run_dir, "control"),  # the same CardiacNet, zero epochs
+    }
+
+
+# the method's check: its own score (reconstruction) separates the test videos at this level and beats the untrained
+# CardiacNet by CONTROL_MARGIN; the mean predictor scores 0.5
+LEARNED_AUROC, CONTROL_MARGIN = 0.75, 0.1
+
+
+def learned(summary: dict) -> bool:
+    return summary["score"] == "reconstruction" and summary["test/auroc"] >= LEARNED_AUROC
 
 
 @pytest.mark.slow
-def test_short_fit_separates_normal_from_disease_videos(fitted_pah):
-    summary = fitted_pah["summary"]
-    assert summary["videos"] == 16 and summary["abnormal_videos"] == 8  # the whole phantom test split
-    assert summary["test/auroc"] >= 0.8, summary
+def test_short_fit_separates_normal_from_disease_videos_by_reconstruction(fitted_pah):
+    summary, control = fitted_pah["summary"], fitted_pah["control"]
+    assert summary["videos"] == control["videos"] == 16 and summary["abnormal_videos"] == 8  # the whole test split
+    assert summary["test/auroc"] == pytest.approx(summary["test/auroc_reconstruction"])  # the primary score
+    assert learned(summary), (summary, control)
+    assert not learned(control), control  # the same check fails on the zero-epoch model ...
+    assert summary["test/auroc"] >= control["test/auroc"] + CONTROL_MARGIN, (summary, control)  # ... by a margin
     metrics = pd.read_csv(fitted_pah["run_dir"] / "logs" / "version_0" / "metrics.csv")
     for column in ("train/identity_l1", "train/cycle_l1", "train/adversarial", "train/discriminator_loss",
-                   "train/ot_separation", "train/centroid", "train/quantisation"):  # fmt: skip
+                   "train/ot_separation", "train/ot_cost", "train/centroid", "train/quantisation"):  # fmt: skip
         assert metrics[column].notna().any() and np.isfinite(metrics[column].dropna()).all(), column
-    assert metrics["train/ot_separation"].dropna().lt(0).any()  # the banks filled and L_OT was trained
+    # the bank terms are trained and matter: a share of the encoder gradient, and the inter-class cost rises
+    shares = metrics.filter(like="train/grad_share/").dropna(how="all")
+    assert len(shares) >= 5 and np.allclose(shares.sum(1), 1.0, atol=1e-4)
+    assert shares["train/grad_share/ot"].max() > 0.01, shares.describe()
+    assert shares["train/grad_share/disease"].max() == 0  # the frozen-feature head sends no gradient
+    ot_cost = metrics["train/ot_cost"].dropna()
+    assert ot_cost[ot_cost > 0].iloc[-5:].mean() > ot_cost[ot_cost > 0].iloc[:5].mean(), ot_cost.tolist()
     assert (fitted_pah["run_dir"] / "logs" / "test" / "figures" / "test_abnormality_maps.png").is_file()
 
 
@@ -417,6 +515,9 @@ def test_checkpoint_holds_banks_and_predict_writes_scores_and_map_videos(fitted_
     assert int(state["abnormal_to_normal.codebook.quantiser.restarts"]) > 0  # dead entries were moved onto features
     metrics = pd.read_csv(fitted_pah["run_dir"] / "logs" / "version_0" / "metrics.csv")
     assert metrics["train/perplexity"].dropna().iloc[-5:].mean() > 128 / 4  # a good share of the 128 entries in use
+    for name in ("to_abnormal", "to_normal"):
+        used = metrics[f"train/used_codes_{name}"].dropna()
+        assert used.iloc[-5:].mean() > 128 / 4 and (used <= 128).all(), name
     csv_path, maps_dir = tmp_path / "predictions.csv", tmp_path / "maps"
     predict = run_echolab(
         "predict", "--config", str(fitted_pah["config"]), "--ckpt_path", str(fitted_pah["checkpoint"]),
@@ -436,31 +537,6 @@ def test_checkpoint_holds_banks_and_predict_writes_scores_and_map_videos(fitted_
     frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     assert frames == maps.shape[0] * maps.shape[1] and int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)) == 3 * 32
     capture.release()
-
-
-@pytest.mark.slow
-def test_asd_fit_finds_the_septal_gap(tmp_path_factory):
-    """The ASD phantom: a gap of a few pixels in the interatrial septum. With 200 videos a short fit at 32 px separates
-    it (the mean+max head sees the local lesion), the map leans towards the gap, and deformed clips keep their chambers.
-    Measured: AUROC 0.87-0.88, map mass on the gap 1.2-1.7x the control regions, chamber Dice 0.86-0.87 vs 0.76-0.77."""
-    from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset
-
-    root = tmp_path_factory.mktemp("cardiacnet_asd")
-    data_dir = write_cardiacnet_dataset(
-        root / "CardiacNet", num_videos=200, seed=0, subset="ASD", size_range=(96, 128), num_frames_range=(24, 40)
-    )
-    run_dir = root / "run"
-    path = write_config(root / "fit.yaml", tiny_cardiacnet_config(data_dir, run_dir, subset="ASD"))
-    fit = run_echolab("fit", "--config", str(path))
-    assert fit.returncode == 0, fit.stderr[-3000:]
-    test = run_echolab("test", "--config", str(path), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
-                       "--trainer.logger.init_args.version", "test")  # fmt: skip
-    assert test.returncode == 0, test.stderr[-3000:]
-    summary = json.loads((run_dir / "logs" / "test" / "test_summary.json").read_text())
-    assert summary["abnormal_videos"] == summary["map_videos"] == 20
-    assert summary["test/auroc"] >= 0.75, summary
-    assert summary["map_region_mass"] > summary["map_control_mass"], summary
-    assert summary["structure_dice"] > summary["test/structure_dice_unpaired"] + 0.05, summary
 
 
 @pytest.mark.slow
@@ -486,7 +562,9 @@ def test_ef_head_on_echonet_phantom_beats_the_mean_predictor(phantom_echonet_tra
     test EF well below the mean predictor's error and separates EF < 50% from the rest."""
     run_dir = tmp_path / "run"
     config = tiny_cardiacnet_config(phantom_echonet_train, run_dir, max_epochs=20)
-    config["model"]["init_args"].update(predict_ef=True, position_grid=[16, 8, 8])
+    # the EchoNet protocol here: EF and disease heads as auxiliary heads that shape the encoders (as the public mPAP
+    # head does); the EF head is judged against the mean predictor
+    config["model"]["init_args"].update(predict_ef=True, position_grid=[16, 8, 8], score="head", head_feature_grad=1.0)
     config["data"] = {
         "class_path": "datamodules.echonet_dynamic.EchoNetDynamicDataModule",
         "init_args": {"data_dir": str(phantom_echonet_train), "label_from_ef_below": 50, "paired": True,

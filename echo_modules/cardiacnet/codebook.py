@@ -49,6 +49,7 @@ class Quantised:
     indices: Tensor  # (B, T, H, W) chosen entries
     loss: Tensor  # L_q
     perplexity: Tensor  # exp(entropy) of the entries used in this batch: how many are effectively in use
+    used: Tensor  # how many distinct entries this batch chose
 
 
 class VectorQuantiser(nn.Module):
@@ -108,30 +109,39 @@ class VectorQuantiser(nn.Module):
             self._recent = flat[torch.randperm(len(flat), device=flat.device)[:keep]].detach().clone()
 
     @torch.no_grad()
-    def restart_dead_codes(self) -> int:
-        """Move entries whose usage fell below the threshold onto recent features; returns how many moved."""
+    def restart_dead_codes(self) -> Tensor:
+        """Move entries whose usage fell below the threshold onto recent features; returns the restarted rows'
+        indices (the caller resets their optimiser state: a restarted entry must not keep its old Adam moments)."""
         if self._recent is None:
-            return 0
+            return torch.zeros(0, dtype=torch.long, device=self.usage.device)
         dead = self.usage < self.restart_threshold
         count = int(dead.sum())
         if count:
             self.codebook.data[dead] = self._sample_rows(self._recent, count).to(self.codebook.dtype)
             self.usage[dead] = 1.0  # a fresh entry gets a grace period before it can be restarted again
             self.restarts += count
-        return count
+        return dead.nonzero().flatten()
 
-    def forward(self, features: Tensor, learn_from: Tensor | None = None) -> Quantised:
+    def used_codes(self) -> int:
+        """Entries whose running usage is at or above the restart threshold (alive)."""
+        return int((self.usage >= self.restart_threshold).sum())
+
+    def forward(self, features: Tensor, learn_from: Tensor | None = None, learn: bool = True) -> Quantised:
         """Quantise ``features`` ``(B, D, T, H, W)`` token by token (in float32, also under autocast).
 
         ``learn_from`` ``(B,)`` bool: the clips whose tokens train the codebook (its L_q term, usage counts and
-        restarts); default all. The commitment term applies to every token.
+        restarts); default all. The commitment term applies to every token. ``learn=False`` (the same on every
+        rank): a pass that teaches the codebook nothing (e.g. the cycle passes on generated clips): no codebook term,
+        and usage is not tracked, so the running usage decays once per learning pass and not on passes without rows.
         """
         batch, _, frames, height, width = features.shape
         with torch.autocast(device_type=features.device.type, enabled=False):
             features = features.float()
             flat = rearrange(features, "b d t h w -> (b t h w) d")
             learning = torch.ones(len(flat), dtype=torch.bool, device=flat.device)
-            if learn_from is not None:
+            if not learn:
+                learning = torch.zeros_like(learning)
+            elif learn_from is not None:
                 learning = learn_from.to(flat.device).bool().repeat_interleave(frames * height * width)
             if self.training and not bool(self.initialised):
                 with torch.no_grad():  # start the codebook on real features (of every clip: all ranks take part)
@@ -148,16 +158,18 @@ class VectorQuantiser(nn.Module):
             codebook_term = (chosen - flat.detach()).square().mean(1)[learning].sum() / learning.sum().clamp_min(1)
             loss = codebook_term + self.commitment * F.mse_loss(flat, chosen.detach())
             straight_through = flat + (chosen - flat).detach()
-            if self.training:
+            if self.training and learn:
                 self._track_usage(flat.detach()[learning], indices[learning])
             probabilities = torch.bincount(indices, minlength=self.num_codes).float() / len(indices)
             perplexity = torch.exp(-(probabilities * torch.log(probabilities + 1e-10)).sum())
+            used = (probabilities > 0).sum()
         quantised = rearrange(straight_through, "(b t h w) d -> b d t h w", b=batch, t=frames, h=height, w=width)
         return Quantised(
             quantised=quantised,
             indices=indices.view(batch, frames, height, width),
             loss=loss,
             perplexity=perplexity,
+            used=used,
         )
 
 
@@ -171,12 +183,24 @@ class ConsistencyDeformationCodebook(nn.Module):
         num_codes: int = 2048,
         commitment: float = 0.25,
         restart_threshold: float = 1.0,
+        positional_encoding: bool = True,
+        quantise: bool = True,
     ) -> None:
+        """``positional_encoding`` / ``quantise`` False: the ablations without P (Table 5) and without the codebook
+        (Table 4's "CDC off": features pass unquantised, ``L_q`` is zero)."""
         super().__init__()
-        self.positional_encoding = FactorisedPositionalEncoding(dim, grid)
+        self.positional_encoding = FactorisedPositionalEncoding(dim, grid) if positional_encoding else None
         self.quantiser = VectorQuantiser(num_codes, dim, commitment=commitment, restart_threshold=restart_threshold)
+        self.quantise = quantise
 
-    def forward(self, features: Tensor, learn_from: Tensor | None = None) -> tuple[Tensor, Quantised]:
-        """Returns the positioned features ``F + P`` and their quantisation (``learn_from``: see the quantiser)."""
-        positioned = self.positional_encoding(features)
-        return positioned, self.quantiser(positioned, learn_from)
+    def forward(
+        self, features: Tensor, learn_from: Tensor | None = None, learn: bool = True
+    ) -> tuple[Tensor, Quantised]:
+        """Returns the positioned features ``F + P`` and their quantisation (``learn_from``, ``learn``: see the
+        quantiser). Without positional encoding (the ablation) ``F + P`` is ``F``."""
+        positioned = self.positional_encoding(features) if self.positional_encoding is not None else features
+        if not self.quantise:
+            zero = positioned.new_zeros((), dtype=torch.float32)
+            indices = positioned.new_zeros((positioned.shape[0], *positioned.shape[2:]), dtype=torch.long)
+            return positioned, Quantised(positioned.float(), indices, zero, zero, zero)
+        return positioned, self.quantiser(positioned, learn_from, learn)

@@ -4,6 +4,7 @@ per-run test summary. Pure functions of tensors and arrays, so they are tested w
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,30 @@ from torch import Tensor
 from echo_modules.common.module import average_clip_predictions
 
 ABNORMAL = 1
+
+
+@dataclass(order=True)
+class TestRow:
+    """One test video's outcome (``test_videos.csv`` row; ordered by file name)."""
+
+    __test__ = False  # not a pytest test class
+
+    filename: str
+    score: float  # the chosen disease score, higher = more abnormal
+    label: int
+    ef_pred: float = math.nan
+    ef_true: float = math.nan
+    map_region_mass: float = math.nan  # share of the abnormality map inside the known region
+    map_control_mass: float = math.nan  # ... inside same-shape control regions
+    map_dice: float = math.nan
+    structure_dice: float = math.nan  # chambers of the clip vs of its deformation to normal
+
+    CSV_HEADER = ("FileName", "score", "label", "EF_pred", "EF_true", "map_region_mass", "map_control_mass",
+                  "map_dice", "structure_dice")  # fmt: skip
+
+    def csv_row(self) -> list[Any]:
+        return [self.filename, self.score, self.label, self.ef_pred, self.ef_true, self.map_region_mass,
+                self.map_control_mass, self.map_dice, self.structure_dice]  # fmt: skip
 
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -84,15 +109,14 @@ def map_region_statistics(
     return {"region_mass": region_mass, "control_mass": float(np.mean(control)), "dice": dice}
 
 
-def test_summary(rows: list[tuple], threshold: float, train_ef_mean: float = math.nan) -> dict[str, Any]:
+def test_summary(rows: list[TestRow], threshold: float, train_ef_mean: float = math.nan) -> dict[str, Any]:
     """Per-run numbers for ``test_summary.json`` from the gathered per-video rows (and, for the EF baseline, the
     training split's mean EF)."""
-    labels = np.array([r[2] for r in rows])
+    column = lambda name: np.array([getattr(r, name) for r in rows], dtype=float)  # noqa: E731
+    labels = column("label")
     summary: dict[str, Any] = {"videos": len(rows), "decision_threshold": threshold}
     summary["abnormal_videos"] = int((labels == ABNORMAL).sum())
-    region = np.array([r[5] for r in rows], dtype=float)
-    control = np.array([r[6] for r in rows], dtype=float)
-    dice = np.array([r[7] for r in rows], dtype=float)
+    region, control, dice = column("map_region_mass"), column("map_control_mass"), column("map_dice")
     if np.isfinite(region).any():
         summary["map_region_mass"] = float(np.nanmean(region))
         summary["map_control_mass"] = float(np.nanmean(control))
@@ -101,12 +125,11 @@ def test_summary(rows: list[tuple], threshold: float, train_ef_mean: float = mat
         summary["map_videos"] = int(np.isfinite(region).sum())
         finite = np.isfinite(region) & np.isfinite(control)
         summary["map_region_beats_control"] = float(np.mean(region[finite] > control[finite]))  # share of videos
-    structure = np.array([r[8] for r in rows], dtype=float)
+    structure = column("structure_dice")
     for name, chosen in (("structure_dice", labels == ABNORMAL), ("structure_dice_normal", labels != ABNORMAL)):
         if np.isfinite(structure[chosen]).any():
             summary[name] = float(np.nanmean(structure[chosen]))
-    ef_pred = np.array([r[3] for r in rows], dtype=float)
-    ef_true = np.array([r[4] for r in rows], dtype=float)
+    ef_pred, ef_true = column("ef_pred"), column("ef_true")
     both = np.isfinite(ef_pred) & np.isfinite(ef_true)
     if both.any():
         summary["ef_mae"] = float(np.abs(ef_pred[both] - ef_true[both]).mean())

@@ -1,5 +1,6 @@
 """CardiacNet's losses as pure functions: L1 reconstruction (Eq. 1), adversarial (Eq. 2), the memory-bank
-distribution terms L_dis (Eq. 4) and L_OT (Eq. 5, with gradient), and clip descriptors for the banks."""
+distribution terms L_dis (Eq. 4) and L_OT (Eq. 5, with gradient, bounded by a hinge), and clip descriptors for the
+banks."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import Tensor
 from echo_modules.cardiacnet.optimal_transport import OTMethod, ot_cost
 
 GANLoss = Literal["vanilla", "hinge"]
+Reduction = Literal["sum", "mean"]
 
 
 def reconstruction_loss(output: Tensor, target: Tensor) -> Tensor:
@@ -48,26 +50,34 @@ def clip_descriptor(quantised: Tensor, grid: tuple[int, int, int] = (1, 1, 1)) -
     return rearrange(pooled, "b d t h w -> b (d t h w)")
 
 
-def centroid_loss(descriptors: Tensor, centroid: Tensor) -> Tensor:
-    """Eq. 4, L_dis: squared distance of each descriptor to its class bank's centroid (mean over dimensions and
-    clips, so the weight does not depend on the descriptor size)."""
-    return (descriptors.float() - centroid.detach().float()[None]).square().mean()
+def centroid_loss(descriptors: Tensor, centroid: Tensor, reduction: Reduction = "sum") -> Tensor:
+    """Eq. 4, L_dis: squared distance ``||F~ - M||^2`` of each descriptor to its class bank's centroid, averaged over
+    clips. ``sum`` (Eq. 4 as written): summed over the descriptor's dimensions; ``mean``: averaged over them (a
+    weight then does not depend on the descriptor size)."""
+    squared = (descriptors.float() - centroid.detach().float()[None]).square()
+    return squared.sum(1).mean() if reduction == "sum" else squared.mean()
 
 
 def ot_separation_loss(
     descriptors: Tensor,
     other_class_bank: Tensor,
     method: OTMethod = "sorted",
-    margin: float | None = None,
+    margin: float | None = 1.0,
     reg: float = 0.05,
+    reduction: Reduction = "sum",
 ) -> Tensor:
     """Eq. 5 made trainable: the OT cost between this batch's descriptors of one class (with gradient) and the other
     class's bank (a detached target), to be *maximised* (the paper maximises the normal/abnormal transport distance).
 
-    Returns the term to add to the generator loss: ``-cost``, or with a ``margin`` the hinge ``relu(margin - cost)``,
-    which stops pushing once the classes are that far apart (the plain negative cost is unbounded).
+    ``ot_cost`` is a mean squared distance per dimension and unit of transported mass. ``sum`` scales it to Eq. 5 as
+    written, ``sum_i sum_j ||M_ji - M_pi(j)i||^2`` over the ``d`` dimensions and the ``J`` rows of the bank
+    (``d * J`` times the mean), so the public code's weights (1e-3) apply to it; ``mean`` keeps the mean.
+    Returns the term to add to the generator loss: with a ``margin`` (on the mean cost) the hinge ``relu(margin -
+    cost)``, which stops pushing once the classes are that far apart, else ``-cost`` (unbounded: maximising it alone
+    inflates the features without limit).
     """
     cost = ot_cost(descriptors, other_class_bank.detach(), method=method, reg=reg)
+    scale = descriptors.shape[1] * len(other_class_bank) if reduction == "sum" else 1
     if margin is None:
-        return -cost
-    return F.relu(margin - cost)
+        return -scale * cost
+    return scale * F.relu(margin - cost)

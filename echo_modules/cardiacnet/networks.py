@@ -101,16 +101,19 @@ class DeformationGenerator(nn.Module):
         restart_threshold: float = 1.0,
         position_grid: tuple[int, int, int] = (16, 7, 7),
         channels_last: bool = True,
+        positional_encoding: bool = True,
+        quantise: bool = True,
     ) -> None:
         """``position_grid``: the token grid (frames, height, width) the learnable positional encoding is stored at;
         clips whose grid differs get it interpolated. ``channels_last``: run the 3D convolutions in the
-        channels-last-3d memory format (several times faster on CPU through oneDNN)."""
+        channels-last-3d memory format (several times faster on CPU through oneDNN). ``positional_encoding`` /
+        ``quantise``: the CDC ablations (see :class:`ConsistencyDeformationCodebook`)."""
         super().__init__()
         self.channels_last = channels_last
         self.downsampling = 2 ** (len(widths) - 1)
         self.encoder = Encoder3d(in_channels, widths, latent_dim)
         self.codebook = ConsistencyDeformationCodebook(
-            latent_dim, position_grid, num_codes, commitment, restart_threshold
+            latent_dim, position_grid, num_codes, commitment, restart_threshold, positional_encoding, quantise
         )
         self.decoder = Decoder3d(in_channels, widths, latent_dim)
         if channels_last:
@@ -126,15 +129,17 @@ class DeformationGenerator(nn.Module):
 
     def extract(self, video: Tensor) -> Tensor:
         """Positioned features ``F + P`` ``(B, D, t, h, w)`` of ``video`` ``(B, C, T, H, W)``, not quantised."""
-        return self.codebook.positional_encoding(self.encoder(self._prepare(video)))
+        features = self.encoder(self._prepare(video))
+        encoding = self.codebook.positional_encoding
+        return encoding(features) if encoding is not None else features
 
-    def encode(self, video: Tensor, learn_from: Tensor | None = None) -> tuple[Tensor, Quantised]:
+    def encode(self, video: Tensor, learn_from: Tensor | None = None, learn: bool = True) -> tuple[Tensor, Quantised]:
         """Positioned features ``F + P`` and their quantisation for ``video`` ``(B, C, T, H, W)``; ``learn_from``
-        ``(B,)`` marks the clips whose tokens may train the codebook (default all)."""
-        return self.codebook(self.encoder(self._prepare(video)), learn_from)
+        ``(B,)`` marks the clips whose tokens may train the codebook (default all), ``learn=False`` none."""
+        return self.codebook(self.encoder(self._prepare(video)), learn_from, learn)
 
-    def forward(self, video: Tensor, learn_from: Tensor | None = None) -> GeneratorOutput:
-        features, quantisation = self.encode(video, learn_from)
+    def forward(self, video: Tensor, learn_from: Tensor | None = None, learn: bool = True) -> GeneratorOutput:
+        features, quantisation = self.encode(video, learn_from, learn)
         latent = quantisation.quantised.to(features.dtype)
         if self.channels_last:
             latent = latent.contiguous(memory_format=torch.channels_last_3d)
@@ -165,9 +170,19 @@ def _patch_discriminator(
     return nn.Sequential(*layers)
 
 
+@dataclass
+class DiscriminatorLogits:
+    """Patch logits of the three terms of Eq. 2 (``None`` where a term is off)."""
+
+    video: Tensor  # eta^T on the whole clip (global)
+    frames: Tensor  # eta^S on individual frames X_n (local, spatial)
+    patches: Tensor | None  # eta^T on the clip's non-overlapping spatial patches X_ij, each a small video (local)
+
+
 class ConsistencyDeformationDiscriminator(nn.Module):
-    """CDD (Eq. 2) for one class: a global (temporal) 3D PatchGAN judges the whole clip, a local (spatial) 2D PatchGAN
-    judges the non-overlapping patches of individual frames. Both return patch logits."""
+    """CDD (Eq. 2) for one class: a temporal 3D PatchGAN ``eta^T`` judges the whole clip (global) and, Eq. 2's third
+    term, each non-overlapping ``patch`` x ``patch`` spatial patch followed over the clip's frames (local); a spatial
+    2D PatchGAN ``eta^S`` judges individual frames (local). All return patch logits."""
 
     def __init__(
         self,
@@ -177,11 +192,14 @@ class ConsistencyDeformationDiscriminator(nn.Module):
         temporal_strides: int = 2,
         frames: int = 4,
         channels_last: bool = True,
+        patch: int = 0,
     ) -> None:
         """``frames``: frames per clip the local discriminator sees (drawn at random; 0 = every frame).
-        ``channels_last``: channels-last memory formats for both discriminators (faster convolutions on CPU)."""
+        ``channels_last``: channels-last memory formats for both discriminators (faster convolutions on CPU).
+        ``patch``: side in pixels of the spatial patches ``eta^T`` also judges (Eq. 2's third term; 0 = off)."""
         super().__init__()
         self.frames = frames
+        self.patch = patch
         self.channels_last = channels_last
         self.video = _patch_discriminator(3, in_channels, width, num_layers, temporal_strides)
         self.frame = _patch_discriminator(2, in_channels, width, num_layers, 0)
@@ -196,14 +214,27 @@ class ConsistencyDeformationDiscriminator(nn.Module):
             return torch.arange(count, device=video.device)
         return torch.randperm(count, generator=generator)[: self.frames].sort().values.to(video.device)
 
-    def forward(self, video: Tensor, frame_indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(global logits, local logits) for ``video`` ``(B, C, T, H, W)``."""
+    def patches(self, video: Tensor) -> Tensor:
+        """``video`` ``(B, C, T, H, W)`` cut into non-overlapping spatial patches ``(B h w, C, T, p, p)`` (a border
+        that does not fill a whole patch is dropped)."""
+        p = self.patch
+        height, width = video.shape[-2] // p * p, video.shape[-1] // p * p
+        return rearrange(video[..., :height, :width], "b c t (h p) (w q) -> (b h w) c t p q", p=p, q=p)
+
+    def forward(self, video: Tensor, frame_indices: Tensor | None = None) -> DiscriminatorLogits:
+        """The logits of Eq. 2's three terms for ``video`` ``(B, C, T, H, W)``."""
         frames = video if frame_indices is None else video.index_select(2, frame_indices)
         frames = rearrange(frames, "b c t h w -> (b t) c h w")
+        patches = self.patches(video) if self.patch else None
         if self.channels_last:
             video = video.contiguous(memory_format=torch.channels_last_3d)
             frames = frames.contiguous(memory_format=torch.channels_last)
-        return self.video(video), self.frame(frames)
+            patches = patches.contiguous(memory_format=torch.channels_last_3d) if patches is not None else None
+        return DiscriminatorLogits(
+            video=self.video(video),
+            frames=self.frame(frames),
+            patches=self.video(patches) if patches is not None else None,
+        )
 
 
 POOLINGS = ("mean", "max", "time_max", "time_min")

@@ -1,0 +1,347 @@
+"""CardiacNet ablations on the echo phantom: the poster's Tables 4-6 in one table, with controls.
+
+Rows: the full method; CDC off (no codebook, no positional encoding, no bank terms) and CDD off (no discriminators),
+alone and together (Table 4); without positional encoding, without L_OT (Table 5); global-only and local-only CDD
+(Table 6); the untrained control (the same CardiacNet, zero epochs); the VideoClassifier baseline (a supervised
+TinyVideoEncoder classifier on the same clips); the phantom's anatomy-free shortcut (a classifier on intensity
+statistics of the training clips, or ``datamodules.phantom.shortcuts.disease_baselines`` where the phantom has it).
+
+Columns: test AUROC of the reconstruction score (the method's primary score), of the bank score and of the
+frozen-feature head, accuracy of the reconstruction score at the threshold calibrated on validation, and an FID proxy:
+the Frechet distance between real normal test clips and abnormal test clips deformed to normal, in a fixed
+feature space (each frame average-pooled to 4 x 4, mean and std over time: 32 numbers per clip), since Inception
+weights are not downloaded at run time. Lower is better.
+
+Every row starts from the same seed (``--seeds``, default 0); the model settings are configs/cardiacnet/phantom.yaml's,
+changed only by what the row names.
+
+    python benchmarks/cardiacnet_ablation.py                      # PAH phantom, 80 videos, 16 epochs, one seed
+    python benchmarks/cardiacnet_ablation.py --subset ASD --num-videos 200
+    python benchmarks/cardiacnet_ablation.py --rows full untrained --epochs 30 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout: make the project importable
+    sys.path.insert(0, str(ROOT))
+
+CDC_OFF = {"quantise": False, "positional_encoding": False, "ot_weight": 0.0, "centroid_weight": 0.0}
+CDD_OFF = {"global_adversarial_weight": 0.0, "local_adversarial_weight": 0.0, "patch_adversarial_weight": 0.0}
+ROWS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "CDC off": CDC_OFF,
+    "CDD off": CDD_OFF,
+    "CDC off, CDD off": CDC_OFF | CDD_OFF,
+    "no positional encoding": {"positional_encoding": False},
+    "no OT": {"ot_weight": 0.0},
+    "global CDD only": {"local_adversarial_weight": 0.0, "patch_adversarial_weight": 0.0},
+    "local CDD only": {"global_adversarial_weight": 0.0},
+    "untrained": {},
+    "VideoClassifier": {},
+}
+TABLE = {"full": "4-6", "CDC off": "4", "CDD off": "4", "CDC off, CDD off": "4", "no positional encoding": "5",
+         "no OT": "5", "global CDD only": "6", "local CDD only": "6"}  # fmt: skip
+
+
+def phantom_model_args(frame_size: int = 32) -> dict[str, Any]:
+    """CardiacNet init args of configs/cardiacnet/phantom.yaml, with the token grid for ``frame_size``."""
+    config = yaml.safe_load((ROOT / "configs" / "cardiacnet" / "phantom.yaml").read_text())
+    args = copy.deepcopy(config["model"]["init_args"])
+    args["position_grid"] = [8, frame_size // 4, frame_size // 4]
+    return args
+
+
+def build_cardiacnet(args: dict[str, Any]):
+    """A CardiacNet from YAML-style init args (optimiser ``class_path`` configs become callables)."""
+    from echo_modules.cardiacnet import CardiacNet
+
+    args = dict(args)
+    for key in ("generator_optimizer", "discriminator_optimizer"):
+        spec = args.pop(key, None)
+        if spec is not None:
+            options = dict(spec.get("init_args", {}))
+            args[key] = lambda params, options=options: torch.optim.Adam(params, **options)
+    return CardiacNet(**args)
+
+
+def phantom_datamodule(data_dir: Path, subset: str, frame_size: int, cache_dir: Path, paired: bool = True):
+    from datamodules.cardiacnet import CardiacNetDataModule
+
+    datamodule = CardiacNetDataModule(
+        str(data_dir), subset=subset, paired=paired, clip_length=8, period=2, frame_size=frame_size, channels=1,
+        batch_size=4, num_workers=0, num_eval_clips=2, cache_dir=str(cache_dir),
+    )  # fmt: skip
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def write_phantom(out: Path, subset: str, num_videos: int, seed: int = 0) -> Path:
+    from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset
+
+    return write_cardiacnet_dataset(
+        out / "CardiacNet", num_videos=num_videos, seed=seed, subset=subset, size_range=(96, 128),
+        num_frames_range=(24, 40),
+    )  # fmt: skip
+
+
+class GradientShares(L.Callback):
+    """Each ``train/grad_share/<term>`` the model logs (every ``grad_norm_every`` batches), in order."""
+
+    def __init__(self) -> None:
+        self.shares: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        logged = {
+            key.split("/")[-1]: float(value)
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith("train/grad_share/")
+        }
+        if logged and (not self.shares or logged != self.shares[-1]):
+            self.shares.append(logged)
+
+
+def fit(model, datamodule, epochs: int, seed: int, callbacks: list | None = None) -> float:
+    """Train ``model`` for ``epochs`` on CPU (no validation, no logger); returns seconds."""
+    if epochs <= 0:
+        return 0.0
+    L.seed_everything(seed, verbose=False)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        callbacks=callbacks or [],
+    )  # fmt: skip
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, datamodule=datamodule)
+    return time.perf_counter() - start
+
+
+def _eval_batches(datamodule, split: str):
+    loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+    for batch in loader:
+        yield datamodule.on_after_batch_transfer(batch, 0)
+
+
+@torch.no_grad()
+def split_scores(model, datamodule, split: str) -> dict[str, Any]:
+    """Per-video scores of every kind, labels, and FID-proxy features (real normal clips; abnormal clips deformed to
+    normal) on ``split``."""
+    from echo_modules.common.module import average_clip_predictions
+
+    model.eval()
+    scores: dict[str, list[float]] = {}
+    labels: list[int] = []
+    real_normal, recovered = [], []
+    for batch in _eval_batches(datamodule, split):
+        clips = model.evaluate_clips(batch["video"])
+        owner, videos = batch["clip_owner"], len(batch["label"])
+        for kind, value in clips.scores.items():
+            scores.setdefault(kind, []).extend(average_clip_predictions(value, owner, videos).tolist())
+        labels.extend(batch["label"].tolist())
+        clip_labels = batch["label"][owner]
+        real_normal.append(fid_features(batch["video"][clip_labels == 0]))
+        recovered.append(fid_features(clips.to_normal[clip_labels == 1]))
+    return {
+        "scores": {k: np.array(v) for k, v in scores.items()},
+        "labels": np.array(labels),
+        "real_normal": torch.cat(real_normal).numpy(),
+        "recovered": torch.cat(recovered).numpy(),
+    }
+
+
+def fid_features(clips: torch.Tensor) -> torch.Tensor:
+    """Fixed features of clips ``(N, C, T, H, W)``: each frame average-pooled to 4 x 4, then mean and std over time."""
+    pooled = torch.nn.functional.adaptive_avg_pool3d(clips.float().mean(1, keepdim=True), (clips.shape[2], 4, 4))
+    pooled = pooled.flatten(3)[:, 0]  # (N, T, 16)
+    return torch.cat([pooled.mean(1), pooled.std(1)], 1)
+
+
+def frechet_distance(first: np.ndarray, second: np.ndarray) -> float:
+    from scipy import linalg
+
+    mean_gap = first.mean(0) - second.mean(0)
+    cov_first, cov_second = np.cov(first, rowvar=False), np.cov(second, rowvar=False)
+    root = linalg.sqrtm(cov_first @ cov_second)
+    root = root.real if np.iscomplexobj(root) else root
+    return float(mean_gap @ mean_gap + np.trace(cov_first + cov_second - 2 * root))
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    greater = (positives[:, None] > negatives[None, :]).mean()
+    ties = (positives[:, None] == negatives[None, :]).mean()
+    return float(greater + 0.5 * ties)
+
+
+def accuracy_at_validation_threshold(val: dict, test: dict, kind: str) -> float:
+    from echo_modules.cardiacnet.evaluation import best_threshold
+
+    threshold = best_threshold(val["scores"][kind], val["labels"])
+    threshold = 0.0 if threshold is None else threshold
+    return float(((test["scores"][kind] > threshold).astype(int) == test["labels"]).mean())
+
+
+def evaluate_cardiacnet(model, datamodule) -> dict[str, float]:
+    """Test AUROC of each score, reconstruction-score accuracy (validation threshold) and the FID proxy."""
+    val, test = split_scores(model, datamodule, "val"), split_scores(model, datamodule, "test")
+    result = {f"auroc_{kind}": auroc(values, test["labels"]) for kind, values in test["scores"].items()}
+    result["accuracy"] = accuracy_at_validation_threshold(val, test, "reconstruction")
+    result["fid_proxy"] = frechet_distance(test["real_normal"], test["recovered"])
+    return result
+
+
+def intensity_shortcut_auroc(datamodule) -> float:
+    """Anatomy-free shortcut: the per-video intensity statistic (mean, std or dark share of the clips) and sign that
+    separate the training split best, AUROC on test. Stands in for the phantom's ``disease_baselines`` where the
+    phantom does not have it."""
+
+    def statistics(split: str) -> tuple[np.ndarray, np.ndarray]:
+        rows, labels = [], []
+        records = datamodule._split_records(split)
+        dataset = datamodule.make_dataset(records, train=False)
+        for index in range(len(records)):
+            item = dataset[index]
+            video = torch.as_tensor(item["video"]).float()
+            rows.append([video.mean().item(), video.std().item(), (video < video.mean()).float().mean().item()])
+            labels.append(int(item["label"]))
+        return np.array(rows), np.array(labels)
+
+    train_x, train_y = statistics("TRAIN")
+    test_x, test_y = statistics("TEST")
+    train_auroc = [auroc(train_x[:, i], train_y) for i in range(train_x.shape[1])]
+    best = int(np.argmax([abs(a - 0.5) for a in train_auroc]))
+    sign = 1.0 if train_auroc[best] >= 0.5 else -1.0
+    return auroc(sign * test_x[:, best], test_y)
+
+
+def shortcut_auroc(data_dir: Path, subset: str, datamodule) -> tuple[float, str]:
+    """The phantom's disease shortcut AUROC (its own baseline, ``disease_baselines``, where the phantom has it)."""
+    try:
+        from datamodules.phantom.shortcuts import disease_baselines
+    except ImportError:
+        return intensity_shortcut_auroc(datamodule), "intensity statistics (this script)"
+    return float(disease_baselines(data_dir, subset)["shortcut_auroc"]), "phantom disease_baselines"
+
+
+def video_classifier_row(data_dir: Path, subset: str, frame_size: int, cache: Path, epochs: int, seed: int):
+    """The supervised baseline: VideoClassifier with a TinyVideoEncoder on the same (unpaired) clips."""
+    from echo_modules.common.backbones import TinyVideoEncoder
+    from echo_modules.video_classifier import VideoClassifier
+
+    L.seed_everything(seed, verbose=False)
+    datamodule = phantom_datamodule(data_dir, subset, frame_size, cache, paired=False)
+    model = VideoClassifier(
+        encoder=TinyVideoEncoder(in_channels=1, width=8, out_features=64),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3),
+    )
+    seconds = fit(model, datamodule, epochs, seed)
+    model.eval()
+    scores, labels = [], []
+    with torch.no_grad():
+        from echo_modules.common.module import average_clip_predictions
+
+        for batch in _eval_batches(datamodule, "test"):
+            logits = model(batch["video"])
+            scores.extend(average_clip_predictions(logits, batch["clip_owner"], len(batch["label"])).tolist())
+            labels.extend(batch["label"].tolist())
+    scores_array, labels_array = np.array(scores), np.array(labels)
+    accuracy = float(((scores_array > 0).astype(int) == labels_array).mean())
+    return {"auroc_head": auroc(scores_array, labels_array), "accuracy": accuracy}, seconds
+
+
+def run_row(name: str, data_dir: Path, args: argparse.Namespace, cache: Path, seed: int) -> dict[str, Any]:
+    if name == "VideoClassifier":
+        result, seconds = video_classifier_row(data_dir, args.subset, args.frame_size, cache, args.epochs, seed)
+        return result | {"seconds": seconds}
+    L.seed_everything(seed, verbose=False)
+    model_args = phantom_model_args(args.frame_size) | ROWS[name]
+    model = build_cardiacnet(model_args)
+    datamodule = phantom_datamodule(data_dir, args.subset, args.frame_size, cache)
+    shares = GradientShares()
+    seconds = fit(model, datamodule, 0 if name == "untrained" else args.epochs, seed, [shares])
+    result = evaluate_cardiacnet(model, datamodule) | {"seconds": seconds}
+    if shares.shares:
+        result["grad_share_first"], result["grad_share_last"] = shares.shares[0], shares.shares[-1]
+    return result
+
+
+def format_table(results: dict[str, list[dict[str, Any]]], shortcut: float, shortcut_source: str) -> str:
+    def cell(rows: list[dict[str, Any]], key: str, digits: int = 2) -> str:
+        values = [r[key] for r in rows if key in r and math.isfinite(r[key])]
+        if not values:
+            return "-"
+        if len(values) == 1:
+            return f"{values[0]:.{digits}f}"
+        return f"{np.mean(values):.{digits}f} +- {np.std(values):.{digits}f}"
+
+    lines = [
+        "| row | poster table | AUROC reconstruction (primary) | AUROC bank | AUROC head (frozen features) "
+        "| accuracy | FID proxy | fit s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, rows in results.items():
+        lines.append(
+            f"| {name} | {TABLE.get(name, '-')} | {cell(rows, 'auroc_reconstruction')} | {cell(rows, 'auroc_bank')} "
+            f"| {cell(rows, 'auroc_head')} | {cell(rows, 'accuracy')} | {cell(rows, 'fid_proxy', 3)} "
+            f"| {cell(rows, 'seconds', 0)} |"
+        )
+    lines.append(f"| shortcut ({shortcut_source}) | - | {shortcut:.2f} | | | | | |")
+    for name, rows in results.items():
+        if rows and "grad_share_last" in rows[0]:
+            first, last = rows[0]["grad_share_first"], rows[0]["grad_share_last"]
+            shares = ", ".join(f"{k} {first[k]:.3f} -> {last[k]:.3f}" for k in last)
+            lines.append(f"\nencoder gradient shares, {name} (first logged step -> last): {shares}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subset", choices=["PAH", "ASD"], default="PAH")
+    parser.add_argument("--num-videos", type=int, default=80)
+    parser.add_argument("--frame-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--data-dir", type=Path, default=None, help="an existing CardiacNet-layout phantom")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = args.data_dir or write_phantom(Path(tmp), args.subset, args.num_videos)
+        cache = Path(tmp) / "cache"
+        datamodule = phantom_datamodule(data_dir, args.subset, args.frame_size, cache)
+        shortcut, source = shortcut_auroc(data_dir, args.subset, datamodule)
+        results: dict[str, list[dict[str, Any]]] = {}
+        for name in args.rows:
+            for seed in args.seeds:
+                results.setdefault(name, []).append(run_row(name, data_dir, args, cache, seed))
+                print(f"{name} seed {seed}: {results[name][-1]}", file=sys.stderr, flush=True)
+    header = (
+        f"CardiacNet ablations, {args.subset} phantom ({args.num_videos} videos, {args.frame_size} px, 8 frames), "
+        f"{args.epochs} epochs, seeds {args.seeds}"
+    )
+    table = header + "\n\n" + format_table(results, shortcut, source)
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
