@@ -17,6 +17,11 @@ non-zero box of its first frame and resized to 112 px.
 6. A per-item reader after xmed-lab/CardiacNet: ``nib.load(...).get_fdata()`` (float64) of the whole video, bounding
    box of frame 1, crop, resize, clip; twice per item.
 
+DataModule rows include ``on_after_batch_transfer`` (where uint8 clips are normalised and expanded to ``--channels``
+channels as a view, on the device in training), so every row times the batches a model receives. ``--channels 3``
+(Kinetics backbones) shows what the uint8 hand-off saves: before it, CAMUS normalised in the dataset and copied the
+grey clip into three channels per item.
+
 Loaders run with ``--workers`` workers for ``--batches`` timed batches after one untimed warm-up batch; approaches are
 interleaved over ``--repeats`` rounds and the table shows the median rate (min-max). The simulator is slow at real
 frame sizes (CAMUS ~780x550, CardiacNet ~720p), so the phantom files are written small and enlarged ``--upscale``
@@ -24,7 +29,7 @@ times (default 4: CAMUS 640x512, CardiacNet about 620x680), which puts the per-i
 real one.
 
     python benchmarks/dataset_loading.py [--patients 24] [--videos 16] [--workers 0] [--batches 4] [--repeats 3]
-                                         [--upscale 4]
+                                         [--upscale 4] [--channels 1] [--only all|camus]
 """
 
 from __future__ import annotations
