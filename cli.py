@@ -152,8 +152,8 @@ class EchoLabCLI(LightningCLI):
 
 
 def _logger_in_run_folder(trainer: Any) -> None:
-    """No logger configured (``true``/null): a CSVLogger in ``<run>/logs``; a logger without ``save_dir`` (or
-    W&B's default ``.``): the run folder. The run folder is ``trainer.default_root_dir``, given once per config."""
+    """No logger configured (``true``/null): a CSVLogger in ``<run>/logs``; a logger whose ``save_dir`` is its default
+    ``.`` (W&B) or empty: the run folder. The run folder is ``trainer.default_root_dir``, given once per config."""
     if trainer is None:
         return
     root = trainer.get("default_root_dir") or os.getcwd()
