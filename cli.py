@@ -102,27 +102,33 @@ class EchoLabCLI(LightningCLI):
         listed = trainer.get("callbacks") or []
         listed = listed if isinstance(listed, list) else [listed]
         if trainer.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in listed):
-            kwargs.setdefault("callbacks", [*listed, self._default_checkpoint(config)])
+            kwargs.setdefault("callbacks", [*listed, *self._default_checkpoints(config)])
         return super().instantiate_trainer(**kwargs)
 
-    def _default_checkpoint(self, config: Any) -> ModelCheckpoint:
-        """``best.ckpt`` by the monitored metric and ``last.ckpt`` after every validation, in ``<run>/checkpoints``."""
-        root = config["trainer"].get("default_root_dir") or os.getcwd()
+    def _default_checkpoints(self, config: Any) -> list[ModelCheckpoint]:
+        """``best.ckpt`` by the monitored metric and ``last.ckpt`` after every validation, in ``<run>/checkpoints``.
+
+        Two callbacks: one ModelCheckpoint's ``save_last`` refreshes last.ckpt only when it saves a top-k checkpoint
+        too, so a run whose metric stopped improving would resume from an old epoch. ``best`` comes first: it is
+        ``trainer.checkpoint_callback`` (``--ckpt_path best``)."""
+        root = Path(str(config["trainer"].get("default_root_dir") or os.getcwd())) / "checkpoints"
         settings = config.get("checkpoint") or {}
         monitor, mode = settings.get("monitor"), settings.get("mode")
         model_default = getattr(self.model, "checkpoint_monitor", None)
         if monitor is None and model_default is not None:
             monitor, mode = model_default[0], mode or model_default[1]
-        return ModelCheckpoint(
-            dirpath=Path(str(root)) / "checkpoints",
+        last = ModelCheckpoint(dirpath=root, filename="last", enable_version_counter=False)
+        if monitor is None:
+            return [last]
+        best = ModelCheckpoint(
+            dirpath=root,
             filename="best",
             monitor=monitor,
             mode=mode or "min",
-            save_top_k=1 if monitor else 0,
-            save_last=True,
             enable_version_counter=False,
             auto_insert_metric_name=False,
         )
+        return [best, last]
 
     def _parse_ckpt_path(self) -> None:
         """Take the model's hyperparameters from ``--ckpt_path`` only when the config names no model.
@@ -152,8 +158,8 @@ class EchoLabCLI(LightningCLI):
 
 
 def _logger_in_run_folder(trainer: Any) -> None:
-    """No logger configured (``true``/null): a CSVLogger in ``<run>/logs``; a logger without ``save_dir`` (or
-    W&B's default ``.``): the run folder. The run folder is ``trainer.default_root_dir``, given once per config."""
+    """No logger configured (``true``/null): a CSVLogger in ``<run>/logs``; a logger whose ``save_dir`` is its default
+    ``.`` (W&B) or empty: the run folder. The run folder is ``trainer.default_root_dir``, given once per config."""
     if trainer is None:
         return
     root = trainer.get("default_root_dir") or os.getcwd()

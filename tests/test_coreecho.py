@@ -170,13 +170,13 @@ def test_stage2_module_freezes_and_optimises_the_regressor_only():
 
 def phantom_config(data_dir: Path, run_dir: Path) -> dict:
     """configs/coreecho/phantom.yaml pointed at ``data_dir``, writing into ``run_dir`` (the run folder given once:
-    the CLI puts checkpoints in ``run_dir/checkpoints`` and, with a logger without save_dir, logs next to them)."""
+    the CLI puts the checkpoints in ``run_dir/checkpoints``; the logger is pinned to version 0 here)."""
     config = yaml.safe_load((ROOT / "configs" / "coreecho" / "phantom.yaml").read_text())
     trainer = config["trainer"]
     trainer.update(default_root_dir=str(run_dir), enable_progress_bar=False, enable_model_summary=False)
     trainer["logger"] = {
         "class_path": "lightning.pytorch.loggers.CSVLogger",
-        "init_args": {"name": "logs", "version": 0},
+        "init_args": {"save_dir": str(run_dir), "name": "logs", "version": 0},
     }
     config["data"]["init_args"]["data_dir"] = str(data_dir)
     return config
