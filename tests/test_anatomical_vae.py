@@ -16,6 +16,8 @@ from echo_modules.anatomical_vae.module import AnatomicalVAE
 from echo_modules.anatomical_vae.postprocess import dice_per_class, temporal_metrics
 from echo_modules.segmentation.data import CamusFramesDataModule
 
+pytestmark = pytest.mark.slow  # two real fits (VAE 900 steps, U-Net <= 400 steps), shared by every test here
+
 # vital's thresholds are calibrated on 256-px masks; at 64 px a one-pixel contact or gap is a larger fraction
 # (with them, 67% of clean 64-px phantom frames fail the MYO-LA frontier). Looser ones for this size:
 THRESHOLDS_64 = dict(myo_atrium_frontier_max=0.35, width_ratio_max=5.0, gap_tolerance_fraction=2.0**-10)
