@@ -160,6 +160,7 @@ def ef_effect(model: EchoDiffusion, ed_mask, threshold: float) -> torch.Tensor:
     return lv_area_change(high, ed_mask, threshold) - lv_area_change(low, ed_mask, threshold)
 
 
+@pytest.mark.slow
 def test_lv_area_change_sees_ef_on_real_phantom_videos(fitted):
     """The EF read-out for generated videos: the dark (blood) share of the ED LV cavity lost by the smallest later
     frame, with the threshold halfway between LV blood and myocardium. On the real videos of the same hearts it is
