@@ -29,6 +29,8 @@ from echo_modules.diffusion.metrics import (
     mask_consistency,
     per_frame_ssim,
 )
+from echo_modules.diffusion.module import one_hot_map
+from echo_modules.diffusion.schedules import flow_interpolate, flow_target, masked_mse
 
 HEARTS, EFS, FRAMES, SIZE = 4, (30.0, 70.0), 8, 32
 FIT_STEPS = int(os.environ.get("ECHOLAB_DIFFUSION_FIT_STEPS", 300))  # a quick dry run of the code paths: set it low
@@ -81,8 +83,9 @@ def fitted(tmp_path_factory):
     batch = datamodule.on_after_batch_transfer(next(iter(datamodule._eval_loader(datamodule.records["TRAIN"]))), 0)
     order = torch.argsort(torch.tensor([int(name[7:11]) for name in batch["filename"]]))  # patient order: EF 30, EF 70
     real, ed_mask, ef = batch["video"][order], batch["ed_mask"][order], batch["ef"][order]
+    frames_mask = batch["frames_mask"][order]
     return {"model": model.eval(), "untrained": untrained.eval(), "datamodule": datamodule, "root": root,
-            "real": real, "ed_mask": ed_mask, "ef": ef, "threshold": MyocardiumThreshold.fit(real, ed_mask).threshold,
+            "real": real, "ed_mask": ed_mask, "ef": ef, "frames_mask": frames_mask, "threshold": MyocardiumThreshold.fit(real, ed_mask).threshold,
             "segmenter": TinyFrameSegmenter.fit(real[:, :, 0], ed_mask)}  # fmt: skip
 
 
@@ -160,6 +163,7 @@ def ef_effect(model: EchoDiffusion, ed_mask, threshold: float) -> torch.Tensor:
     return lv_area_change(high, ed_mask, threshold) - lv_area_change(low, ed_mask, threshold)
 
 
+@pytest.mark.slow
 def test_lv_area_change_sees_ef_on_real_phantom_videos(fitted):
     """The EF read-out for generated videos: the dark (blood) share of the ED LV cavity lost by the smallest later
     frame, with the threshold halfway between LV blood and myocardium. On the real videos of the same hearts it is
@@ -171,6 +175,39 @@ def test_lv_area_change_sees_ef_on_real_phantom_videos(fitted):
     assert (ef[:HEARTS] < 50).all() and (ef[HEARTS:] > 50).all()
     assert (per_heart > 0.03).all(), per_heart
     assert not (lv_area_change(real[:, :, :1].expand_as(real), ed_mask, threshold).abs() > 1e-6).any()  # no motion
+
+
+def denoising_error(model: EchoDiffusion, batch: dict, ef: torch.Tensor) -> float:
+    """The flow-matching error on ``batch`` with the EF condition ``ef`` over a fixed grid of noise levels and fixed
+    noise draws (real frames only), so two EF conditions are compared on identical inputs."""
+    x0, seg_map = batch["video"], one_hot_map(batch["ed_mask"], model.num_classes)
+    error = 0.0
+    with torch.no_grad():
+        for k, t in enumerate(torch.linspace(0.05, 0.95, 10).tolist()):
+            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(k))
+            level = torch.full((len(x0),), t)
+            prediction = model.network(flow_interpolate(x0, noise, level), level * 1000, seg_map, ef)
+            error += masked_mse(prediction, flow_target(x0, noise), batch["frames_mask"]).item() / 10
+    return error
+
+
+@pytest.mark.slow
+def test_the_model_uses_the_ef_condition(fitted):
+    """EF conditioning is learned: the denoising error on the training videos is lower with their true EF than with
+    the other EF of the same heart (30 <-> 70) or no EF; the untrained model cannot tell them apart.
+
+    (The stronger check, samples asked for EF 70 contracting more than samples asked for EF 30 by the LV-area read-out,
+    `ef_effect`, is not yet met at this fit budget.)"""
+    batch = {"video": fitted["real"], "ed_mask": fitted["ed_mask"], "frames_mask": fitted["frames_mask"]}
+    true_ef = fitted["ef"]
+    other_ef = torch.where(true_ef > 50, torch.full_like(true_ef, EFS[0]), torch.full_like(true_ef, EFS[1]))
+    no_ef = torch.full_like(true_ef, float("nan"))
+    for name in ("model", "untrained"):
+        errors = {key: denoising_error(fitted[name], batch, ef) for key, ef in
+                  (("true", true_ef), ("other", other_ef), ("none", no_ef))}  # fmt: skip
+        print(f"\n{name} denoising error by EF condition: {errors}")
+        uses_ef = errors["true"] < 0.985 * min(errors["other"], errors["none"])
+        assert uses_ef if name == "model" else not uses_ef, errors
 
 
 @pytest.mark.slow
