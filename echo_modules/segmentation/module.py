@@ -40,7 +40,7 @@ class Segmenter2D(EchoModule):
         predictions_dir: str | None = None,
     ) -> None:
         """network: any ``(B, C, H, W) -> (B, num_classes, H, W)`` module (default ``UNet2D(1, 4, 32, 5)``).
-        predictions_dir: where ``predict`` writes masks (default ``<run dir>/predictions``)."""
+        predictions_dir: where ``predict`` writes masks (default ``<trainer.default_root_dir>/predictions``)."""
         super().__init__()
         self.save_hyperparameters()
         self.network = network if network is not None else UNet2D(1, num_classes, 32, 5)
@@ -111,7 +111,7 @@ class Segmenter2D(EchoModule):
         labels = self.segment(batch["image"]).cpu().numpy().astype(np.uint8)
         datamodule = self.trainer.datamodule
         sequence = datamodule.sequences[int(batch["sequence"][0])]
-        out_dir = Path(self.hparams.predictions_dir or self.run_dir / "predictions")
+        out_dir = Path(self.hparams.predictions_dir or Path(self.trainer.default_root_dir) / "predictions")
         folder = out_dir / sequence.patient
         write_masks(folder / f"{sequence.name}_half_sequence_gt.nii.gz", labels, sequence.spacing)
         source = datamodule.data_dir
