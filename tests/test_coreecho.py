@@ -197,7 +197,7 @@ def stage1_run(phantom_echonet_train, echonet_train_baselines, tmp_path_factory)
     run_dir = root / "stage1"
     config = phantom_config(phantom_echonet_train, run_dir)
     threshold = 0.6 * echonet_train_baselines["VAL"]["strongest_mae"]
-    config["trainer"]["callbacks"].append(
+    config["trainer"].setdefault("callbacks", []).append(
         {
             "class_path": "lightning.pytorch.callbacks.EarlyStopping",
             "init_args": {"monitor": "val/mae", "stopping_threshold": threshold, "patience": 1000},
