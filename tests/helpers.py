@@ -35,7 +35,10 @@ def run_echolab(*args: str, cwd: Path | None = None, timeout: float | None = Non
     """Run ``cli.py`` in a fresh interpreter, as a user's ``echolab`` command would. No per-process timeout by
     default: on a loaded machine a real fit may take many times its idle duration (pytest-timeout still bounds
     a test that hangs)."""
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", WANDB_MODE="offline")
+    # a W&B run made earlier in this (pytest) process leaves its service address in os.environ; a child that inherits
+    # it logs through the parent's service, which flushes the child's run file only later
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("WANDB_SERVICE", "_WANDB"))}
+    env.update(PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", WANDB_MODE="offline")
     return subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), *args],
         cwd=cwd or ROOT,

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from datamodules.camus import CamusDataModule
 from echo_modules.diffusion import EchoDiffusion, SpadeUNet3D
@@ -42,7 +43,7 @@ def write_same_hearts_at_two_efs(root: Path, seed: int = 3) -> Path:
 
     patients = []
     for k, ef in enumerate(EFS):
-        part = write_camus_dataset(root.parent / f"part{k}", HEARTS, seed=seed, size=48, ef_range=(ef, ef + 1e-3),
+        part = write_camus_dataset(root.parent / f"part{k}", HEARTS, seed=seed, size=48, ef_range=(ef, ef + 1e-3), ef_distribution="uniform",
                                    split_fractions=(1, 0, 0))  # fmt: skip
         for i in range(HEARTS):
             old, new = f"patient{i + 1:04d}", f"patient{k * HEARTS + i + 1:04d}"
@@ -264,7 +265,9 @@ def test_validation_logs_ssim_and_generated_videos_beside_real_ones_to_wandb(fit
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="echolab-tests")
     trainer = L.Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=str(tmp_path))  # fmt: skip
-    metrics = trainer.validate(model, dataloaders=datamodule._eval_loader(datamodule.records["TRAIN"]))[0]
+    # loaders hand out uint8 clips that the DataModule normalises after transfer (its hook runs only when it is attached)
+    batches = [datamodule.on_after_batch_transfer(b, 0) for b in datamodule._eval_loader(datamodule.records["TRAIN"])]
+    metrics = trainer.validate(model, dataloaders=DataLoader(batches, batch_size=None))[0]  # the batches as they are
     logger.experiment.finish()
     assert 0.3 < metrics["val/ssim"] <= 1.0 and metrics["val/loss"] > 0
     videos = list(Path(tmp_path).rglob("media/videos/**/*.mp4"))
