@@ -94,8 +94,9 @@ class ResBlock3D(nn.Module):
         return self.skip(x) + h
 
 
-class SpatialAttention(nn.Module):
-    """Self-attention over the pixels of each frame."""
+class _Attention(nn.Module):
+    """Multi-head self-attention over token sequences, with a zero-initialised output (a residual that starts as
+    the identity); subclasses choose which axis the tokens run along."""
 
     def __init__(self, channels: int, heads: int = 4, groups: int = 8) -> None:
         super().__init__()
@@ -105,34 +106,31 @@ class SpatialAttention(nn.Module):
         self.out = nn.Linear(channels, channels)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+
+    def attend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(n, length, channels)`` tokens -> the attended tokens, projected out."""
+        q, k, v = rearrange(self.qkv(tokens), "n l (three heads d) -> three n heads l d", three=3, heads=self.heads)
+        attended = rearrange(F.scaled_dot_product_attention(q, k, v), "n heads l d -> n l (heads d)")
+        return self.out(attended)
+
+
+class SpatialAttention(_Attention):
+    """Self-attention over the pixels of each frame."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, t, h, w = x.shape
         tokens = rearrange(self.norm(x), "b c t h w -> (b t) (h w) c")
-        q, k, v = rearrange(self.qkv(tokens), "n l (three heads d) -> three n heads l d", three=3, heads=self.heads)
-        attended = rearrange(F.scaled_dot_product_attention(q, k, v), "n heads l d -> n l (heads d)")
-        return x + rearrange(self.out(attended), "(b t) (h w) c -> b c t h w", b=b, t=t, h=h, w=w)
+        return x + rearrange(self.attend(tokens), "(b t) (h w) c -> b c t h w", b=b, t=t, h=h, w=w)
 
 
-class TemporalAttention(nn.Module):
+class TemporalAttention(_Attention):
     """Self-attention over the frames at each pixel, with a cosine embedding of frame position (order matters)."""
-
-    def __init__(self, channels: int, heads: int = 4, groups: int = 8) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm = nn.GroupNorm(_groups(channels, groups), channels)
-        self.qkv = nn.Linear(channels, 3 * channels)
-        self.out = nn.Linear(channels, channels)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
         tokens = rearrange(self.norm(x), "b c t h w -> (b h w) t c")
         tokens = tokens + cosine_embedding(torch.arange(t, device=x.device), c).to(tokens.dtype)[None]
-        q, k, v = rearrange(self.qkv(tokens), "n l (three heads d) -> three n heads l d", three=3, heads=self.heads)
-        attended = rearrange(F.scaled_dot_product_attention(q, k, v), "n heads l d -> n l (heads d)")
-        return x + rearrange(self.out(attended), "(b h w) t c -> b c t h w", b=b, h=h, w=w)
+        return x + rearrange(self.attend(tokens), "(b h w) t c -> b c t h w", b=b, h=h, w=w)
 
 
 class _Stage(nn.Module):
