@@ -6,6 +6,7 @@ regression) and keeps only its networks, losses and step; ARCHITECTURE.md lists 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -33,7 +34,8 @@ def average_clip_predictions(clip_values: torch.Tensor, clip_owner: torch.Tensor
 def run_in_chunks(function: Callable[[torch.Tensor], Any], clips: torch.Tensor, chunk_size: int | None) -> Any:
     """``function(clips)`` computed on at most ``chunk_size`` clips at a time and concatenated along the first axis.
 
-    ``function`` returns a tensor, a tuple/list of tensors or a dict of tensors (one row per clip). Without gradient
+    ``function`` returns a tensor, a tuple/list/dict/dataclass of tensors (one row per clip; None fields stay None),
+    nested as deep as it likes. Without gradient
     (evaluation) only one chunk's activations are alive at a time, so memory no longer grows with the number of clips
     of a batch (a 1000-frame video evaluated on every clip). ``None``: one call.
     """
@@ -44,12 +46,17 @@ def run_in_chunks(function: Callable[[torch.Tensor], Any], clips: torch.Tensor, 
 
 def _concatenate(parts: list[Any]) -> Any:
     first = parts[0]
+    if first is None:
+        return None
     if torch.is_tensor(first):
         return torch.cat(parts)
     if isinstance(first, dict):
         return {key: _concatenate([part[key] for part in parts]) for key in first}
     if isinstance(first, (tuple, list)):
         return type(first)(_concatenate(list(items)) for items in zip(*parts))
+    if dataclasses.is_dataclass(first):
+        names = [field.name for field in dataclasses.fields(first)]
+        return type(first)(**{name: _concatenate([getattr(part, name) for part in parts]) for name in names})
     raise TypeError(f"run_in_chunks: cannot concatenate outputs of type {type(first).__name__}")
 
 
@@ -263,6 +270,15 @@ def gather_lists(values: list) -> list:
     gathered: list[list] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, list(values))
     return [item for part in gathered for item in part]
+
+
+def updated_on_any_rank(module: L.LightningModule, *metrics: Any) -> bool:
+    """Whether every torchmetrics metric saw an update on some rank: the same answer on all ranks (a rank may hold
+    no abnormal video), so that all of them, or none, enter the metrics' synchronising ``compute``."""
+    counts = torch.tensor([metric.update_count for metric in metrics], device=module.device)
+    if module.trainer.world_size > 1:
+        counts = module.all_gather(counts).sum(0)
+    return bool((counts > 0).all())
 
 
 def run_directory(trainer) -> Path:
