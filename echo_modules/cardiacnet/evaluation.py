@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,8 +37,20 @@ class ClipEvaluation:
 
 
 @dataclass
+class VideoMaps:
+    """One video's maps to save (``save_video_maps``): clip-wise ``(clips, T, H, W)`` arrays."""
+
+    out_dir: Path
+    inputs: np.ndarray
+    to_normal: np.ndarray
+    maps: np.ndarray
+    map_format: str
+
+
+@dataclass
 class CardiacNetPrediction(PredictionRecord):
-    """One predicted video: a ``predictions.csv`` row (written by the base's ``PredictionWriter``)."""
+    """One predicted video: a ``predictions.csv`` row, and its maps, both written by the base's
+    ``PredictionWriter`` (the maps at batch end, on the rank that predicted the video)."""
 
     filename: str
     score: float
@@ -45,7 +58,18 @@ class CardiacNetPrediction(PredictionRecord):
     label: int  # -1 = unknown
     ef_pred: float
     ef_true: float
-    map_file: str  # ";"-joined paths of the video's saved maps
+    map_file: str = ""  # ";"-joined paths of the video's saved maps
+    video_maps: VideoMaps | None = field(default=None, repr=False)  # dropped once written
+
+    def write_files(self, module: Any) -> None:
+        from echo_modules.cardiacnet.visualisation import save_video_maps
+
+        if self.video_maps is not None:
+            maps = self.video_maps
+            self.map_file = save_video_maps(
+                maps.out_dir, self.filename, maps.inputs, maps.to_normal, maps.maps, maps.map_format
+            )
+            self.video_maps = None
 
     def row(self) -> dict[str, Any]:
         return {

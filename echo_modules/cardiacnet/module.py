@@ -61,6 +61,7 @@ from echo_modules.cardiacnet.evaluation import (
     ClipEvaluation,
     TestMetrics,
     TestRow,
+    VideoMaps,
     map_examples,
     paired_structure_dice,
     per_video_rows,
@@ -96,7 +97,7 @@ from echo_modules.cardiacnet.settings import (
     as_settings,
     settings_dict,
 )
-from echo_modules.cardiacnet.visualisation import log_map_examples, save_video_maps
+from echo_modules.cardiacnet.visualisation import log_map_examples
 from echo_modules.common.metrics import BalancedThreshold, ef_metrics
 from echo_modules.common.module import (
     EchoModule,
@@ -734,8 +735,8 @@ class CardiacNet(EchoModule):
     # ------------------------------------------------------------------ prediction
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[CardiacNetPrediction]:
-        """One :class:`CardiacNetPrediction` per video (the base's ``PredictionWriter`` writes ``predictions.csv``);
-        each video's maps are saved to ``evaluation.maps_dir`` in ``evaluation.map_format``."""
+        """One :class:`CardiacNetPrediction` per video with its maps; the base's ``PredictionWriter`` saves the maps
+        to ``evaluation.maps_dir`` in ``evaluation.map_format`` and writes ``predictions.csv``."""
         clips, scores, ef = self._video_outputs(batch)
         score = scores[self.evaluation.score]
         probability = self.probability(score)
@@ -744,10 +745,10 @@ class CardiacNet(EchoModule):
         records = []
         for index, name in enumerate(batch["filename"]):
             chosen = batch["clip_owner"] == index
-            map_file = ""
+            video_maps = None
             if map_format != "none":
-                map_file = save_video_maps(
-                    out, name, batch["video"][chosen].float().mean(1).cpu().numpy(),
+                video_maps = VideoMaps(
+                    out, batch["video"][chosen].float().mean(1).cpu().numpy(),
                     clips.to_normal[chosen].mean(1).cpu().numpy(),
                     clips.maps[self.evaluation.map_mode][chosen].cpu().numpy(), map_format,
                 )  # fmt: skip
@@ -759,7 +760,7 @@ class CardiacNet(EchoModule):
                     label=int(batch["label"][index]),
                     ef_pred=float(ef[index]) if ef is not None else math.nan,
                     ef_true=float(batch["ef"][index]),
-                    map_file=map_file,
+                    video_maps=video_maps,
                 )
             )
         return records

@@ -61,12 +61,18 @@ def _concatenate(parts: list[Any]) -> Any:
 
 
 class PredictionRecord:
-    """A row of ``predictions.csv``: a dataclass with a ``filename`` field and :meth:`row` (column -> text)."""
+    """A row of ``predictions.csv``: a dataclass with a ``filename`` field and :meth:`row` (column -> text), and
+    optionally the files of one prediction (masks, map videos) that :meth:`write_files` saves."""
 
     filename: str
 
     def row(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def write_files(self, module: L.LightningModule) -> None:
+        """Save the files this prediction carries, then drop their arrays (the record is gathered over ranks for the
+        CSV and kept in ``trainer.predict``'s outputs). :class:`PredictionWriter` calls it at batch end on the rank
+        that made the prediction, so files are written once under DDP. Default: no files."""
 
 
 def number_text(value: float | None, digits: int = 3) -> str:
@@ -75,7 +81,8 @@ def number_text(value: float | None, digits: int = 3) -> str:
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes the :class:`PredictionRecord` lists that ``predict_step`` returns into one CSV, sorted by file name.
+    """Writes the :class:`PredictionRecord` lists that ``predict_step`` returns: each record's files at batch end
+    (:meth:`PredictionRecord.write_files`), then one CSV of their rows, sorted by file name.
 
     Rows are kept per batch on every rank and gathered at epoch end (every video once under DDP: the evaluation
     loaders never repeat one), so rank 0 writes one file whatever the number of processes. The path is the
@@ -92,7 +99,10 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         if isinstance(prediction, (list, tuple)):
-            self._records += [record for record in prediction if isinstance(record, PredictionRecord)]
+            for record in prediction:
+                if isinstance(record, PredictionRecord):
+                    record.write_files(pl_module)
+                    self._records.append(record)
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         records = gather_lists(self._records)  # a collective: every rank calls it
