@@ -198,7 +198,8 @@ class TestMetrics(nn.Module):
 
 
 def summary_line(summary: dict[str, Any]) -> str:
-    """The line ``echolab test`` prints: AUROC and accuracy of the chosen score, map localisation, structure Dice, EF."""
+    """The line ``echolab test`` prints: AUROC and accuracy of the chosen score, map localisation, structure Dice,
+    EF."""
     line = (
         f"CardiacNet test over {summary['videos']} videos: AUROC {summary.get('test/auroc', math.nan):.3f} "
         f"({summary['score']} score), accuracy {summary.get('test/accuracy', math.nan):.3f}"

@@ -15,20 +15,20 @@ training step (``training_step``; manual optimisation: generators and discrimina
      gradient) and the *other* class's bank (a detached target), and as a hinge ``relu(margin - OT)``, so
      maximising it moves the encoders and stops at the margin instead of inflating the features;
    - the Consistency Deformation Discriminators (Eq. 2: eta^T on the whole clip, eta^S on frames, eta^T on the
-     clip's spatial patches) judge the deformed and the cycled videos, from ``disc_start`` on;
+     clip's spatial patches) judge the deformed and the cycled videos, from ``discriminator.start`` on;
    - the disease head (and the EF head on EchoNet/CAMUS, which predicts standardised EF) learn on *detached*
      generator features: the public evaluation's frozen-feature classifier, trained alongside instead of in a second
-     run (``head_feature_grad`` > 0 lets them shape the encoders, as the public mPAP head does; off by default);
+     run (``heads.feature_grad`` > 0 lets them shape the encoders, as the public mPAP head does; off by default);
    - every ``grad_norm_every`` steps each term's gradient norm on the encoders is logged (``train/grad_norm/<term>``).
-2. ``discriminator_step`` (their own optimiser, every ``disc_every`` steps from ``disc_start``): real clips of their
-   class vs the detached deformed and cycled clips.
+2. ``discriminator_step`` (their own optimiser, every ``discriminator.every`` steps from ``discriminator.start``):
+   real clips of their class vs the detached deformed and cycled clips.
 3. ``update_banks_and_codebooks``: the banks take this step's descriptors (gathered from all DDP ranks); dead
    codebook entries restart on recent features with fresh optimiser state.
 Gradient clipping runs in ``on_before_optimizer_step``, after the fp16 scaler unscaled the gradients.
 
-Disease score (``score``): ``reconstruction`` (default; parameter-free: how much more phi_B changes a clip than phi_A
-does, ``|x - phi_B(x)| - |x - phi_A(x)|``; each generator reproduces its own target class, so abnormal clips change
-under phi_B and normal ones under phi_A). It is the method's own score: it separates the classes only if the
+Disease score (``evaluation.score``): ``reconstruction`` (default; parameter-free: how much more phi_B changes a
+clip than phi_A does, ``|x - phi_B(x)| - |x - phi_A(x)|``; each generator reproduces its own target class, so
+abnormal clips change under phi_B and normal ones under phi_A). It is the method's own score: it separates the classes only if the
 generators learned class-specific deformations, so an untrained CardiacNet is its control. ``bank`` (distance to the
 normal minus distance to the abnormal bank centroid) separates the classes even for untrained generators wherever
 random features do (a nearest-centroid classifier); ``head`` is the public evaluation's frozen-feature classifier.
