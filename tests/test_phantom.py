@@ -320,3 +320,27 @@ def test_disease_shortcut_reads_little_from_the_default_phantom_and_finds_a_plan
         write_nifti(path, np.clip(frames.astype(np.float32) * 2.0, 0, 255).astype(np.uint8))
     leaked = disease_baselines(root)
     assert leaked["shortcut_loo_auroc"] > 0.9 and leaked["shortcut_auroc"] > 0.9, leaked
+
+
+def test_camus_writer_pose_variation_narrows_the_pose_and_defaults_to_realistic(tmp_path):
+    """``pose_variation`` means what it means for the EchoNet writer: 1 (the default) draws the probe pose and the LV
+    framing as widely as the EchoNet writer does, 0 fixes them (the ED LV area then varies by rasterisation only)."""
+    from datamodules.nifti import read_label_map
+    from datamodules.phantom.camus_writer import half_sequence_video, write_camus_dataset
+
+    def ed_lv_areas(root):
+        paths = sorted(root.glob("patient*/patient*_4CH_ED_gt.nii.gz"))
+        return np.array([(read_label_map(path)[0] == LV_CAVITY).sum() for path in paths], dtype=np.float64)
+
+    realistic = ed_lv_areas(write_camus_dataset(tmp_path / "default", 8, seed=0, size=32, sequence_gt=False))
+    fixed_dir = write_camus_dataset(tmp_path / "fixed", 8, seed=0, size=32, sequence_gt=False, pose_variation=0.0)
+    fixed = ed_lv_areas(fixed_dir)
+    assert realistic.std() / realistic.mean() > 0.08 and fixed.std() / fixed.mean() < 0.03
+    # the default is the EchoNet writer's pose distribution: the same sample_params draws, pose_variation 1
+    tilts = [half_sequence_video("4CH", 0, i, 32, (30.0, 60.0), (20.0, 80.0))[0].params.tilt_deg for i in range(8)]
+    drawn = [
+        sample_params(np.random.default_rng([0, i]), num_frames=16, size=32, fps_range=(30.0, 60.0)) for i in range(8)
+    ]
+    assert tilts == [params.tilt_deg for params in drawn]
+    with pytest.raises(ValueError, match="pose_variation"):
+        write_camus_dataset(tmp_path / "bad", 2, size=32, pose_variation=1.5)
