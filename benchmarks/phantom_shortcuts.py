@@ -30,7 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset  # noqa: E402
 from datamodules.phantom.echonet_writer import write_echonet_dataset  # noqa: E402
 from datamodules.phantom.hmcqu_writer import write_hmcqu_dataset  # noqa: E402
-from datamodules.phantom.shortcuts import _read_avi, disease_baselines, ef_baselines, hmcqu_disease_baselines  # noqa: E402
+from datamodules.phantom.shortcuts import (  # noqa: E402
+    _read_avi,
+    disease_baselines,
+    ef_baselines,
+    hmcqu_disease_baselines,
+    learned_ef,
+)
 
 
 def echonet_statistics(data_dir: Path, videos: int = 20) -> dict:
@@ -115,9 +121,10 @@ def main(argv: list[str] | None = None) -> None:
             if "test_mae" in summary:
                 ratio = summary["test_mae"] / ef["mean_mae"]
                 versus = summary["test_mae"] / ef["shortcut_mae"]
+                verdict = "beats" if learned_ef(summary["test_mae"], ef) else "does NOT beat"
                 print(
                     f"  {'learned: ' + str(run):<44}{summary['test_mae']:>10.2f}{ratio:>8.2f}"
-                    f"   ({versus:.2f} x the shortcut's TEST MAE)"
+                    f"   ({versus:.2f} x the shortcut's TEST MAE: {verdict} 0.75 x the stronger baseline)"
                 )
         target = "met" if min(ef["ratio"], ef["loo_ratio"]) >= 0.75 else "NOT met"
         print(f"  target shortcut / mean >= 0.75 (TEST {ef['ratio']:.2f}, LOO {ef['loo_ratio']:.2f}): {target}")
