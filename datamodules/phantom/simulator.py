@@ -64,15 +64,13 @@ _K_LEVELS = 17  # ... at this many contraction levels, blended linearly in betwe
 
 # echogenicity (linear amplitude, before speckle and log compression)
 _ECHO_BLOOD = 0.012
-_ECHO_BACKGROUND = 0.055
+_ECHO_BACKGROUND = 0.045
 _ECHO_MYOCARDIUM = 0.25
-_ECHO_WALL = 0.35  # atrial walls, RV free wall, interatrial septum
-_ECHO_PERICARDIUM = 0.6
+_ECHO_WALL = 0.50
+_ECHO_PERICARDIUM = 1.0
 _ECHO_ANNULUS = 0.8
 _ECHO_LEAFLET = 0.5
-# with the echogenicities above: grey mean ~32, SD ~51 over whole videos (black outside the sector included), as real
-# EchoNet-Dynamic videos (31.8 / 49.7); the brightest structures (pericardium, walls) set the SD
-_DYNAMIC_RANGE_DB = 30.0
+_DYNAMIC_RANGE_DB = 30.0  # with the echogenicities above: grey mean ~32, SD ~50, as real EchoNet videos
 
 
 @dataclass(frozen=True)
