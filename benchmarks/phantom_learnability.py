@@ -13,7 +13,9 @@ MAE, shortcut MAE and the model's MAE on the same TEST split, with the commands 
     python benchmarks/phantom_learnability.py --data data/phantom_echonet --out runs/learnability   # reuse a folder
 
 The default phantom must stay realistic: when a model does not beat the shortcut within a budget, this script says
-so with the numbers; it never changes the writer to pass.
+so with the numbers; it never changes the writer to pass. Measured with the defaults (300 videos capped at 112
+frames, EFRegressor width 16 depth 4, 24 epochs at 48 px; 12.8 min wall, 5.3 min CPU on a shared 2-core box), TEST
+split of 45 videos: mean predictor 9.06, shortcut 7.98, EFRegressor 5.77 (0.64 x the mean, 0.72 x the shortcut).
 """
 
 from __future__ import annotations
