@@ -259,7 +259,10 @@ def phantom_main(args: list[str]) -> None:
     )
     parser.add_argument("--max-frames", type=int, default=None, help="EchoNet: cap on the video lengths (frames)")
     parser.add_argument(
-        "--pose-variation", type=float, default=1.0, help="EchoNet: probe-pose spread (1 = realistic, < 1 gentler)"
+        "--pose-variation",
+        type=float,
+        default=1.0,
+        help="EchoNet, CAMUS: probe-pose spread (1 = realistic, < 1 gentler)",
     )
     options = parser.parse_args(args)
     if options.num_videos < 3:
@@ -284,6 +287,7 @@ def phantom_main(args: list[str]) -> None:
             seed=options.seed,
             layout=options.camus_layout,
             ef_distribution=options.ef_distribution or "camus",
+            pose_variation=options.pose_variation,
         )
     elif options.format == "cardiacnet":
         from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset

@@ -212,7 +212,9 @@ def stage1_run(phantom_echonet_train, echonet_train_baselines, tmp_path_factory)
 
 
 @pytest.mark.slow
-def test_stage1_embeddings_follow_ef_and_beat_the_shortcut_and_the_mean(stage1_run, echonet_train_baselines):
+def test_stage1_embeddings_follow_ef_and_beat_the_shortcut_and_the_mean(
+    stage1_run, phantom_echonet_train, echonet_train_baselines, tmp_path
+):
     summary = _summary(stage1_run)
     baselines = echonet_train_baselines["TEST"]
     report = {"model": summary, "baselines": baselines}
@@ -221,6 +223,13 @@ def test_stage1_embeddings_follow_ef_and_beat_the_shortcut_and_the_mean(stage1_r
     # test MAE well below both always predicting the training mean and the anatomy-free shortcut, on the same split
     assert learned_ef(summary["test_mae"], baselines), report
     assert not learned_ef(baselines["shortcut_mae"], baselines)  # the bar: the shortcut itself fails it
+    # the control: the same config tested untrained (no checkpoint) fails both checks
+    control_dir = tmp_path / "untrained"
+    control_config = write_config(tmp_path / "untrained.yaml", phantom_config(phantom_echonet_train, control_dir))
+    control = run_echolab("test", "--config", str(control_config))
+    assert control.returncode == 0, control.stderr[-3000:]
+    untrained = _summary(control_dir)
+    assert not learned_ef(untrained["test_mae"], baselines) and untrained["pc1_spearman"] < 0.8, untrained
     figures = stage1_run / "logs" / "version_0" / "figures"
     assert (figures / "test_ef_agreement.png").is_file() and (figures / "test_embeddings.png").is_file()
 

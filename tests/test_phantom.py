@@ -320,3 +320,54 @@ def test_disease_shortcut_reads_little_from_the_default_phantom_and_finds_a_plan
         write_nifti(path, np.clip(frames.astype(np.float32) * 2.0, 0, 255).astype(np.uint8))
     leaked = disease_baselines(root)
     assert leaked["shortcut_loo_auroc"] > 0.9 and leaked["shortcut_auroc"] > 0.9, leaked
+
+
+def test_camus_writer_pose_variation_narrows_the_pose_and_defaults_to_realistic(tmp_path):
+    """``pose_variation`` means what it means for the EchoNet writer: 1 (the default) draws the probe pose and the LV
+    framing as widely as the EchoNet writer does, 0 fixes them (the ED LV area then varies by rasterisation only)."""
+    from datamodules.nifti import read_label_map
+    from datamodules.phantom.camus_writer import half_sequence_video, write_camus_dataset
+
+    def ed_lv_areas(root):
+        paths = sorted(root.glob("patient*/patient*_4CH_ED_gt.nii.gz"))
+        return np.array([(read_label_map(path)[0] == LV_CAVITY).sum() for path in paths], dtype=np.float64)
+
+    realistic = ed_lv_areas(write_camus_dataset(tmp_path / "default", 8, seed=0, size=32, sequence_gt=False))
+    fixed_dir = write_camus_dataset(tmp_path / "fixed", 8, seed=0, size=32, sequence_gt=False, pose_variation=0.0)
+    fixed = ed_lv_areas(fixed_dir)
+    assert realistic.std() / realistic.mean() > 0.08 and fixed.std() / fixed.mean() < 0.03
+    # the default is the EchoNet writer's pose distribution: the same sample_params draws, pose_variation 1
+    tilts = [half_sequence_video("4CH", 0, i, 32, (30.0, 60.0), (20.0, 80.0))[0].params.tilt_deg for i in range(8)]
+    drawn = [
+        sample_params(np.random.default_rng([0, i]), num_frames=16, size=32, fps_range=(30.0, 60.0)) for i in range(8)
+    ]
+    assert tilts == [params.tilt_deg for params in drawn]
+    with pytest.raises(ValueError, match="pose_variation"):
+        write_camus_dataset(tmp_path / "bad", 2, size=32, pose_variation=1.5)
+
+
+def test_hmcqu_wall_motion_is_graded_in_the_truth_and_not_read_by_the_shortcut(tmp_path):
+    """HMC-QU's abnormal hearts carry a graded hypokinesis (severity, extent, depth in PhantomTruth.csv); coarse-grid
+    statistics of the annotated cycle barely tell them from normal hearts, and the same fit finds the class at once
+    when the abnormal videos are planted twice as bright (the control: the baseline can fail)."""
+    from datamodules.phantom.echonet_writer import write_avi
+    from datamodules.phantom.hmcqu_writer import write_hmcqu_dataset
+    from datamodules.phantom.shortcuts import _read_avi, hmcqu_disease_baselines
+    from datamodules.phantom.simulator import hypokinesis
+
+    root = write_hmcqu_dataset(tmp_path / "hmcqu", 36, seed=4, size=48, mask_size=32, table_format="csv")
+    truth = pd.read_csv(root / "PhantomTruth.csv")
+    sick, healthy = truth[truth["Label"] == 1], truth[truth["Label"] == 0]
+    assert sick["Severity"].between(0.1, 1.0).all() and sick["Severity"].nunique() > 5
+    assert (healthy[["Severity", "HypokinesisExtent", "HypokinesisDepth"]] == 0).all().all()
+    for row in sick.itertuples():
+        assert (row.HypokinesisExtent, row.HypokinesisDepth) == pytest.approx(hypokinesis(row.Severity), abs=1e-4)
+    assert hypokinesis(0.1)[0] < hypokinesis(1.0)[0] and hypokinesis(0.1)[1] < hypokinesis(1.0)[1]
+    default = hmcqu_disease_baselines(root)
+    assert default["shortcut_loo_auroc"] < 0.8 and default["num_patients"] < default["num_videos"], default
+    for echo in sick["ECHO"]:
+        path = root / "HMC-QU Echos" / f"{echo}.avi"
+        frames, fps, _ = _read_avi(path, 48, 10_000)
+        write_avi(path, np.clip(frames.astype(np.float32) * 2.0, 0, 255).astype(np.uint8), fps)
+    leaked = hmcqu_disease_baselines(root)
+    assert leaked["shortcut_loo_auroc"] > 0.9 and leaked["shortcut_auroc"] > 0.9, leaked

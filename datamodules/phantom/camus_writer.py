@@ -41,8 +41,11 @@ def half_sequence_video(
     fps_range: tuple[float, float],
     ef_range: tuple[float, float],
     ef_distribution: str = "camus",
+    pose_variation: float = 1.0,
+    heart_rate_range: tuple[float, float] = (50.0, 110.0),
 ) -> tuple[PhantomVideo, slice]:
-    """One view of patient ``index``: a video starting at end-diastole and the ED..ES slice of its frames."""
+    """One view of patient ``index``: a video starting at end-diastole and the ED..ES slice of its frames
+    (``pose_variation`` and ``heart_rate_range`` as in `simulator.sample_params`)."""
     rng = np.random.default_rng([seed, index])  # the same draws for both views: the same heart
     params = sample_params(
         rng,
@@ -52,6 +55,8 @@ def half_sequence_video(
         fps_range=fps_range,
         ef_range=ef_range,
         ef_distribution=ef_distribution,
+        pose_variation=pose_variation,
+        heart_rate_range=heart_rate_range,
     )
     systole_frames = params.systole_fraction * params.cycle_s * params.fps
     params = replace(params, phase=0.0, num_frames=int(math.ceil(systole_frames)) + 5)
@@ -87,13 +92,21 @@ def write_camus_dataset(
     ef_range: tuple[float, float] = (20.0, 80.0),
     sequence_gt: bool | None = None,
     ef_distribution: str = "camus",
+    pose_variation: float = 1.0,
+    heart_rate_range: tuple[float, float] = (50.0, 110.0),
 ) -> Path:
     """Write ``num_patients`` phantom patients (both views each) in a CAMUS layout under ``out_dir``; returns it.
 
     layout: ``nifti`` (the 2023 release, with database_split files) or ``mhd`` (the 2019 release).
     sequence_gt: write ``half_sequence_gt`` label maps (default: yes for nifti, no for mhd, as the releases).
     ef_distribution: ``camus`` (a broad normal around 51%), ``echonet`` or ``uniform`` over ``ef_range``.
+    pose_variation: 1 (default) draws the probe pose (apex position and depth, tilt, sector width) and the LV framing
+    as realistically as the EchoNet writer; < 1 narrows them toward their typical values, 0 fixes them (a gentler
+    phantom for short CPU fits; the motion and intensity nuisance stays). heart_rate_range: as `sample_params`.
+    Every other nuisance (gain, TGC, speckle, breathing, noise) is drawn as in the EchoNet writer.
     """
+    if not 0.0 <= pose_variation <= 1.0:
+        raise ValueError(f"pose_variation must be in [0, 1], got {pose_variation}")
     if num_patients < 1:
         raise ValueError(f"num_patients must be >= 1, got {num_patients}")
     if layout not in ("nifti", "mhd"):
@@ -110,7 +123,10 @@ def write_camus_dataset(
         meta_rng = np.random.default_rng([seed, index, 99])
         sex, age = ("F", "M")[int(meta_rng.integers(2))], int(meta_rng.integers(20, 90))
         views = {
-            view: half_sequence_video(view, seed, index, size, fps_range, ef_range, ef_distribution) for view in VIEWS
+            view: half_sequence_video(
+                view, seed, index, size, fps_range, ef_range, ef_distribution, pose_variation, heart_rate_range
+            )
+            for view in VIEWS
         }
         patient_ef = float(np.mean([video.ef for video, _ in views.values()]))
         patient_edv = float(np.mean([video.edv for video, _ in views.values()]))

@@ -6,13 +6,15 @@
     out_dir/LV Ground-truth Segmentation Masks/Mask_<ECHO>.mat    "predicted": T x H x W uint8, 1 = LV wall, one
                                             frame per cycle frame, at ``mask_size`` (the release's masks are smaller
                                             than its videos too)
-    out_dir/PhantomTruth.csv                per video: patient, label, EF, 0-based ED frames (not part of HMC-QU)
+    out_dir/PhantomTruth.csv                per video: patient, label, the hypokinesis severity, extent and depth,
+                                            EF, 0-based ED frames (not part of HMC-QU)
 
 ECHO names follow the release (``ES0001 _4CH_1``: the patient, a space, the view, the recording); some patients have
 two recordings of the same heart (and label), so a reader must split by patient. Each video holds a little more than
 one cycle; Reference Frame (1-based) is its first end-diastole and End of Cycle the next one. Abnormal videos use the
-simulator's ``wall_motion`` variant, an akinetic apical-lateral wall: SEG5 (apical lateral in the 7-segment
-apical-4-chamber model) is 1, every other segment 0. About one video in ten has no mask file. The spreadsheet is
+simulator's ``wall_motion`` variant, a graded hypokinesis of the apical lateral wall (its extent along the wall and
+its depth, the share of motion lost, grow with the severity; mild cases are the common ones): SEG5 (apical lateral in
+the 7-segment apical-4-chamber model) is 1, every other segment 0. About one video in ten has no mask file. The spreadsheet is
 written by a small built-in .xlsx writer (shared strings, as Excel writes them), so openpyxl is not needed.
 """
 
@@ -30,7 +32,7 @@ import cv2
 import numpy as np
 
 from datamodules.phantom.echonet_writer import write_avi
-from datamodules.phantom.simulator import LV_CAVITY, MYOCARDIUM, sample_params, simulate_video
+from datamodules.phantom.simulator import LV_CAVITY, MYOCARDIUM, hypokinesis, sample_params, simulate_video
 
 ABNORMAL_SEGMENT = 5  # apical lateral
 COLUMNS = [
@@ -40,6 +42,9 @@ COLUMNS = [
     "End of Cycle",
     "LV Wall Ground-truth Segmentation Masks",
 ]
+#: PhantomTruth.csv: HypokinesisExtent / HypokinesisDepth as `simulator.hypokinesis` (0 for normal hearts)
+TRUTH_COLUMNS = ("ECHO", "Patient", "Label", "Severity", "HypokinesisExtent", "HypokinesisDepth", "EF", "EDFrame",
+                 "NextEDFrame", "NumberOfFrames")  # fmt: skip
 MASK_MARK = "ü"  # the release marks available masks with this (a Wingdings check mark)
 
 
@@ -138,7 +143,8 @@ def write_hmcqu_dataset(
 
     second_recording_fraction: share of patients with a second recording (``..._4CH_2``).
     table_format: ``xlsx`` (as released) or ``csv`` (the CSV export the reader also accepts).
-    severity_range: hypokinesis severity (extent and depth) of the abnormal hearts, mild cases the most common.
+    severity_range: hypokinesis severity of the abnormal hearts (its extent and depth grow with it, see
+    `simulator.hypokinesis`), drawn so that mild cases are the most common.
     """
     if num_videos < 2:
         raise ValueError(f"num_videos must be >= 2, got {num_videos}")
@@ -187,9 +193,10 @@ def write_hmcqu_dataset(
             scipy.io.savemat(masks_dir / f"Mask_{echo}.mat", {"predicted": wall}, do_compression=True)
         segments = [int(label and s == ABNORMAL_SEGMENT) for s in range(1, 8)]
         table_rows.append([echo, *segments, first + 1, following + 1, MASK_MARK if has_mask else None])
-        severity = round(params.severity, 4) if label else 0.0
+        extent, depth = hypokinesis(params.severity) if label else (0.0, 0.0)
+        graded = (round(params.severity, 4), round(extent, 4), round(depth, 4)) if label else (0.0, 0.0, 0.0)
         truth_rows.append(
-            (echo, echo.split(" ")[0], label, severity, round(video.ef, 4), first, following, len(video.frames))
+            (echo, echo.split(" ")[0], label, *graded, round(video.ef, 4), first, following, len(video.frames))
         )
     if table_format == "xlsx":
         write_xlsx(out_dir / "HMC_QU.xlsx", COLUMNS, table_rows)
@@ -198,6 +205,6 @@ def write_hmcqu_dataset(
             csv.writer(handle).writerows([COLUMNS, *[["" if v is None else v for v in row] for row in table_rows]])
     with open(out_dir / "PhantomTruth.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["ECHO", "Patient", "Label", "Severity", "EF", "EDFrame", "NextEDFrame", "NumberOfFrames"])
+        writer.writerow(TRUTH_COLUMNS)
         writer.writerows(truth_rows)
     return out_dir

@@ -11,6 +11,9 @@ their first frames are read.
   TEST, plus the same two predictors leave-one-out over every video.
 * `disease_baselines`: a logistic regression on a 3x3 grid (over the content box) of mean intensity, dark fraction
   and temporal std, on the CardiacNet DataModule's own seeded, class-stratified split, plus its leave-one-out AUROC.
+* `hmcqu_disease_baselines`: the same fit for wall-motion abnormality in the HMC-QU layout, on the annotated cycle of
+  each video (what the HMC-QU DataModule serves), on that DataModule's patient split, left out one patient at a time
+  (a patient's second recording shows the same heart).
 
 The ridge and logistic penalties are chosen by leave-one-out on the fitting set among a few values, so the shortcut
 is the strongest of its family, not a weak strawman.
@@ -184,13 +187,14 @@ def _logistic_scores(train_x, train_y, test_x, c: float) -> np.ndarray:
     return test @ weights[:-1] + weights[-1]
 
 
-def _logistic_loo_scores(x: np.ndarray, y: np.ndarray, c: float) -> np.ndarray:
-    return np.array(
-        [
-            float(_logistic_scores(x[np.arange(len(y)) != i], y[np.arange(len(y)) != i], x[i : i + 1], c)[0])
-            for i in range(len(y))
-        ]
-    )
+def _logistic_loo_scores(x: np.ndarray, y: np.ndarray, c: float, groups: np.ndarray | None = None) -> np.ndarray:
+    """Held-out scores, one row (or, with ``groups``, one group: a patient's videos) left out at a time."""
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    scores = np.empty(len(y))
+    for group in np.unique(groups):
+        held = groups == group
+        scores[held] = _logistic_scores(x[~held], y[~held], x[held], c)
+    return scores
 
 
 def auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
@@ -312,20 +316,30 @@ def disease_baselines(
     DataModule's split (same ``split_fractions`` / ``split_seed``), scored on ``eval_split``; shortcut_loo_auroc: the
     same leave-one-out over every video. The mean predictor's AUROC is 0.5 by construction (a constant score).
     """
-    from datamodules.camus import split_patients
+    from datamodules.splits import split_patients
 
     table = disease_features(data_dir, subset, grid, max_frames)
     labels = dict(zip(table["Patient"], table["Label"], strict=True))
     splits = split_patients(list(labels), split_fractions, split_seed, strata=labels)
-    split = table["Patient"].map(splits).to_numpy()
-    x, y = table.drop(columns=["Patient", "Label"]).to_numpy(), table["Label"].to_numpy().astype(np.float64)
+    return _grid_disease_baselines(table, table["Patient"].map(splits).to_numpy(), fit_splits, eval_split, data_dir)
+
+
+def _grid_disease_baselines(
+    table: pd.DataFrame, split: np.ndarray, fit_splits: Sequence[str], eval_split: str, data_dir, groups=None
+) -> dict:
+    """The logistic shortcut on a features table (Label and the grid columns; the rest is ignored): the penalty
+    chosen by leave-one-out AUROC on the fitting splits, AUROC on ``eval_split``, and leave-one-out over all videos
+    (one ``groups`` value, e.g. a patient, left out at a time)."""
+    x = table[[c for c in table.columns if c.rsplit("_", 1)[0] in GRID_STATISTICS]].to_numpy()
+    y = table["Label"].to_numpy().astype(np.float64)
     fit, test = np.isin(split, [s.upper() for s in fit_splits]), split == eval_split.upper()
     if len(set(y[fit])) < 2 or len(set(y[test])) < 2:
         raise DataError(f"{data_dir}: the {'+'.join(fit_splits)} and {eval_split} splits need both classes")
-    loo_by_c = {c: _logistic_loo_scores(x[fit], y[fit], c) for c in _C_VALUES}
+    fit_groups = None if groups is None else np.asarray(groups)[fit]
+    loo_by_c = {c: _logistic_loo_scores(x[fit], y[fit], c, fit_groups) for c in _C_VALUES}
     c = max(_C_VALUES, key=lambda value: auroc(y[fit], loo_by_c[value]))
     scores = _logistic_scores(x[fit], y[fit], x[test], c)
-    loo = {value: auroc(y, _logistic_loo_scores(x, y, value)) for value in _C_VALUES}
+    loo = {value: auroc(y, _logistic_loo_scores(x, y, value, groups)) for value in _C_VALUES}
     return {
         "shortcut_auroc": auroc(y[test], scores),
         "shortcut_loo_auroc": max(loo.values()),
@@ -335,6 +349,57 @@ def disease_baselines(
         "num_test": int(test.sum()),
         "num_videos": len(y),
     }
+
+
+@functools.lru_cache(maxsize=4096)
+def _avi_cycle_features(path: str, mtime: float, start: int, end: int, grid: int, size: int) -> np.ndarray:
+    frames, _, _ = _read_avi(Path(path), size, end)
+    return _grid_statistics(frames[start:end], grid)
+
+
+def hmcqu_disease_features(data_dir: str | Path, grid: int = 3, size: int = 112) -> pd.DataFrame:
+    """Per video of an HMC-QU-layout dataset: ECHO, Patient, Label (any abnormal segment) and the coarse-grid
+    statistics of its annotated cycle (Reference Frame to End of Cycle), read as the HMC-QU DataModule reads them."""
+    from datamodules.hmcqu import HMCQUDataModule
+
+    module = HMCQUDataModule(str(data_dir))
+    rows = []
+    for record in module.scan_records():
+        path, extra = Path(record.path), record.extra
+        try:
+            features = _avi_cycle_features(
+                str(path), path.stat().st_mtime, extra["cycle_start"], extra["cycle_end"], grid, size
+            )
+        except DataError:
+            continue
+        rows.append((record.filename, extra["patient"], int(record.label), *features.tolist()))
+    columns = [f"{stat}_{i}{j}" for i in range(grid) for j in range(grid) for stat in GRID_STATISTICS]
+    table = pd.DataFrame(rows, columns=["ECHO", "Patient", "Label", *columns])
+    if table.empty or table["Label"].nunique() < 2:
+        raise DataError(f"{data_dir}: no HMC-QU videos of both classes (normal and wall-motion abnormal)")
+    return table
+
+
+def hmcqu_disease_baselines(
+    data_dir: str | Path,
+    split_fractions: Sequence[float] = (0.65, 0.1, 0.25),
+    split_seed: int = 0,
+    fit_splits: Sequence[str] = ("TRAIN", "VAL"),
+    eval_split: str = "TEST",
+    grid: int = 3,
+    size: int = 112,
+) -> dict:
+    """Wall-motion-abnormality baselines on an HMC-QU-layout dataset (AUROC; 0.5 is chance), as `disease_baselines`:
+    the logistic shortcut on the HMC-QU DataModule's patient split (same ``split_fractions`` / ``split_seed``, stratified
+    by the patient's label), and leave-one-patient-out over every video."""
+    from datamodules.splits import split_patients
+
+    table = hmcqu_disease_features(data_dir, grid, size)
+    labels = table.groupby("Patient")["Label"].max().to_dict()
+    splits = split_patients(list(labels), split_fractions, split_seed, strata=labels)
+    split = table["Patient"].map(splits).to_numpy()
+    result = _grid_disease_baselines(table, split, fit_splits, eval_split, data_dir, groups=table["Patient"].to_numpy())
+    return result | {"num_patients": len(labels)}
 
 
 def learned_ef(mae: float, baselines: dict, margin: float = 0.75) -> bool:

@@ -501,6 +501,16 @@ class _Anatomy:
         return np.where(q >= 0, above, below)
 
 
+_HYPOKINESIS_TAPER = 0.1  # the hypokinetic segment's edge tapers over this share of the LV length
+
+
+def hypokinesis(severity: float) -> tuple[float, float]:
+    """The ``wall_motion`` variant's graded hypokinesis of the lateral wall: (extent, depth). extent: the share of the
+    LV long axis, from the apex, over which the wall has lost ``depth`` of its inward motion (the loss tapers to 0 over
+    a further 0.1 toward the base); depth: 1 = akinetic. Both grow with severity: 0.15-0.38 and 0.4-1.0."""
+    return 0.15 + 0.23 * severity, 0.4 + 0.6 * severity
+
+
 def _build_anatomy(params: PhantomParams) -> _Anatomy:
     s = float(params.size)
     pah = params.severity if params.disease == "dilated_rv" else 0.0  # graded: RV dilation, septal flattening
@@ -545,8 +555,9 @@ def _build_anatomy(params: PhantomParams) -> _Anatomy:
         la_filling=params.la_filling,
     )
     if params.disease == "wall_motion":
-        anatomy.akinetic_start = 1.0 - (0.15 + 0.23 * params.severity) - 0.1
-        anatomy.akinetic_depth = 0.4 + 0.6 * params.severity
+        extent, depth = hypokinesis(params.severity)
+        anatomy.akinetic_start = 1.0 - extent - _HYPOKINESIS_TAPER
+        anatomy.akinetic_depth = depth
     if four:
         rv_scale = params.rv_size * (1.0 + 0.6 * pah)
         a_rv = 0.62 * width * rv_scale
