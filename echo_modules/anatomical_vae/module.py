@@ -3,17 +3,18 @@
 Training (Painchaud et al., TMI 2022): one-hot masks -> encoder -> z -> decoder -> class logits;
 loss = ce_weight * CE + dice_weight * (1 - Dice) + kl_weight * KL + attribute_weight * AR-VAE attribute loss on the
 first ``len(attributes)`` latent dims (lv_area, lv_base_width, lv_length, lv_orientation, myo_area, epi_center_x,
-epi_center_y in dims 0-6 by default). After fitting, :meth:`build_latent_bank` densifies the space of valid shapes
+epi_center_y in dims 0-6 by default, measured in the map's pixels unless ``attribute_units="mm"``). After fitting, :meth:`build_latent_bank` densifies the space of valid shapes
 (KDE + rejection sampling, decode, keep valid); the bank is a buffer, so it is saved with (and loaded from) the
-checkpoint. :meth:`correct` makes invalid frames valid (nearest valid latent, then back toward the original) and
-:meth:`smooth` makes a sequence temporally consistent; ``predict`` does both on whole sequences.
+checkpoint. :meth:`correct` makes invalid frames valid (nearest valid latent, then back toward the original, then the
+input's labels put back wherever the frame stays valid) and :meth:`smooth` makes a sequence temporally consistent;
+``predict`` (on :class:`echo_modules.anatomical_vae.data.MaskFolderDataModule`) does both on every file of a folder.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ class AnatomicalVAE(EchoModule):
         attribute_weight: float = 0.1,
         attribute_delta: float = 16.0,
         attributes: tuple[str, ...] = ATTRIBUTES,
-        attribute_units: str = "pixels",
+        attribute_units: Literal["pixels", "mm"] = "pixels",
         lr: float = 5.0e-4,
         cosine_schedule: bool = False,
         bank_proposals: int = 1_000_000,
