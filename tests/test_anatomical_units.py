@@ -152,3 +152,29 @@ def test_biplane_ef_from_ground_truth_equals_the_phantom_truth(tmp_path):
         clinical_indices(ed, es, half)["edv"]
         < 0.8 * clinical_indices(ed, es, {v: s.spacing for v, s in views.items()})["edv"]
     )
+
+
+def test_keep_input_where_valid_reverts_every_region_that_keeps_the_frame_valid():
+    from echo_modules.anatomical_vae.postprocess import keep_input_where_valid
+
+    def no_corner_island_nor_both_stripes(masks):  # a toy criterion: the corner empty, not both stripes set
+        return (masks[:, :3, :3] == 0).all(axis=(1, 2)) & ~(
+            (masks[:, 10, 2:4] == 2).all(1) & (masks[:, 10, 12:14] == 2).all(1)
+        )
+
+    decoded = np.zeros((1, 16, 16), np.uint8)
+    decoded[0, 5:12, 5:12] = 1  # the (valid) decoding
+    source = decoded.copy()
+    source[0, 0:2, 0:2] = 2  # the defect: an island in the corner
+    source[0, 5:12, 12] = 1  # detail the decoding lost: the input's LV is one column wider
+    fixed = keep_input_where_valid(source, decoded, no_corner_island_nor_both_stripes)
+    expected = source.copy()
+    expected[0, 0:2, 0:2] = 0
+    np.testing.assert_array_equal(fixed, expected)
+    # two regions valid alone but not together: the larger one is kept
+    source = decoded.copy()
+    source[0, 10, 2:4] = 2
+    source[0, 10, 12:15] = 2
+    fixed = keep_input_where_valid(source, decoded, no_corner_island_nor_both_stripes)
+    assert (fixed[0, 10, 12:15] == 2).all() and (fixed[0, 10, 2:4] == 0).all()
+    assert no_corner_island_nor_both_stripes(fixed).all()

@@ -28,16 +28,19 @@ def test_loss_is_lowest_at_the_truth():
 def test_predict_writes_every_sequence_whole_and_test_reports_per_structure(tmp_path):
     from datamodules.phantom.camus_writer import write_camus_dataset
 
-    data = write_camus_dataset(tmp_path / "CAMUS", 3, seed=2, size=64)
-    datamodule = CamusFramesDataModule(str(data), frame_size=64, batch_size=8, predict_split="TRAIN")
+    data = write_camus_dataset(tmp_path / "CAMUS", 4, seed=2, size=64, split_fractions=(0.5, 0.0, 0.5))
+    datamodule = CamusFramesDataModule(str(data), frame_size=64, batch_size=8, predict_split="TEST")
     model = Segmenter2D(UNet2D(1, 4, 8, 3), predictions_dir=str(tmp_path / "pred"), predict_chunk=5)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     outputs = trainer.predict(model, datamodule)
-    sequences = datamodule.split("TRAIN")
+    sequences = datamodule.split("TEST")
+    assert datamodule.sequences[0].split != "TEST"  # the TEST sequences are not the first ones of the folder
     assert [o[0].frames for o in outputs] == [len(s.masks) for s in sequences]
-    for sequence in sequences:
+    for sequence in sequences:  # each file holds its own sequence's segmentation (not another split's)
         masks, spacing = read_masks(tmp_path / "pred" / sequence.patient / f"{sequence.name}_half_sequence_gt.nii.gz")
-        assert masks.shape == sequence.masks.shape and np.allclose(spacing, sequence.spacing, rtol=1e-4)
+        images = (torch.from_numpy(sequence.images.astype(np.float32)) - datamodule.norm_mean) / datamodule.norm_std
+        np.testing.assert_array_equal(masks, model.eval().segment(images[:, None]).numpy())
+        assert np.allclose(spacing, sequence.spacing, rtol=1e-4)
         assert (tmp_path / "pred" / sequence.patient / f"Info_{sequence.view}.cfg").is_file()
     listed = (tmp_path / "predictions.csv").read_text().splitlines()  # the module base's PredictionWriter
     assert listed[0] == "FileName,patient,frames,mask_file" and len(listed) == len(sequences) + 1

@@ -3,15 +3,18 @@
 Training (Painchaud et al., TMI 2022): one-hot masks -> encoder -> z -> decoder -> class logits;
 loss = ce_weight * CE + dice_weight * (1 - Dice) + kl_weight * KL + attribute_weight * AR-VAE attribute loss on the
 first ``len(attributes)`` latent dims (lv_area, lv_base_width, lv_length, lv_orientation, myo_area, epi_center_x,
-epi_center_y in dims 0-6 by default). After fitting, :meth:`build_latent_bank` densifies the space of valid shapes
+epi_center_y in dims 0-6 by default, measured in the map's pixels unless ``attribute_units="mm"``). After fitting, :meth:`build_latent_bank` densifies the space of valid shapes
 (KDE + rejection sampling, decode, keep valid); the bank is a buffer, so it is saved with (and loaded from) the
-checkpoint. :meth:`correct` makes invalid frames valid (nearest valid latent, then back toward the original) and
-:meth:`smooth` makes a sequence temporally consistent; ``predict`` does both on whole sequences.
+checkpoint. :meth:`correct` makes invalid frames valid (nearest valid latent, then back toward the original, then the
+input's labels put back wherever the frame stays valid) and :meth:`smooth` makes a sequence temporally consistent;
+``predict`` (on :class:`echo_modules.anatomical_vae.data.MaskFolderDataModule`) does both on every file of a folder.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,13 +26,31 @@ from echo_modules.anatomical_vae.criteria import CriteriaThresholds, compute_cri
 from echo_modules.anatomical_vae.latent_bank import BankStats, rejection_sample_bank
 from echo_modules.anatomical_vae.losses import attribute_loss, kl_divergence, soft_dice_loss
 from echo_modules.anatomical_vae.networks import SegmentationDecoder, SegmentationEncoder
+from echo_modules.anatomical_vae.pipeline import VALIDITY_HEADER, FileResult, process_masks, write_tables
 from echo_modules.anatomical_vae.postprocess import (
     ATTRIBUTE_THRESHOLDS,
     correct_latents,
     dice_per_class,
+    keep_input_where_valid,
     smooth_latent_sequence,
 )
-from echo_modules.common.module import EchoModule
+from echo_modules.common.module import EchoModule, PredictionRecord, gather_lists
+
+
+@dataclass
+class FrameValidity(PredictionRecord):
+    """A row of ``validity.csv`` written by ``predict``: one frame's criteria before and after."""
+
+    filename: str
+    frame: int
+    valid_before: int
+    failed_before: str
+    valid_after: int
+    failed_after: str
+
+    def row(self) -> dict[str, Any]:
+        values = (self.filename, self.frame, self.valid_before, self.failed_before, self.valid_after, self.failed_after)
+        return dict(zip(VALIDITY_HEADER, values, strict=True))
 
 
 class AnatomicalVAE(EchoModule):
@@ -46,6 +67,7 @@ class AnatomicalVAE(EchoModule):
         attribute_weight: float = 0.1,
         attribute_delta: float = 16.0,
         attributes: tuple[str, ...] = ATTRIBUTES,
+        attribute_units: Literal["pixels", "mm"] = "pixels",
         lr: float = 5.0e-4,
         cosine_schedule: bool = False,
         bank_proposals: int = 1_000_000,
@@ -56,6 +78,7 @@ class AnatomicalVAE(EchoModule):
         build_bank_after_fit: bool = True,
         correction_grid_points: int = 9,
         correction_bisection_steps: int = 4,
+        correction_keep_input: bool = True,
         smoothing_other_weight: float = 50.0,
         smoothing_max_weight: float = 128.0,
         smoothing_depth: int = 5,
@@ -64,17 +87,29 @@ class AnatomicalVAE(EchoModule):
         lv_background_frontier_max: float = 0.4,
         myo_atrium_frontier_max: float = 0.11,
         gap_tolerance_fraction: float = 2.0**-14,
+        predictions_dir: str | None = None,
+        predict_smooth: bool = True,
     ) -> None:
         """image_size: the square mask size (a multiple of ``2**num_blocks``). attributes: names from
         :data:`echo_modules.anatomical_vae.attributes.ATTRIBUTES` regularised in latent dims ``0..len-1``.
+        attribute_units: ``pixels`` (default) measures them on the map as the encoder sees it; ``mm`` uses the batch's
+        pixel spacing. The encoder sees label maps only, so a physical attribute is not a function of its input
+        wherever the imaging depth varies (CAMUS, and the phantom, whose depth follows the heart: its lv_area in mm^2
+        ranks only 0.57 with the same area in pixels), and the dim cannot be made monotonic in it.
         bank_*: sampling the KDE of the codes (proposals drawn, bank cap, ``kde`` exact draws or vital's
         ``rejection`` sampling, see :mod:`echo_modules.anatomical_vae.latent_bank`). The thresholds are the criteria's
-        (:class:`CriteriaThresholds`; vital's values, calibrated at 256 px: smaller masks need looser ones)."""
+        (:class:`CriteriaThresholds`; vital's values, calibrated at 256 px: smaller masks need looser ones).
+        correction_keep_input: after decoding the corrected latent, put back the input's labels wherever that keeps
+        the frame valid (:func:`keep_input_where_valid`); False: the decoding alone, as in the papers.
+        predictions_dir: where ``predict`` writes the corrected masks and its tables (default ``<run dir>/corrected``);
+        predict_smooth: also smooth sequences of 3+ frames in time (else correct only)."""
         super().__init__()
         self.save_hyperparameters()
         unknown = [name for name in attributes if name not in ATTRIBUTES]
         if unknown or len(attributes) > latent_dim:
             raise ValueError(f"attributes must be <= latent_dim names from {ATTRIBUTES}, got {list(attributes)}")
+        if attribute_units not in ("pixels", "mm"):
+            raise ValueError(f"attribute_units must be 'pixels' or 'mm', got {attribute_units!r}")
         self.attribute_columns = [ATTRIBUTES.index(name) for name in attributes]
         self.encoder = SegmentationEncoder(num_classes, image_size, latent_dim, base_channels, num_blocks)
         self.decoder = SegmentationDecoder(num_classes, image_size, latent_dim, base_channels, num_blocks)
@@ -88,6 +123,7 @@ class AnatomicalVAE(EchoModule):
         self.register_buffer("latent_bank", torch.zeros(0, latent_dim))
         self.bank_stats: BankStats | None = None
         self.bank_spacing: tuple[float, float] = (1.0, 1.0)
+        self._predicted: list[FileResult] = []
 
     # ------------------------------------------------------------------ network
 
@@ -131,7 +167,7 @@ class AnatomicalVAE(EchoModule):
         kl = kl_divergence(mean, log_var)
         loss = self.hparams.ce_weight * ce + self.hparams.dice_weight * dice + self.hparams.kl_weight * kl
         if self.attribute_columns and self.hparams.attribute_weight > 0:
-            spacing = batch.get("spacing")
+            spacing = batch.get("spacing") if self.hparams.attribute_units == "mm" else None
             spacing = spacing.cpu().numpy() if spacing is not None else (1.0, 1.0)
             values = compute_attributes(masks.cpu().numpy(), spacing)[:, self.attribute_columns]
             attributes = torch.as_tensor(values, dtype=latent.dtype, device=latent.device)
@@ -240,7 +276,10 @@ class AnatomicalVAE(EchoModule):
                 self.hparams.correction_grid_points,
                 self.hparams.correction_bisection_steps,
             )
-            out[invalid] = self.decode(latents).cpu().numpy().astype(masks.dtype)
+            decoded = self.decode(latents).cpu().numpy().astype(masks.dtype)
+            if self.hparams.correction_keep_input:
+                decoded = keep_input_where_valid(masks[invalid], decoded, lambda m: self.valid(m, spacing))
+            out[invalid] = decoded
             kept[invalid] = fraction.cpu().numpy()
         return out, {"invalid": invalid, "kept": kept}
 
@@ -258,3 +297,55 @@ class AnatomicalVAE(EchoModule):
         )
         decoded = self.decode(torch.as_tensor(smoothed, dtype=torch.float32, device=self.device))
         return decoded.cpu().numpy().astype(np.uint8), weights
+
+    # ------------------------------------------------------------------ predict: a folder of segmentations
+
+    @property
+    def predictions_dir(self) -> Path:
+        return Path(self.hparams.predictions_dir) if self.hparams.predictions_dir else self.run_dir / "corrected"
+
+    @property
+    def predictions_csv(self) -> Path:
+        """Where the base's PredictionWriter writes the per-frame validity rows that ``predict_step`` returns."""
+        return self.predictions_dir / "validity.csv"
+
+    def on_predict_epoch_start(self) -> None:
+        if len(self.latent_bank) == 0:
+            from datamodules.errors import ConfigError
+
+            raise ConfigError("AnatomicalVAE predict: the model has no latent bank (give --ckpt_path of a fitted run)")
+        self._predicted = []
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[FrameValidity]:
+        """One mask file per batch (:class:`echo_modules.anatomical_vae.data.MaskFolderDataModule`): corrected (and
+        smoothed) masks written under :attr:`predictions_dir` in the input's format and relative path."""
+        if "masks" not in batch or "file" not in batch:
+            from datamodules.errors import ConfigError
+
+            raise ConfigError(
+                "AnatomicalVAE predict corrects a folder of segmentations: use "
+                "--data echo_modules.anatomical_vae.MaskFolderDataModule --data.data_dir FOLDER"
+            )
+        masks = batch["masks"].cpu().numpy().astype(np.uint8)
+        spacing = tuple(float(v) for v in batch["spacing"])
+        result = process_masks(
+            self,
+            masks,
+            spacing,
+            batch["file"],
+            Path(batch["source"]),
+            self.predictions_dir,
+            self.hparams.predict_smooth,
+        )
+        result.overlays = []  # W&B overlays are the anatomy command's; the tables need only the rows
+        self._predicted.append(result)
+        return [FrameValidity(*row) for row in result.validity_rows]
+
+    def on_predict_epoch_end(self) -> None:
+        """temporal.csv and (CAMUS layout) indices.csv beside validity.csv; every rank's files, written by rank 0."""
+        results = gather_lists(self._predicted)  # a collective: every rank calls it
+        self._predicted = []
+        if results and self.trainer.is_global_zero:
+            summary = write_tables(results, self.predictions_dir, validity=False)
+            text = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
+            rank_zero_info(f"corrected into {self.predictions_dir}: {text}")

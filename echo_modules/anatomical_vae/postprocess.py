@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from echo_modules.anatomical_vae.attributes import ATTRIBUTES, compute_attributes
 
@@ -67,6 +68,43 @@ def correct_latents(
         low = torch.where(open_interval & ok, middle, low)
         high = torch.where(open_interval & ~ok, middle, high)
     return nearest + low[:, None] * (codes - nearest), low
+
+
+def keep_input_where_valid(
+    inputs: np.ndarray, corrected: np.ndarray, is_valid: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Corrected masks ``(N, H, W)`` with every region where they differ from their (invalid) ``inputs`` put back to
+    the input's labels, as long as the frame stays valid: the decoding fixes the defect, the input keeps its detail
+    (a VAE decoding is smoother than a segmenter's mask; beyond the papers, which keep the whole decoding).
+
+    Regions are the 8-connected components of ``inputs != corrected``. Per frame: every region whose reversal alone
+    keeps the frame valid is reverted together; if that joint frame is invalid, those regions are added one at a
+    time, largest first, each kept only if the frame stays valid. ``is_valid`` maps ``(M, H, W)`` to ``(M,)`` bool.
+    The result is valid wherever ``corrected`` was."""
+    out = np.array(corrected, copy=True)
+    for index, (source, target) in enumerate(zip(inputs, corrected, strict=True)):
+        regions, count = ndimage.label(source != target, structure=np.ones((3, 3), bool))
+        if count == 0:
+            continue
+        candidates = np.repeat(target[None], count, axis=0)
+        for region in range(count):
+            where = regions == region + 1
+            candidates[region][where] = source[where]
+        alone = np.flatnonzero(is_valid(candidates)) + 1
+        if len(alone) == 0:
+            continue
+        joint = np.where(np.isin(regions, alone), source, target)
+        if is_valid(joint[None])[0]:
+            out[index] = joint
+            continue
+        sizes = ndimage.sum_labels(np.ones_like(regions), regions, alone)
+        frame = target.copy()
+        for region in alone[np.argsort(-sizes, kind="stable")]:
+            trial = np.where(regions == region, source, frame)
+            if is_valid(trial[None])[0]:
+                frame = trial
+        out[index] = frame
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- smoothing

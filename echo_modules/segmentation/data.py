@@ -126,12 +126,22 @@ def _read_view(folder: Path, view: str, split: str, frame_size: int) -> CamusSeq
 
 
 class FrameDataset(Dataset):
-    """Frames of a list of sequences as ``{"image", "mask", "sequence", "frame"}`` items."""
+    """Frames of a list of sequences as ``{"image", "mask", "sequence", "frame"}`` items; ``sequence`` is
+    ``sequence_ids[s]`` (default ``s``): the DataModule passes each sequence's index in its ``sequences`` (all splits),
+    which is what ``Segmenter2D.predict_step`` looks the sequence up by."""
 
-    def __init__(self, sequences: list[CamusSequence], mean: float, std: float, channels: int = 1) -> None:
+    def __init__(
+        self,
+        sequences: list[CamusSequence],
+        mean: float,
+        std: float,
+        channels: int = 1,
+        sequence_ids: list[int] | None = None,
+    ) -> None:
         self.sequences = sequences
         self.index = [(s, t) for s, sequence in enumerate(sequences) for t in range(len(sequence.masks))]
         self.mean, self.std, self.channels = mean, std, channels
+        self.sequence_ids = list(range(len(sequences))) if sequence_ids is None else list(sequence_ids)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -144,7 +154,7 @@ class FrameDataset(Dataset):
             "image": image[None].expand(self.channels, -1, -1).contiguous(),
             "mask": torch.from_numpy(sequence.masks[t].astype(np.int64)),
             "spacing": torch.tensor(sequence.spacing, dtype=torch.float32),
-            "sequence": s,
+            "sequence": self.sequence_ids[s],
             "frame": t,
         }
 
@@ -220,8 +230,14 @@ class CamusFramesDataModule(L.LightningDataModule):
         self.setup()
         return [s for s in self.sequences if s.split == name]
 
+    def _dataset(self, split: str) -> FrameDataset:
+        self.setup()
+        ids = [index for index, sequence in enumerate(self.sequences) if sequence.split == split]
+        sequences = [self.sequences[index] for index in ids]
+        return FrameDataset(sequences, self.norm_mean, self.norm_std, self.channels, sequence_ids=ids)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = FrameDataset(self.split(split), self.norm_mean, self.norm_std, self.channels)
+        dataset = self._dataset(split)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
@@ -234,7 +250,7 @@ class CamusFramesDataModule(L.LightningDataModule):
         return self._loader("TEST", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        sequences = self.split(self.predict_split)
-        dataset = FrameDataset(sequences, self.norm_mean, self.norm_std, self.channels)
+        dataset = self._dataset(self.predict_split)
+        sequences = dataset.sequences
         sampler = SequenceBatchSampler([len(s.masks) for s in sequences])
         return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers)
