@@ -111,7 +111,10 @@ def ef_agreement(rows: list[dict[str, float]]) -> dict[str, Any]:
     ``ef_mae``: |measured - requested| of the EF-conditioned samples. Its controls: ``ef_mae_ef_blind`` (the same noise
     and map sampled without the EF: what the map alone gives), ``ef_mae_constant`` (a generator whose every video
     measures the mean requested EF) and ``scorer_mae_real`` (the scorer on the real videos against their true EF: the
-    floor set by the measurement itself). ``ef_corr``: Pearson correlation of requested and measured EF.
+    floor set by the measurement itself). ``ef_corr``: Pearson correlation of requested and measured EF. With several
+    EFs asked of each map (``map`` keys; same noise), ``ef_direction`` is the share of maps whose sample asked for the
+    highest EF measures higher than the one asked for the lowest, and ``ef_rise`` the mean measured difference (vs
+    ``ef_rise_requested``, the requested one).
     """
     summary: dict[str, Any] = {"videos": len(rows)}
     if not rows:
@@ -133,4 +136,13 @@ def ef_agreement(rows: list[dict[str, float]]) -> dict[str, Any]:
         summary["ef_corr"] = float(np.corrcoef(requested, measured)[0, 1])
     if requested.std() > 0 and blind.std() > 0:
         summary["ef_corr_ef_blind"] = float(np.corrcoef(requested, blind)[0, 1])
+    by_map: dict[str, list[tuple[float, float]]] = {}
+    for row in scored:
+        by_map.setdefault(row.get("map", ""), []).append((row["requested"], row["measured"]))
+    steps = [(max(pairs)[1] - min(pairs)[1], max(pairs)[0] - min(pairs)[0]) for pairs in by_map.values()
+             if max(pairs)[0] > min(pairs)[0]]  # fmt: skip
+    if steps:  # several EFs asked of one map (same noise): does the measured EF move with the request?
+        summary["ef_direction"] = float(np.mean([rise > 0 for rise, _ in steps]))
+        summary["ef_rise"] = float(np.mean([rise for rise, _ in steps]))
+        summary["ef_rise_requested"] = float(np.mean([span for _, span in steps]))
     return summary

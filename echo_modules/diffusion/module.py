@@ -362,24 +362,26 @@ class EchoDiffusion(EchoModule):
         self._test_rows: list[dict[str, float]] = []
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Samples from the batch's ED maps at the requested EFs (``test_ef``, else the source EF), scored by SSIM
-        against the real video and, with an ``ef_scorer``, by measured vs requested EF; the EF-blind control is the
-        same noise sampled with the EF left out."""
+        """Samples from the batch's ED maps at the requested EFs (``test_ef``, else the source EF; the same noise for
+        each), scored by SSIM against the real video and, with an ``ef_scorer``, by measured vs requested EF; the
+        EF-blind control is the same noise sampled with the EF left out."""
         real, ed_mask = batch["video"], batch["ed_mask"]
         source_ef = batch["ef"].float() if "ef" in batch else torch.full((len(real),), math.nan, device=real.device)
         requests = self.hparams.get("test_ef") or [None]
-        for k, requested in enumerate(requests):
+        # the same noise for every requested EF, so the EFs are compared sample by sample
+        seeds = [int(self.hparams.predict_seed) + batch_idx * len(real) + i for i in range(len(real))]
+        maps = [f"{self.global_rank}:{batch_idx}:{i}" for i in range(len(real))]
+        if self.ef_scorer is not None:
+            blind = self.generate(ed_mask, None, num_frames=real.shape[2], seeds=seeds)
+            measured_blind = self.ef_scorer(blind, ed_mask).tolist()
+            measured_real = self.ef_scorer(real, ed_mask).tolist()
+        for requested in requests:
             ef = source_ef if requested is None else torch.full_like(source_ef, float(requested))
-            seeds = [int(self.hparams.predict_seed) + 1000 * k + batch_idx * len(real) + i for i in range(len(real))]
             videos = self.generate(ed_mask, ef, num_frames=real.shape[2], seeds=seeds)
-            ssim = per_frame_ssim(videos, real)
-            rows = [{"ssim": float(v), "requested": float(e), "source": float(s)} for v, e, s in
-                    zip(ssim, ef, source_ef)]  # fmt: skip
+            rows = [{"map": m, "ssim": float(v), "requested": float(e), "source": float(s)} for m, v, e, s in
+                    zip(maps, per_frame_ssim(videos, real), ef, source_ef)]  # fmt: skip
             if self.ef_scorer is not None:
-                blind = self.generate(ed_mask, None, num_frames=real.shape[2], seeds=seeds)
-                measured, measured_blind = self.ef_scorer(videos, ed_mask), self.ef_scorer(blind, ed_mask)
-                measured_real = self.ef_scorer(real, ed_mask)
-                for row, m, b, r in zip(rows, measured.tolist(), measured_blind.tolist(), measured_real.tolist()):
+                for row, m, b, r in zip(rows, self.ef_scorer(videos, ed_mask).tolist(), measured_blind, measured_real):
                     row.update(measured=m, measured_ef_blind=b, measured_real=r)
             self._test_rows.extend(rows)
 
@@ -396,6 +398,7 @@ class EchoDiffusion(EchoModule):
         super().on_predict_start()
         self.privacy_counts = {"generated": 0, "rejected": 0, "dropped": 0}
         self.privacy = self._build_privacy_filter() if self.hparams.privacy_filter else None
+        self.ef_scorer = self._build_ef_scorer()
 
     def _build_privacy_filter(self) -> PrivacyFilter:
         """Features of every training video of the DataModule (the patients the model may have memorised)."""
@@ -461,8 +464,13 @@ class EchoDiffusion(EchoModule):
                 if self.privacy is not None
                 else torch.ones(len(pending), dtype=torch.bool)
             )
+            measured = (
+                self.ef_scorer(videos, maps.to(videos.device)).cpu().tolist()
+                if self.ef_scorer is not None
+                else [math.nan] * len(pending)
+            )
             still = []
-            for job, seed, video, ok in zip(pending, seeds, videos, accepted.tolist()):
+            for job, seed, video, ok, ef_measured in zip(pending, seeds, videos, accepted.tolist(), measured):
                 if not ok:
                     self.privacy_counts["rejected"] += 1
                     still.append(job)
@@ -472,6 +480,7 @@ class EchoDiffusion(EchoModule):
                     "source": str(names[i]),
                     "sample": job["sample"],
                     "requested_ef": job["ef"],
+                    "measured_ef": float(ef_measured),
                     "source_ef": float(source_ef[i]),
                     "seed": seed,
                     "attempts": attempt + 1,
