@@ -55,6 +55,7 @@ def test_train_on_synthetic_test_on_real_chain_through_the_cli(phantom_camus, tm
     files = pd.read_csv(synthetic / "FileList.csv")
     summary = json.loads((synthetic / "synthesis_summary.json").read_text())
     assert summary["privacy_threshold"] is not None and summary["videos"] == len(files) == 4
+    assert files["MeasuredEF"].notna().all() and "ef_mae_requested_vs_measured" in summary  # ef_scorer: lv_area
     assert sorted(files["EF"]) == [30.0, 30.0, 70.0, 70.0] and set(files["Split"]) == {"TRAIN", "VAL"}
     # 3. the EchoNet-Dynamic DataModule reads the export unchanged
     echonet = EchoNetDynamicDataModule(str(synthetic), frame_size=32, channels=1, clip_length=8, period=1,
@@ -78,3 +79,15 @@ def test_train_on_synthetic_test_on_real_chain_through_the_cli(phantom_camus, tm
     assert result.returncode == 0, result.stderr[-3000:]
     test_summary = json.loads(next(ef_run.rglob("test_summary.json")).read_text())
     assert test_summary["videos"] == 2 and "mae" in str(test_summary)
+    # the EF regressor's checkpoint as the diffusion model's ef_scorer: it scores videos in the diffusion data's units
+    import torch
+
+    from echo_modules.diffusion.ef_scoring import RegressorEF
+
+    stats = torch.load(checkpoint, map_location="cpu", weights_only=False)["normalisation"]
+    scorer = RegressorEF(str(ef_run / "checkpoints" / "last.ckpt"), stats["mean"], stats["std"])
+    assert scorer.channels == 1 and scorer.frame_size == 32
+    videos = (torch.rand(3, 1, 8, 32, 32) * 255 - stats["mean"]) / stats["std"]
+    scores = scorer(videos)
+    assert scores.shape == (3,) and torch.isfinite(scores).all()
+    assert torch.allclose(scorer(videos.expand(-1, 3, -1, -1, -1)), scores)  # grey in any channel count
