@@ -3,7 +3,8 @@ dataset it exports reads back through the EchoNet-Dynamic DataModule with the pr
 
 Data: 4 phantom hearts, each written at EF 30 and EF 70 (the phantom draws every other parameter from the same
 random numbers, so the ED map is the heart's and the EF only changes the contraction): 8 half-sequences, 8 frames of
-32 px from ED. Every check is run on the fitted model and on the same model untrained, which must fail it.
+32 px from ED. Every check is run on the fitted model and on the same model untrained, which must fail it; the EF
+checks also on an EF-blind control (the same network and recipe with the EF condition always dropped in training).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from echo_modules.diffusion.schedules import flow_interpolate, flow_target, mask
 
 HEARTS, EFS, FRAMES, SIZE = 4, (30.0, 70.0), 8, 32
 FIT_STEPS = int(os.environ.get("ECHOLAB_DIFFUSION_FIT_STEPS", 300))  # a quick dry run of the code paths: set it low
+CONTROL_STEPS = FIT_STEPS // 6  # the EF-blind control: it cannot learn the EF however long it trains; kept short
+EF_GUIDANCE = 3.0  # the EF checks sample with the EF guided on its own (ef_guidance_scale)
 
 
 def write_same_hearts_at_two_efs(root: Path, seed: int = 3) -> Path:
@@ -77,10 +80,7 @@ def fitted(tmp_path_factory):
     L.seed_everything(0)
     model = tiny_model()
     untrained = copy.deepcopy(model)
-    trainer = L.Trainer(max_steps=FIT_STEPS, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        default_root_dir=str(root / "run"))  # fmt: skip
-    trainer.fit(model, datamodule=datamodule)
+    fit(model, datamodule, FIT_STEPS, root / "run")
     batch = datamodule.on_after_batch_transfer(next(iter(datamodule._eval_loader(datamodule.records["TRAIN"]))), 0)
     order = torch.argsort(torch.tensor([int(name[7:11]) for name in batch["filename"]]))  # patient order: EF 30, EF 70
     real, ed_mask, ef = batch["video"][order], batch["ed_mask"][order], batch["ef"][order]
@@ -88,6 +88,22 @@ def fitted(tmp_path_factory):
     return {"model": model.eval(), "untrained": untrained.eval(), "datamodule": datamodule, "root": root,
             "real": real, "ed_mask": ed_mask, "ef": ef, "frames_mask": frames_mask, "threshold": MyocardiumThreshold.fit(real, ed_mask).threshold,
             "segmenter": TinyFrameSegmenter.fit(real[:, :, 0], ed_mask)}  # fmt: skip
+
+
+def fit(model: EchoDiffusion, datamodule, steps: int, root: Path) -> EchoDiffusion:
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=str(root))  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def ef_blind(fitted):
+    """The EF-blind control: the same network, data and recipe, but the EF condition is always dropped in training
+    (ef_drop_prob 1), so whatever EF it is asked for at sampling, nothing it learned ties that EF to the motion."""
+    L.seed_everything(0)
+    return fit(tiny_model(ef_drop_prob=1.0), fitted["datamodule"], CONTROL_STEPS, fitted["root"] / "run_ef_blind")
 
 
 def other_heart(n: int) -> torch.Tensor:
@@ -156,20 +172,54 @@ def test_guided_samples_match_their_map_better_than_unguided_and_wrong_map_sampl
     assert trained["real_dice"] > 0.9  # the segmenter itself outlines the real myocardium
 
 
-def ef_effect(model: EchoDiffusion, ed_mask, threshold: float) -> torch.Tensor:
-    """Per map: LV-area change of the sample asked for EF 70 minus that of the sample asked for EF 30 (same noise)."""
-    seeds = [100 + i for i in range(len(ed_mask))]
-    low = model.generate(ed_mask, torch.full((len(ed_mask),), EFS[0]), FRAMES, seeds)
-    high = model.generate(ed_mask, torch.full((len(ed_mask),), EFS[1]), FRAMES, seeds)
-    return lv_area_change(high, ed_mask, threshold) - lv_area_change(low, ed_mask, threshold)
+def ef_conditioning_passes(summary: dict) -> bool:
+    """Asked for EF 70 rather than 30 from the same noise, (nearly) every map's sample measures a higher EF, by a
+    margin; and the measured EFs are closer to the requested ones than the EF-blind sampling of the same noise and a
+    constant-EF generator."""
+    direction = summary["ef_direction"] >= 0.75 and summary["ef_rise"] > 5.0
+    closer = summary["ef_mae"] < 0.9 * min(summary["ef_mae_ef_blind"], summary["ef_mae_constant"])
+    return bool(direction and closer)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="EF conditioning at this fit budget depends on the fit: the same recipe fitted with 1 CPU thread passes "
+    "(EF-70 minus EF-30 sample: direction 8/8 maps, rise +15.0 EF points, ef_mae 12.9 vs 20.0 EF-blind sampling, "
+    "ef_corr 0.85), the fixture's 2-thread fit fails (direction 1/8, rise -6.3, ef_mae 23.2); issue 13 stays open",
+)
+def test_samples_asked_for_a_higher_ef_measure_a_higher_ef(fitted, request, monkeypatch, tmp_path):
+    """EF conditioning, through ``trainer.test`` with ``ef_scorer: lv_area`` and ``test_ef: [30, 70]``: each map is
+    sampled at EF 30 and EF 70 from the same noise (EF guided on its own, ``EF_GUIDANCE``) and the EF of each sample is
+    measured by the phantom's own read-out, the LV-area change (the dark share of the ED cavity lost by the most
+    contracted frame, checked on the real videos below), calibrated to EF on the real training videos. The EF-blind
+    control, asked the same, fails the same check."""
+    datamodule = fitted["datamodule"]
+    monkeypatch.setattr(datamodule, "test_dataloader", lambda: datamodule._eval_loader(datamodule.records["TRAIN"]))
+    summaries = {}
+    for name in ("trained", "ef_blind"):  # the control is fitted only once the trained model passes
+        model = fitted["model"] if name == "trained" else request.getfixturevalue("ef_blind")
+        model.hparams.update(ef_scorer="lv_area", test_ef=list(EFS), ef_guidance_scale=EF_GUIDANCE)
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=str(tmp_path / name))  # fmt: skip
+        metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+        model.hparams.update(ef_scorer=None, test_ef=None, ef_guidance_scale=None)
+        summaries[name] = summary = pd.read_json(tmp_path / name / "test_summary.json", typ="series").to_dict()
+        assert metrics["test/ef_mae"] == pytest.approx(summary["ef_mae"], rel=1e-5)
+        assert summary["videos"] == len(EFS) * len(fitted["real"])
+        print(f"\n{name}: requested vs measured EF {summary}")
+        if name == "trained":
+            assert summary["scorer_mae_real"] < 0.5 * summary["ef_mae_constant"]  # the measurement itself reads EF
+            assert ef_conditioning_passes(summary) and summary["ef_corr"] > 0.3, summary
+    print("\nrequested vs measured EF:", {k: {m: round(v, 3) for m, v in s.items()} for k, s in summaries.items()})
+    assert not ef_conditioning_passes(summaries["ef_blind"]), summaries["ef_blind"]
 
 
 @pytest.mark.slow
 def test_lv_area_change_sees_ef_on_real_phantom_videos(fitted):
     """The EF read-out for generated videos: the dark (blood) share of the ED LV cavity lost by the smallest later
     frame, with the threshold halfway between LV blood and myocardium. On the real videos of the same hearts it is
-    larger at EF 70 than at EF 30 for every heart. (The tiny model's EF-conditioned samples do not yet show the effect
-    at this fit budget: see the issue note; `ef_effect` is what to assert once they do.)"""
+    larger at EF 70 than at EF 30 for every heart, and it does not move on a still video."""
     real, ed_mask, ef, threshold = fitted["real"], fitted["ed_mask"], fitted["ef"], fitted["threshold"]
     change = lv_area_change(real, ed_mask, threshold)
     per_heart = change[ef > 50] - change[ef < 50]  # patients i and HEARTS + i are heart i at EF 30 and EF 70
@@ -195,10 +245,7 @@ def denoising_error(model: EchoDiffusion, batch: dict, ef: torch.Tensor) -> floa
 @pytest.mark.slow
 def test_the_model_uses_the_ef_condition(fitted):
     """EF conditioning is learned: the denoising error on the training videos is lower with their true EF than with
-    the other EF of the same heart (30 <-> 70) or no EF; the untrained model cannot tell them apart.
-
-    (The stronger check, samples asked for EF 70 contracting more than samples asked for EF 30 by the LV-area read-out,
-    `ef_effect`, is not yet met at this fit budget.)"""
+    the other EF of the same heart (30 <-> 70) or no EF; the untrained model cannot tell them apart."""
     batch = {"video": fitted["real"], "ed_mask": fitted["ed_mask"], "frames_mask": fitted["frames_mask"]}
     true_ef = fitted["ef"]
     other_ef = torch.where(true_ef > 50, torch.full_like(true_ef, EFS[0]), torch.full_like(true_ef, EFS[1]))

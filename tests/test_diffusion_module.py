@@ -236,3 +236,38 @@ def test_privacy_filter_threshold_and_planted_copy():
     accepted = privacy.accept(torch.cat([fresh, planted]))
     assert accepted[:40].float().mean() >= 0.85 and not accepted[40]
     assert privacy.nearest_similarity(planted)[1].item() == 3
+
+
+def test_lv_area_ef_reads_a_known_contraction_and_the_agreement_summary_matches_a_naive_count():
+    from echo_modules.diffusion.ef_scoring import LVAreaEF, ef_agreement
+
+    ed_mask = torch.zeros(4, 16, 16, dtype=torch.long)
+    ed_mask[:, 4:12, 4:12] = 1  # LV cavity, 64 px
+    ed_mask[:, 2:14, 2:4] = 2  # a strip of myocardium
+    fractions = torch.tensor([0.125, 0.25, 0.5, 0.75])
+    videos = torch.full((4, 1, 3, 16, 16), 2.0)  # bright tissue
+    videos[:, :, :, 4:12, 4:12] = -1.0  # dark blood in every frame ...
+    for i, fraction in enumerate(fractions.tolist()):  # ... until the wall moves into the cavity at frame 2
+        videos[i, :, 2, 4 : 4 + int(8 * fraction), 4:12] = 2.0
+    ef = 20 + 60 * fractions
+    scorer = LVAreaEF.fit(videos, ed_mask, ef)
+    assert torch.allclose(scorer(videos, ed_mask).float(), ef, atol=1e-3)
+    assert abs(scorer.slope - 60) < 1e-3 and abs(scorer.intercept - 20) < 1e-3
+    rows = [
+        {"map": "a", "ssim": 0.5, "requested": 30.0, "source": 30.0, "measured": 35.0, "measured_ef_blind": 50.0,
+         "measured_real": 31.0},
+        {"map": "a", "ssim": 0.7, "requested": 70.0, "source": 30.0, "measured": 60.0, "measured_ef_blind": 50.0,
+         "measured_real": 31.0},
+        {"map": "b", "ssim": 0.6, "requested": 30.0, "source": 70.0, "measured": 40.0, "measured_ef_blind": 45.0,
+         "measured_real": 66.0},
+        {"map": "b", "ssim": 0.6, "requested": 70.0, "source": 70.0, "measured": 38.0, "measured_ef_blind": 45.0,
+         "measured_real": 66.0},
+    ]  # fmt: skip
+    summary = ef_agreement(rows)
+    assert summary["videos"] == 4 and summary["ssim"] == pytest.approx(0.6)
+    assert summary["ef_mae"] == pytest.approx((5 + 10 + 10 + 32) / 4)
+    assert summary["ef_mae_ef_blind"] == pytest.approx((20 + 20 + 15 + 25) / 4)
+    assert summary["ef_mae_constant"] == pytest.approx(20.0)
+    assert summary["scorer_mae_real"] == pytest.approx((1 + 1 + 4 + 4) / 4)
+    assert summary["ef_direction"] == 0.5 and summary["ef_rise"] == pytest.approx((25 - 2) / 2)
+    assert summary["ef_rise_requested"] == 40.0

@@ -4,8 +4,10 @@ browser-playable previews for W&B.
     synthetic_dir/Videos/<FileName>.avi     MJPEG, grey repeated to 3 channels (the release's format)
     synthetic_dir/FileList.csv              FileName, EF (the requested EF), ESV, EDV (empty: not measured),
                                             FrameHeight, FrameWidth, FPS, NumberOfFrames, Split (TRAIN / VAL),
-                                            RequestedEF, SourceMap, SourceEF, Seed, Attempts
-    synthetic_dir/synthesis_summary.json    videos written, privacy-filter rejections and drops
+                                            RequestedEF, MeasuredEF (by the model's ef_scorer; empty without),
+                                            SourceMap, SourceEF, Seed, Attempts
+    synthetic_dir/synthesis_summary.json    videos written, privacy-filter rejections and drops, requested-vs-
+                                            measured EF (mean absolute difference) when scored
 
 The EchoNet-Dynamic DataModule reads the folder unchanged (no VolumeTracings.csv: the videos carry no tracings).
 """
@@ -24,7 +26,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from datamodules.phantom.echonet_writer import FILELIST_COLUMNS, write_avi
 from echo_modules.common.module import gather_lists, run_directory, write_csv
 
-EXTRA_COLUMNS = ("RequestedEF", "SourceMap", "SourceEF", "Seed", "Attempts")
+EXTRA_COLUMNS = ("RequestedEF", "MeasuredEF", "SourceMap", "SourceEF", "Seed", "Attempts")
 
 
 def to_uint8(video: torch.Tensor, mean: float, std: float) -> np.ndarray:
@@ -71,6 +73,10 @@ def assign_synthetic_splits(names: list[str], val_fraction: float) -> dict[str, 
     return splits
 
 
+def _text(value: float) -> float | str:
+    return value if math.isfinite(value) else ""
+
+
 class SyntheticEchoNetWriter(BasePredictionWriter):
     """Writes ``EchoDiffusion.predict_step`` outputs as an EchoNet-Dynamic dataset (each rank its own videos; rank 0
     the FileList.csv of all ranks). Added by the module itself (``configure_callbacks``)."""
@@ -113,7 +119,8 @@ class SyntheticEchoNetWriter(BasePredictionWriter):
             frames, height, width = row["shape"]
             ef = row["requested_ef"]
             table.append([row["name"], ef if math.isfinite(ef) else "", "", "", height, width, row["fps"], frames,
-                          splits[row["name"]], ef, row["source"], row["source_ef"], row["seed"], row["attempts"]])  # fmt: skip
+                          splits[row["name"]], ef, _text(row["measured_ef"]), row["source"], row["source_ef"],
+                          row["seed"], row["attempts"]])  # fmt: skip
         write_csv(self.out_dir / "FileList.csv", [*FILELIST_COLUMNS, *EXTRA_COLUMNS], table)
         generated, rejected, dropped = (int(v) for v in counts.tolist())
         privacy = pl_module.privacy
@@ -124,6 +131,11 @@ class SyntheticEchoNetWriter(BasePredictionWriter):
             "dropped_after_max_attempts": dropped,
             "privacy_threshold": None if privacy is None else privacy.threshold,
         }
+        scored = [
+            (r["measured_ef"], r["requested_ef"]) for r in rows if math.isfinite(r["measured_ef"] - r["requested_ef"])
+        ]
+        if scored:
+            summary["ef_mae_requested_vs_measured"] = float(np.mean([abs(m - q) for m, q in scored]))
         (self.out_dir / "synthesis_summary.json").write_text(json.dumps(summary, indent=2))
         from lightning.pytorch.utilities import rank_zero_info
 

@@ -24,7 +24,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from datamodules.errors import ConfigError, DataError
-from echo_modules.common.module import EchoModule
+from echo_modules.common.module import EchoModule, gather_lists
+from echo_modules.diffusion.ef_scoring import LVAreaEF, RegressorEF, ef_agreement
 from echo_modules.diffusion.export import SyntheticEchoNetWriter, to_uint8
 from echo_modules.diffusion.metrics import per_frame_ssim
 from echo_modules.diffusion.networks import SpadeUNet3D
@@ -65,6 +66,7 @@ class EchoDiffusion(EchoModule):
         sampler: Literal["ddpm", "ddim", "dpmsolver", "euler", "heun"] | None = None,
         num_sampling_steps: int = 50,
         guidance_scale: float = 7.0,
+        ef_guidance_scale: float | None = None,
         map_drop_prob: float = 0.1,
         ef_drop_prob: float = 0.1,
         ema_decay: float | None = 0.999,
@@ -81,6 +83,8 @@ class EchoDiffusion(EchoModule):
         privacy_filter: bool = True,
         privacy_percentile: float = 95.0,
         max_attempts: int = 4,
+        ef_scorer: str | None = None,
+        test_ef: list[float] | None = None,
     ) -> None:
         """Args:
         network: the denoiser (default: :class:`SpadeUNet3D` with its defaults; EF conditioning is its
@@ -90,6 +94,10 @@ class EchoDiffusion(EchoModule):
         sampler: ``ddpm`` / ``ddim`` / ``dpmsolver`` (DPM-Solver++ 2M) for epsilon and v, ``euler`` / ``heun`` for flow
             (default: ddim, or heun for flow). ``num_sampling_steps``: its steps (the paper samples DDPM-1000).
         guidance_scale: classifier-free guidance ``s`` (the paper: 7). map_drop_prob / ef_drop_prob: condition dropout.
+        ef_guidance_scale: a separate guidance scale for the EF (None: map and EF are guided together by
+            ``guidance_scale``). Set, each step costs three network calls and composes
+            ``pred = pred(null) + s (pred(map) - pred(null)) + s_ef (pred(map, EF) - pred(map))`` (the guidance is
+            ``1 + scale`` times the conditional direction, as in eq. 7).
         ema_decay: EMA of the weights for validation, checkpoints and sampling (None: no EMA).
         num_val_samples / sample_every_n_epochs: maps sampled at validation (SSIM vs the real video, W&B videos).
         synthetic_dir: where ``predict`` writes the synthetic EchoNet-Dynamic dataset (default: run dir/synthetic).
@@ -99,6 +107,10 @@ class EchoDiffusion(EchoModule):
         val_fraction: share of the synthetic videos marked VAL (the rest TRAIN) for a train-on-synthetic run.
         privacy_filter / privacy_percentile / max_attempts: reject samples more similar to a training video than the
             percentile of real-vs-real nearest-neighbour similarity, regenerating up to max_attempts times.
+        ef_scorer: how ``test`` and ``predict`` measure the EF of generated videos (requested vs measured EF):
+            ``lv_area`` (LV-area change calibrated to EF on the DataModule's training videos, see
+            :mod:`echo_modules.diffusion.ef_scoring`) or the path of an EF model checkpoint (EFRegressor); None: off.
+        test_ef: EFs ``test`` asks for from every map (default: the source video's EF).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -128,6 +140,8 @@ class EchoDiffusion(EchoModule):
         self._val_examples: list[dict[str, torch.Tensor]] = []
         self.privacy: PrivacyFilter | None = None
         self.privacy_counts = {"generated": 0, "rejected": 0, "dropped": 0}
+        self.ef_scorer: LVAreaEF | RegressorEF | None = None
+        self._test_rows: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ callbacks and optimiser
 
@@ -198,13 +212,15 @@ class EchoDiffusion(EchoModule):
         num_frames: int = 16,
         seeds: list[int] | None = None,
         guidance_scale: float | None = None,
+        ef_guidance_scale: float | None = None,
         sampler: str | None = None,
         num_steps: int | None = None,
         size: tuple[int, int] | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """Sample videos ``(B, C, T, H, W)`` (in the training data's normalised units) for ED maps ``(B, H, W)``
-        (None = the null map: unconditional) and requested EFs ``(B,)`` (None or NaN = no EF).
+        (None = the null map: unconditional) and requested EFs ``(B,)`` (None or NaN = no EF). ``guidance_scale``,
+        ``ef_guidance_scale``, ``sampler`` and ``num_steps`` default to the module's settings.
 
         Each video's noise comes from its own seed, so a video is reproducible from the seed written beside it.
         """
@@ -229,10 +245,24 @@ class EchoDiffusion(EchoModule):
             ef = None
         null_map = torch.zeros_like(seg_map)
         null_ef = None if ef is None else torch.full_like(ef, math.nan)
+        ef_scale = self.hparams.get("ef_guidance_scale") if ef_guidance_scale is None else ef_guidance_scale
         guided = scale != 0 and (ed_mask is not None or ef is not None)
+        separate = ef is not None and ef_scale is not None
 
         def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             time = self._network_time(t)
+            if separate:  # map and EF guided with their own scales: full, map only, neither
+                full, map_only, neither = (
+                    self.network(
+                        torch.cat([x, x, x]),
+                        torch.cat([time, time, time]),
+                        torch.cat([seg_map, seg_map, null_map]),
+                        torch.cat([ef, null_ef, null_ef]),
+                    )
+                    .float()
+                    .chunk(3)
+                )
+                return full + scale * (map_only - neither) + ef_scale * (full - map_only)
             if not guided:
                 return self.network(x, time, seg_map, ef).float()
             both = self.network(
@@ -304,12 +334,71 @@ class EchoDiffusion(EchoModule):
             return self._checkpoint_normalisation["mean"], self._checkpoint_normalisation["std"]
         return 0.0, 1.0
 
+    # ------------------------------------------------------------------ requested vs measured EF (test)
+
+    def _build_ef_scorer(self) -> LVAreaEF | RegressorEF | None:
+        """The EF measurement of generated videos (``ef_scorer``), or None when off or the network ignores EF."""
+        choice = self.hparams.get("ef_scorer")
+        if not choice or not self.ef_conditioning:
+            return None
+        if choice == "lv_area":
+            datamodule = self.trainer.datamodule
+            records = getattr(datamodule, "records", {}).get("TRAIN", [])
+            if not records:
+                raise ConfigError("ef_scorer lv_area is calibrated on the DataModule's training split, which is empty")
+            videos, masks, efs = [], [], []
+            for batch in datamodule._eval_loader(records):
+                batch = datamodule.on_after_batch_transfer(batch, 0)
+                videos.append(batch["video"]), masks.append(batch["ed_mask"]), efs.append(batch["ef"])
+            scorer = LVAreaEF.fit(torch.cat(videos).cpu(), torch.cat(masks).cpu(), torch.cat(efs).cpu())
+        else:
+            scorer = RegressorEF(choice, *self._normalisation())
+        rank_zero_info(f"EF of generated videos measured by {scorer}")
+        return scorer
+
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        self.ef_scorer = self._build_ef_scorer()
+        self._test_rows: list[dict[str, float]] = []
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Samples from the batch's ED maps at the requested EFs (``test_ef``, else the source EF; the same noise for
+        each), scored by SSIM against the real video and, with an ``ef_scorer``, by measured vs requested EF; the
+        EF-blind control is the same noise sampled with the EF left out."""
+        real, ed_mask = batch["video"], batch["ed_mask"]
+        source_ef = batch["ef"].float() if "ef" in batch else torch.full((len(real),), math.nan, device=real.device)
+        requests = self.hparams.get("test_ef") or [None]
+        # the same noise for every requested EF, so the EFs are compared sample by sample
+        seeds = [int(self.hparams.predict_seed) + batch_idx * len(real) + i for i in range(len(real))]
+        maps = [f"{self.global_rank}:{batch_idx}:{i}" for i in range(len(real))]
+        if self.ef_scorer is not None:
+            blind = self.generate(ed_mask, None, num_frames=real.shape[2], seeds=seeds)
+            measured_blind = self.ef_scorer(blind, ed_mask).tolist()
+            measured_real = self.ef_scorer(real, ed_mask).tolist()
+        for requested in requests:
+            ef = source_ef if requested is None else torch.full_like(source_ef, float(requested))
+            videos = self.generate(ed_mask, ef, num_frames=real.shape[2], seeds=seeds)
+            rows = [{"map": m, "ssim": float(v), "requested": float(e), "source": float(s)} for m, v, e, s in
+                    zip(maps, per_frame_ssim(videos, real), ef, source_ef)]  # fmt: skip
+            if self.ef_scorer is not None:
+                for row, m, b, r in zip(rows, self.ef_scorer(videos, ed_mask).tolist(), measured_blind, measured_real):
+                    row.update(measured=m, measured_ef_blind=b, measured_real=r)
+            self._test_rows.extend(rows)
+
+    def test_summary(self) -> dict[str, Any] | None:
+        rows = gather_lists(self._test_rows)
+        summary = ef_agreement(rows)
+        for key, value in summary.items():
+            self.log(f"test/{key}", float(value), rank_zero_only=True)
+        return summary
+
     # ------------------------------------------------------------------ synthetic dataset
 
     def on_predict_start(self) -> None:
         super().on_predict_start()
         self.privacy_counts = {"generated": 0, "rejected": 0, "dropped": 0}
         self.privacy = self._build_privacy_filter() if self.hparams.privacy_filter else None
+        self.ef_scorer = self._build_ef_scorer()
 
     def _build_privacy_filter(self) -> PrivacyFilter:
         """Features of every training video of the DataModule (the patients the model may have memorised)."""
@@ -375,8 +464,13 @@ class EchoDiffusion(EchoModule):
                 if self.privacy is not None
                 else torch.ones(len(pending), dtype=torch.bool)
             )
+            measured = (
+                self.ef_scorer(videos, maps.to(videos.device)).cpu().tolist()
+                if self.ef_scorer is not None
+                else [math.nan] * len(pending)
+            )
             still = []
-            for job, seed, video, ok in zip(pending, seeds, videos, accepted.tolist()):
+            for job, seed, video, ok, ef_measured in zip(pending, seeds, videos, accepted.tolist(), measured):
                 if not ok:
                     self.privacy_counts["rejected"] += 1
                     still.append(job)
@@ -386,6 +480,7 @@ class EchoDiffusion(EchoModule):
                     "source": str(names[i]),
                     "sample": job["sample"],
                     "requested_ef": job["ef"],
+                    "measured_ef": float(ef_measured),
                     "source_ef": float(source_ef[i]),
                     "seed": seed,
                     "attempts": attempt + 1,
