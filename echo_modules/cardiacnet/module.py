@@ -220,6 +220,7 @@ class CardiacNet(EchoModule):
         ot_method: OTMethod = "sorted",
         ot_margin: float | None = 1.0,
         ot_reg: float = 0.05,
+        ot_relative: bool = True,
         bank_size: int = 256,
         bank_grid: tuple[int, int, int] | None = (1, 1, 1),
         bank_min_fill: int = 16,
@@ -270,6 +271,8 @@ class CardiacNet(EchoModule):
         ot_method: ``sorted`` (exact per-dimension Eq. 5) or POT's ``emd``/``sinkhorn``/``sliced`` on whole vectors.
         ot_margin: L_OT is the hinge ``relu(margin - OT)`` on the mean OT cost per dimension and pair, so maximising
             the separation stops at the margin; None = the unbounded ``-OT`` (it runs away: features inflate).
+        ot_relative: the hinge is on ``log(inter-class / intra-class OT cost)`` (``ot_separation_loss`` with the
+            own class's bank): scale-free, met only by separating the classes; False: on the inter-class cost alone.
         bank_size / bank_grid / bank_min_fill: rows per class bank; the pooled token grid a clip descriptor keeps
             (``(1, 1, 1)``: one ``latent_dim`` vector per clip; None: the whole token map of ``position_grid``, as the
             public code's banks hold); rows a bank needs before L_dis and L_OT apply.
@@ -477,7 +480,8 @@ class CardiacNet(EchoModule):
                 other = banks[1 - label].filled
                 centroid = centroid + centroid_loss(own, banks[label].centroid(), hp.bank_loss_reduction)
                 separation = separation + ot_separation_loss(
-                    own, other, hp.ot_method, hp.ot_margin, hp.ot_reg, hp.bank_loss_reduction
+                    own, other, hp.ot_method, hp.ot_margin, hp.ot_reg, hp.bank_loss_reduction,
+                    own_class_bank=banks[label].filled if hp.get("ot_relative", False) else None,
                 )
                 with torch.no_grad():
                     cost = cost + ot_cost(own, other, hp.ot_method, hp.ot_reg)
