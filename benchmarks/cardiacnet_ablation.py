@@ -43,17 +43,20 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout: make the project importable
     sys.path.insert(0, str(ROOT))
 
-CDC_OFF = {"quantise": False, "positional_encoding": False, "ot_weight": 0.0, "centroid_weight": 0.0}
-CDD_OFF = {"global_adversarial_weight": 0.0, "local_adversarial_weight": 0.0, "patch_adversarial_weight": 0.0}
+# each row's changes to the config's init args, as "group.setting" paths (echo_modules/cardiacnet/settings.py)
+CDC_OFF = {"codebook.quantise": False, "codebook.positional_encoding": False, "loss_weights.ot": 0.0,
+           "loss_weights.centroid": 0.0}  # fmt: skip
+CDD_OFF = {"loss_weights.global_adversarial": 0.0, "loss_weights.local_adversarial": 0.0,
+           "loss_weights.patch_adversarial": 0.0}  # fmt: skip
 ROWS: dict[str, dict[str, Any]] = {
     "full": {},
     "CDC off": CDC_OFF,
     "CDD off": CDD_OFF,
     "CDC off, CDD off": CDC_OFF | CDD_OFF,
-    "no positional encoding": {"positional_encoding": False},
-    "no OT": {"ot_weight": 0.0},
-    "global CDD only": {"local_adversarial_weight": 0.0, "patch_adversarial_weight": 0.0},
-    "local CDD only": {"global_adversarial_weight": 0.0},
+    "no positional encoding": {"codebook.positional_encoding": False},
+    "no OT": {"loss_weights.ot": 0.0},
+    "global CDD only": {"loss_weights.local_adversarial": 0.0, "loss_weights.patch_adversarial": 0.0},
+    "local CDD only": {"loss_weights.global_adversarial": 0.0},
     "untrained": {},
     "VideoClassifier": {},
 }
@@ -67,7 +70,19 @@ def phantom_model_args(frame_size: int = 32) -> dict[str, Any]:
     """CardiacNet init args of configs/cardiacnet/phantom.yaml, with the token grid for ``frame_size``."""
     config = yaml.safe_load((ROOT / "configs" / "cardiacnet" / "phantom.yaml").read_text())
     args = copy.deepcopy(config["model"]["init_args"])
-    args["position_grid"] = [8, frame_size // 4, frame_size // 4]
+    args["codebook"]["position_grid"] = [8, frame_size // 4, frame_size // 4]
+    return args
+
+
+def with_changes(args: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``args`` with each ``"group.setting"`` (or top-level) path of ``changes`` set."""
+    args = copy.deepcopy(args)
+    for path, value in changes.items():
+        *groups, name = path.split(".")
+        target = args
+        for group in groups:
+            target = target.setdefault(group, {})
+        target[name] = value
     return args
 
 
@@ -205,7 +220,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def accuracy_at_validation_threshold(val: dict, test: dict, kind: str) -> float:
-    from echo_modules.cardiacnet.evaluation import best_threshold
+    from echo_modules.common.metrics import best_threshold
 
     threshold = best_threshold(val["scores"][kind], val["labels"])
     threshold = 0.0 if threshold is None else threshold
@@ -260,7 +275,7 @@ def run_row(name: str, data_dir: Path, args: argparse.Namespace, cache: Path, se
         result, seconds = video_classifier_row(data_dir, args.subset, args.frame_size, cache, args.epochs, seed)
         return result | {"seconds": seconds}
     L.seed_everything(seed, verbose=False)
-    model_args = phantom_model_args(args.frame_size) | ROWS[name]
+    model_args = with_changes(phantom_model_args(args.frame_size), ROWS[name])
     epochs = args.epochs
     if name == "untrained":  # learning rate 0: the initial generators, with banks filled by 3 epochs of clips
         for key in ("generator_optimizer", "discriminator_optimizer"):

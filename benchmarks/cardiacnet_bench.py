@@ -161,9 +161,10 @@ def step_throughput(device: torch.device, precision: str, args: argparse.Namespa
 
     tokens = size // 2 ** (len(args.step_widths) - 1)
     model = CardiacNet(
-        widths=args.step_widths, latent_dim=args.step_latent, num_codes=args.step_codes,
-        position_grid=(frames, tokens, tokens), disc_width=max(8, args.step_widths[0]), disc_layers=3 if size >= 64 else 2,
-        bank_size=256, bank_min_fill=pairs, mask_ratio=0.35,
+        widths=args.step_widths, latent_dim=args.step_latent,
+        codebook={"num_codes": args.step_codes, "position_grid": (frames, tokens, tokens)},
+        discriminator={"width": max(8, args.step_widths[0]), "layers": 3 if size >= 64 else 2},
+        memory_bank={"size": 256, "min_fill": pairs}, mask_ratio=0.35,
     )  # fmt: skip
     timer = _StepTimer(device)
     trainer = L.Trainer(

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from echo_modules.cardiacnet.codebook import FactorisedPositionalEncoding, VectorQuantiser
 from echo_modules.cardiacnet.evaluation import (
-    best_threshold,
     cavity_masks,
     dice_score,
     map_region_statistics,
@@ -34,6 +33,7 @@ from echo_modules.cardiacnet.losses import (
 )
 from echo_modules.cardiacnet.memory_bank import ClassMemoryBanks, MemoryBank
 from echo_modules.cardiacnet.optimal_transport import ot_cost, pot_ot_cost, sorted_ot_cost
+from echo_modules.common.metrics import best_threshold
 from tests.helpers import ROOT, run_echolab, write_config
 
 # ---------------------------------------------------------------------- optimal transport
@@ -216,8 +216,9 @@ def test_gradient_clipping_under_fp16_acts_on_unscaled_gradients():
         for _ in range(4)
     ]  # fmt: skip
     model = Recording(
-        widths=[4, 8], latent_dim=8, num_codes=16, position_grid=(4, 8, 8), disc_width=4, disc_layers=2,
-        disc_frames=2, disc_patch=8, bank_size=8, bank_min_fill=1, gradient_clip=1e-3, grad_norm_every=1,
+        widths=[4, 8], latent_dim=8, codebook={"num_codes": 16, "position_grid": (4, 8, 8)},
+        discriminator={"width": 4, "layers": 2, "frames": 2, "patch": 8}, memory_bank={"size": 8, "min_fill": 1},
+        gradient_clip=1e-3, grad_norm_every=1,
     )  # fmt: skip
     plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**16))
     trainer = L.Trainer(
@@ -357,6 +358,63 @@ def test_blood_pool_segmentation_finds_the_phantom_chambers_and_structure_dice_t
     noisy = clips + 0.02 * torch.randn(clips.shape, generator=torch.Generator().manual_seed(0))
     same, other = structure_dice(clips, noisy), structure_dice(clips, clips.roll(1, 0))
     assert (same > 0.97).all() and (other < same - 0.05).all(), (same, other)
+
+
+def test_wandb_map_videos_are_h264_and_predict_map_videos_mjpeg(tmp_path):
+    """The test-time map videos go to W&B, a browser: H.264 / yuv420p (OpenCV's mp4v does not play there); the
+    predict map files stay MJPEG AVIs that OpenCV and decord read."""
+    pytest.importorskip("av")
+    from echo_modules.cardiacnet.visualisation import write_map_video
+    from echo_modules.common.video_logging import video_codec
+
+    frames = np.random.default_rng(0).random((5, 3, 16, 17)).astype(np.float32)  # (clips... T, H, W): odd width
+    inputs, to_normal, maps = frames[0], frames[1], frames[2]
+    assert video_codec(write_map_video(tmp_path / "test_0.mp4", inputs, to_normal, maps)) == ("h264", "yuv420p", 3)
+    assert video_codec(write_map_video(tmp_path / "video.avi", inputs, to_normal, maps))[0] == "mjpeg"
+
+
+def _tiny_cardiacnet(**changes):
+    from echo_modules.cardiacnet import CardiacNet
+
+    tiny = dict(
+        widths=[4, 8], latent_dim=8, codebook={"num_codes": 16, "position_grid": (4, 8, 8)},
+        discriminator={"width": 4, "layers": 2, "frames": 2}, memory_bank={"size": 8, "min_fill": 1},
+    )  # fmt: skip
+    return CardiacNet(**(tiny | changes))
+
+
+def test_grouped_settings_take_dicts_or_dataclasses_and_name_unknown_keys():
+    """Hyperparameter groups (settings.py): a dict and the dataclass build the same model, the checkpoint keeps plain
+    dicts, and a misspelt key is a one-line ConfigError naming its group."""
+    from datamodules.errors import ConfigError
+    from echo_modules.cardiacnet.settings import CodebookSettings, LossWeights
+
+    torch.manual_seed(0)
+    from_dict = _tiny_cardiacnet(loss_weights={"cycle": 10.0})
+    torch.manual_seed(0)
+    from_dataclass = _tiny_cardiacnet(loss_weights=LossWeights(cycle=10.0))
+    assert from_dict.loss_weights == from_dataclass.loss_weights and from_dict.loss_weights.identity == 2.5
+    assert isinstance(from_dict.codebook, CodebookSettings) and from_dict.hparams["loss_weights"]["cycle"] == 10.0
+    for key, value in from_dict.state_dict().items():
+        torch.testing.assert_close(value, from_dataclass.state_dict()[key], rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ConfigError, match=r"model\.codebook has no setting \['num_codez'\]"):
+        _tiny_cardiacnet(codebook={"num_codez": 4})
+
+
+def test_cardiacnet_evaluates_clips_in_chunks_equal_to_one_pass():
+    """The module base's chunked evaluation: scores, EF, maps and deformations of 5 clips, 2 at a time, equal one
+    pass (the generators normalise per clip)."""
+    torch.manual_seed(0)
+    model = _tiny_cardiacnet(heads={"predict_ef": True}, eval_chunk_size=None).eval()
+    clips = torch.randn(5, 1, 4, 16, 16)
+    whole = model.evaluate_clips(clips)
+    model.eval_chunk_size = 2
+    chunked = model.evaluate_clips(clips)
+    for kind in whole.scores:
+        torch.testing.assert_close(chunked.scores[kind], whole.scores[kind], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked.ef, whole.ef, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked.maps["contrast"], whole.maps["contrast"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked.to_normal, whole.to_normal, rtol=1e-5, atol=1e-5)
 
 
 def test_best_threshold_separates_the_classes():
@@ -578,8 +636,8 @@ def test_checkpoint_holds_banks_and_predict_writes_scores_and_map_videos(fitted_
     csv_path, maps_dir = tmp_path / "predictions.csv", tmp_path / "maps"
     predict = run_echolab(
         "predict", "--config", str(fitted_pah["config"]), "--ckpt_path", str(fitted_pah["checkpoint"]),
-        "--model.init_args.predictions_csv", str(csv_path), "--model.init_args.maps_dir", str(maps_dir),
-        "--model.init_args.map_format", "both", "--trainer.logger.init_args.version", "predict",
+        "--model.init_args.predictions_csv", str(csv_path), "--model.init_args.evaluation.maps_dir", str(maps_dir),
+        "--model.init_args.evaluation.map_format", "both", "--trainer.logger.init_args.version", "predict",
     )  # fmt: skip
     assert predict.returncode == 0, predict.stderr[-3000:]
     table = pd.read_csv(csv_path)
@@ -610,6 +668,10 @@ def test_wandb_test_run_logs_abnormality_map_videos_and_figure(fitted_pah, tmp_p
     assert b"test/auroc" in records and b"test/structure_dice" in records
     media = [p.name for p in (runs[0] / "files" / "media").rglob("*") if p.is_file()]
     assert any(name.endswith(".mp4") for name in media), media  # the abnormality-map videos
+    from echo_modules.common.video_logging import video_codec
+
+    videos = [p for p in (runs[0] / "files" / "media").rglob("*.mp4")]
+    assert all(video_codec(path)[:2] == ("h264", "yuv420p") for path in videos), videos  # browser-playable
     assert any(name.endswith(".png") for name in media), media  # the example figure
 
 
@@ -634,9 +696,9 @@ def test_ef_head_on_echonet_phantom_learns_on_frozen_features_in_percent(tmp_pat
         batch_size=2, num_workers=0, num_eval_clips=1,
     )  # fmt: skip
     model = CardiacNet(
-        widths=[4, 8, 8], latent_dim=8, num_codes=16, position_grid=(8, 8, 8), disc_width=4, disc_layers=2,
-        disc_frames=2, disc_patch=0, bank_size=8, bank_min_fill=1, predict_ef=True, grad_norm_every=2,
-        score="head", head_lr=1e-2,
+        widths=[4, 8, 8], latent_dim=8, codebook={"num_codes": 16, "position_grid": (8, 8, 8)},
+        discriminator={"width": 4, "layers": 2, "frames": 2, "patch": 0}, memory_bank={"size": 8, "min_fill": 1},
+        heads={"predict_ef": True, "lr": 1e-2}, evaluation={"score": "head"}, grad_norm_every=2,
     )  # fmt: skip
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=1, logger=CSVLogger(tmp_path, name="logs", version=0),
@@ -692,13 +754,13 @@ def test_auroc_over_batches_equals_auroc_of_all_scores():
     monotone map first, so batches that do and do not look like probabilities are ranked together correctly."""
     from torchmetrics.classification import BinaryAUROC
 
-    from echo_modules.cardiacnet.module import CardiacNet
+    from echo_modules.cardiacnet.evaluation import ranking_value
 
     scores = torch.tensor([0.3, 0.9, -0.2, 1.5, 0.1, 0.6, 40.0, -3.0])
     labels = torch.tensor([0, 1, 0, 1, 0, 0, 1, 0])
     batched = BinaryAUROC()
     for start in range(0, 8, 2):  # batches [0.3, 0.9] and [0.1, 0.6] lie in [0, 1], the others do not
-        batched.update(CardiacNet.ranking_value(scores[start : start + 2]), labels[start : start + 2])
+        batched.update(ranking_value(scores[start : start + 2]), labels[start : start + 2])
     positives, negatives = scores[labels == 1], scores[labels == 0]
     exact = (positives[:, None] > negatives[None, :]).float().mean()
     assert batched.compute().item() == pytest.approx(exact.item())
@@ -720,9 +782,10 @@ def test_training_steps_run_with_masking_hinge_pot_ot_and_mixed_precision(precis
         for _ in range(4)
     ]  # fmt: skip
     model = CardiacNet(
-        widths=[4, 8], latent_dim=8, num_codes=16, position_grid=(4, 8, 8), disc_width=4, disc_layers=2,
-        disc_frames=2, gan_loss="hinge", ot_method=ot_method, ot_margin=1.0, bank_size=8, bank_min_fill=1,
-        mask_ratio=0.5, mask_patch=4, predict_ef=True, disc_every=1,
+        widths=[4, 8], latent_dim=8, codebook={"num_codes": 16, "position_grid": (4, 8, 8)},
+        discriminator={"width": 4, "layers": 2, "frames": 2, "gan_loss": "hinge", "every": 1},
+        memory_bank={"ot_method": ot_method, "ot_margin": 1.0, "size": 8, "min_fill": 1},
+        mask_ratio=0.5, mask_patch=4, heads={"predict_ef": True},
     )  # fmt: skip
     before = model.abnormal_to_normal.decoder.layers[-1].weight.detach().clone()
     trainer = L.Trainer(

@@ -68,6 +68,15 @@ def test_run_in_chunks_concatenates_tuples_and_dicts():
     out = run_in_chunks(function, clips, 3)
     torch.testing.assert_close(out["a"], clips * 2)
     torch.testing.assert_close(out["b"][1], clips[:, 0])
+    from dataclasses import dataclass
+
+    @dataclass
+    class Outputs:  # a method's per-clip record (CardiacNet's ClipEvaluation): fields concatenated, None kept
+        scores: dict
+        ef: torch.Tensor | None
+
+    record = run_in_chunks(lambda x: Outputs({"s": x[:, 0]}, None), clips, 4)
+    assert record.ef is None and torch.equal(record.scores["s"], clips[:, 0])
     with pytest.raises(Exception, match="positive"):
         EFRegressor(encoder=TinyVideoEncoder(1, 4, 2), eval_chunk_size=0)
 

@@ -34,11 +34,13 @@ def test_predict_writes_every_sequence_whole_and_test_reports_per_structure(tmp_
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     outputs = trainer.predict(model, datamodule)
     sequences = datamodule.split("TRAIN")
-    assert [o["frames"] for o in outputs] == [len(s.masks) for s in sequences]
+    assert [o[0].frames for o in outputs] == [len(s.masks) for s in sequences]
     for sequence in sequences:
         masks, spacing = read_masks(tmp_path / "pred" / sequence.patient / f"{sequence.name}_half_sequence_gt.nii.gz")
         assert masks.shape == sequence.masks.shape and np.allclose(spacing, sequence.spacing, rtol=1e-4)
         assert (tmp_path / "pred" / sequence.patient / f"Info_{sequence.view}.cfg").is_file()
+    listed = (tmp_path / "predictions.csv").read_text().splitlines()  # the module base's PredictionWriter
+    assert listed[0] == "FileName,patient,frames,mask_file" and len(listed) == len(sequences) + 1
     results = trainer.test(model, datamodule, verbose=False)[0]
     assert {f"test/dice_{s}" for s in ("lv", "myo", "la")} <= set(results)
     assert {f"test/hausdorff_{s}" for s in ("lv", "myo", "la")} <= set(results)

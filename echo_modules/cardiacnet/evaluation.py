@@ -1,20 +1,87 @@
-"""CardiacNet evaluation: the decision threshold, abnormality-map smoothing and localisation statistics, the
-per-run test summary. Pure functions of tensors and arrays, so they are tested without a model."""
+"""CardiacNet evaluation: per-clip outputs, the records ``test`` and ``predict`` write, the test metrics
+(torchmetrics, reduced over DDP ranks), abnormality-map smoothing and localisation statistics, the structure Dice.
+Pure functions of tensors and arrays (and metric containers), so they are tested without a model."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics import MeanAbsoluteError, MeanMetric, SumMetric
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
-from echo_modules.common.module import average_clip_predictions
+from echo_modules.cardiacnet.settings import MAP_MODES, SCORE_KINDS
+from echo_modules.common.metrics import ef_metrics
+from echo_modules.common.module import PredictionRecord, average_clip_predictions, number_text
 
-ABNORMAL = 1
+NORMAL, ABNORMAL = 0, 1
+MAP_STATISTICS: tuple[str, ...] = ("region_mass", "control_mass", "dice")
+STRUCTURE_DICE_KINDS: tuple[str, ...] = ("abnormal", "normal", "unpaired")
+
+
+@dataclass
+class ClipEvaluation:
+    """Per-clip outputs of :meth:`CardiacNet.evaluate_clips`."""
+
+    scores: dict[str, Tensor]  # score kind -> (N,) higher = more abnormal
+    ef: Tensor | None  # (N,) EF in percent when the EF head is on
+    maps: dict[str, Tensor]  # map mode -> (N, T, H, W) abnormality maps
+    to_normal: Tensor  # (N, C, T, H, W) phi_B(x), the clip deformed to the normal class
+
+
+@dataclass
+class VideoMaps:
+    """One video's maps to save (``save_video_maps``): clip-wise ``(clips, T, H, W)`` arrays."""
+
+    out_dir: Path
+    inputs: np.ndarray
+    to_normal: np.ndarray
+    maps: np.ndarray
+    map_format: str
+
+
+@dataclass
+class CardiacNetPrediction(PredictionRecord):
+    """One predicted video: a ``predictions.csv`` row, and its maps, both written by the base's
+    ``PredictionWriter`` (the maps at batch end, on the rank that predicted the video)."""
+
+    filename: str
+    score: float
+    probability: float
+    label: int  # -1 = unknown
+    ef_pred: float
+    ef_true: float
+    map_file: str = ""  # ";"-joined paths of the video's saved maps
+    video_maps: VideoMaps | None = field(default=None, repr=False)  # dropped once written
+
+    def write_files(self, module: Any) -> None:
+        from echo_modules.cardiacnet.visualisation import save_video_maps
+
+        if self.video_maps is not None:
+            maps = self.video_maps
+            self.map_file = save_video_maps(
+                maps.out_dir, self.filename, maps.inputs, maps.to_normal, maps.maps, maps.map_format
+            )
+            self.video_maps = None
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "FileName": self.filename,
+            "score": f"{self.score:.5f}",
+            "probability": f"{self.probability:.5f}",
+            "predicted_label": int(self.probability > 0.5),
+            "label": "" if self.label < 0 else self.label,
+            "EF_pred": number_text(self.ef_pred, 4),
+            "EF_true": number_text(self.ef_true, 4),
+            "map_file": self.map_file,
+        }
 
 
 @dataclass(order=True)
@@ -41,16 +108,149 @@ class TestRow:
                 self.map_control_mass, self.map_dice, self.structure_dice]  # fmt: skip
 
 
-def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """The threshold on ``scores`` with the best balanced accuracy for binary ``labels`` (a midpoint between
-    consecutive distinct scores); None when a class is missing."""
-    if labels.min() == labels.max():
-        return None
-    values = np.unique(scores)
-    candidates = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])
-    positives, negatives = labels == 1, labels == 0
-    balanced = [0.5 * ((scores[positives] > c).mean() + (scores[negatives] <= c).mean()) for c in candidates]
-    return float(candidates[int(np.argmax(balanced))])
+class TestMetrics(nn.Module):
+    """Everything ``test`` reports, as torchmetrics (so DDP ranks reduce them exactly): AUROC of each score kind,
+    accuracy of the chosen one, map localisation means per map mode, the structure Dice by class, EF MAE and the
+    training-mean EF predictor's, and the video counts."""
+
+    __test__ = False
+
+    def __init__(self, predict_ef: bool) -> None:
+        super().__init__()
+        self.auroc = nn.ModuleDict({kind: BinaryAUROC() for kind in SCORE_KINDS})
+        self.accuracy = BinaryAccuracy()
+        self.maps = nn.ModuleDict({f"{mode}_{name}": MeanMetric() for mode in MAP_MODES for name in MAP_STATISTICS})
+        self.map_videos = SumMetric()  # videos with a known region and a scorable map (the chosen map mode)
+        self.map_region_beats_control = MeanMetric()  # share of those whose region holds more than the controls
+        # the paper's ASD Dice: chambers of a clip vs of its deformation to normal (abnormal and normal clips), and
+        # vs another video's deformation (what unrelated hearts would score)
+        self.structure = nn.ModuleDict({name: MeanMetric() for name in STRUCTURE_DICE_KINDS})
+        self.videos = SumMetric()
+        self.abnormal_videos = SumMetric()
+        self.ef = ef_metrics("test/ef_") if predict_ef else None
+        self.ef_mean_predictor = MeanAbsoluteError() if predict_ef else None
+
+    def update_maps(self, statistics: list[dict[str, float]], map_mode: str) -> None:
+        """One batch's per-video map statistics (:func:`video_map_statistics`): means per map mode; video count and
+        region-beats-control share for the chosen ``map_mode``."""
+        device = self.map_videos.device
+        for mode in MAP_MODES:
+            for stats in statistics:
+                for name in MAP_STATISTICS:
+                    if f"{mode}_{name}" in stats:
+                        self.maps[f"{mode}_{name}"].update(torch.tensor(stats[f"{mode}_{name}"], device=device))
+        for stats in statistics:
+            if f"{map_mode}_region_mass" in stats:
+                self.map_videos.update(torch.ones((), device=device))
+                beats = float(stats[f"{map_mode}_region_mass"] > stats[f"{map_mode}_control_mass"])
+                self.map_region_beats_control.update(torch.tensor(beats, device=device))
+
+    def update_structure(self, per_video: Tensor, unpaired: Tensor | None, labels: Tensor) -> None:
+        """One batch's structure Dice (:func:`paired_structure_dice`), by class, and the unpaired control."""
+        for kind, chosen in (("abnormal", labels == ABNORMAL), ("normal", labels == NORMAL)):
+            values = per_video[chosen & torch.isfinite(per_video)]
+            if len(values):
+                self.structure[kind].update(values)
+        if unpaired is not None:
+            self.structure["unpaired"].update(unpaired)
+
+    def epoch_values(self, updated: Callable[..., bool], map_mode: str) -> dict[str, Tensor]:
+        """The epoch's map localisation (``test/map_*``; the other map mode as ``test/map_<mode>_*``) and structure
+        Dice (``test/structure_dice[_normal|_unpaired]``) values, for the metrics some rank updated (``updated``: the
+        same answer on every rank, so all or none enter each synchronising ``compute``). Resets them."""
+        values: dict[str, Tensor] = {}
+        for mode in MAP_MODES:
+            means = [self.maps[f"{mode}_{name}"] for name in MAP_STATISTICS]
+            if not updated(*means):
+                continue
+            region, control, dice = (metric.compute() for metric in means)
+            prefix = "test/map_" if mode == map_mode else f"test/map_{mode}_"
+            values |= {f"{prefix}region_mass": region, f"{prefix}control_mass": control,
+                       f"{prefix}region_ratio": region / control.clamp_min(1e-12), f"{prefix}dice": dice}  # fmt: skip
+            for metric in means:
+                metric.reset()
+        for kind, metric in self.structure.items():
+            if updated(metric):
+                values[f"test/structure_dice{'' if kind == 'abnormal' else '_' + kind}"] = metric.compute()
+                metric.reset()
+        return values
+
+    def summary(self, logged: dict[str, float], updated: Callable[..., bool]) -> dict[str, Any]:
+        """``test_summary.json``'s own entries from the (DDP-reduced) metrics and the ``logged`` epoch values: the
+        video counts, the chosen map mode's localisation, the structure Dice, EF MAE beside the training-mean
+        predictor's. A collective: call it on every rank."""
+        summary: dict[str, Any] = {"videos": int(self.videos.compute())}
+        summary["abnormal_videos"] = int(self.abnormal_videos.compute())
+        if "test/map_region_mass" in logged:
+            for name in ("region_mass", "control_mass", "region_ratio", "dice"):
+                summary[f"map_{name}"] = logged[f"test/map_{name}"]
+            summary["map_videos"] = int(self.map_videos.compute())
+            summary["map_region_beats_control"] = float(self.map_region_beats_control.compute())
+        for name in ("structure_dice", "structure_dice_normal"):
+            if f"test/{name}" in logged:
+                summary[name] = logged[f"test/{name}"]
+        if "test/ef_mae" in logged:
+            summary["ef_mae"] = logged["test/ef_mae"]
+            if self.ef_mean_predictor is not None and updated(self.ef_mean_predictor):
+                summary["ef_mean_predictor_mae"] = float(self.ef_mean_predictor.compute())
+                summary["ef_ratio"] = summary["ef_mae"] / max(summary["ef_mean_predictor_mae"], 1e-12)
+        return summary
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The line ``echolab test`` prints: AUROC and accuracy of the chosen score, map localisation, structure Dice,
+    EF."""
+    line = (
+        f"CardiacNet test over {summary['videos']} videos: AUROC {summary.get('test/auroc', math.nan):.3f} "
+        f"({summary['score']} score), accuracy {summary.get('test/accuracy', math.nan):.3f}"
+    )
+    if "map_region_mass" in summary:
+        line += (
+            f"; {summary['map_mode']} map mass in the known region {summary['map_region_mass']:.3f} vs "
+            f"{summary['map_control_mass']:.3f} in same-shape control regions"
+        )
+    if "structure_dice" in summary:
+        line += f"; chamber Dice of abnormal clips vs their deformation to normal {summary['structure_dice']:.3f}"
+    if "ef_mae" in summary:
+        line += f"; EF MAE {summary['ef_mae']:.2f}"
+        if "ef_mean_predictor_mae" in summary:
+            line += f" (the training mean gives {summary['ef_mean_predictor_mae']:.2f})"
+    return line
+
+
+def per_video_rows(
+    batch: dict[str, Any],
+    score: Tensor,
+    ef: Tensor | None,
+    statistics: list[dict[str, float]],
+    structure: Tensor,
+    map_mode: str,
+) -> list[TestRow]:
+    """One :class:`TestRow` per video of a test batch (``test_videos.csv``)."""
+    rows = []
+    for index, name in enumerate(batch["filename"]):
+        stats = statistics[index]
+        rows.append(
+            TestRow(
+                filename=name,
+                score=float(score[index]),
+                label=int(batch["label"][index]),
+                ef_pred=float(ef[index]) if ef is not None else math.nan,
+                ef_true=float(batch["ef"][index]),
+                map_region_mass=stats.get(f"{map_mode}_region_mass", math.nan),
+                map_control_mass=stats.get(f"{map_mode}_control_mass", math.nan),
+                map_dice=stats.get(f"{map_mode}_dice", math.nan),
+                structure_dice=float(structure[index]),
+            )
+        )
+    return rows
+
+
+def ranking_value(score: Tensor) -> Tensor:
+    """``score`` mapped monotonically into (0, 1) for torchmetrics' AUROC, which applies a sigmoid to a batch only
+    when some value lies outside [0, 1]: without this, batches would be transformed inconsistently. The arctangent
+    keeps large scores distinct where a float32 sigmoid would saturate at 1."""
+    return 0.5 + torch.atan(score.double()).float() / math.pi
 
 
 def smooth_maps(maps: Tensor, sigma: float) -> Tensor:
@@ -109,36 +309,6 @@ def map_region_statistics(
     return {"region_mass": region_mass, "control_mass": float(np.mean(control)), "dice": dice}
 
 
-def test_summary(rows: list[TestRow], threshold: float, train_ef_mean: float = math.nan) -> dict[str, Any]:
-    """Per-run numbers for ``test_summary.json`` from the gathered per-video rows (and, for the EF baseline, the
-    training split's mean EF)."""
-    column = lambda name: np.array([getattr(r, name) for r in rows], dtype=float)  # noqa: E731
-    labels = column("label")
-    summary: dict[str, Any] = {"videos": len(rows), "decision_threshold": threshold}
-    summary["abnormal_videos"] = int((labels == ABNORMAL).sum())
-    region, control, dice = column("map_region_mass"), column("map_control_mass"), column("map_dice")
-    if np.isfinite(region).any():
-        summary["map_region_mass"] = float(np.nanmean(region))
-        summary["map_control_mass"] = float(np.nanmean(control))
-        summary["map_region_ratio"] = summary["map_region_mass"] / max(summary["map_control_mass"], 1e-12)
-        summary["map_dice"] = float(np.nanmean(dice))
-        summary["map_videos"] = int(np.isfinite(region).sum())
-        finite = np.isfinite(region) & np.isfinite(control)
-        summary["map_region_beats_control"] = float(np.mean(region[finite] > control[finite]))  # share of videos
-    structure = column("structure_dice")
-    for name, chosen in (("structure_dice", labels == ABNORMAL), ("structure_dice_normal", labels != ABNORMAL)):
-        if np.isfinite(structure[chosen]).any():
-            summary[name] = float(np.nanmean(structure[chosen]))
-    ef_pred, ef_true = column("ef_pred"), column("ef_true")
-    both = np.isfinite(ef_pred) & np.isfinite(ef_true)
-    if both.any():
-        summary["ef_mae"] = float(np.abs(ef_pred[both] - ef_true[both]).mean())
-        if math.isfinite(train_ef_mean):
-            summary["ef_mean_predictor_mae"] = float(np.abs(train_ef_mean - ef_true[both]).mean())
-            summary["ef_ratio"] = summary["ef_mae"] / max(summary["ef_mean_predictor_mae"], 1e-12)
-    return summary
-
-
 # ---------------------------------------------------------------------- structure consistency (the paper's ASD Dice)
 
 
@@ -194,3 +364,68 @@ def structure_dice(inputs: Tensor, recovered: Tensor, sigma: float = 1.5) -> Ten
             ).mean()
         )
     return torch.stack(scores)
+
+
+# ---------------------------------------------------------------------- one test batch
+
+
+def video_map_statistics(
+    maps: dict[str, Tensor], batch: dict[str, Any], sigma: float
+) -> tuple[dict[str, Tensor], list[dict[str, float]]]:
+    """Per-video maps ``(V, H, W)`` of each map mode (clip and frame means, smoothed by ``sigma`` pixels) and, for
+    each video with a known abnormal region, their localisation statistics keyed ``<mode>_<statistic>``."""
+    owner, videos = batch["clip_owner"], len(batch["label"])
+    imaged = imaged_area(batch["video"], owner, videos)
+    regions = batch.get("abnormal_region")
+    has_region = batch.get("has_abnormal_region", torch.zeros(videos, dtype=torch.bool))
+    video_maps: dict[str, Tensor] = {}
+    statistics: list[dict[str, float]] = [{} for _ in range(videos)]
+    for mode, clip_maps in maps.items():  # both map definitions, so a run reports how each localises
+        video_maps[mode] = smooth_maps(average_clip_predictions(clip_maps.mean(1), owner, videos), sigma)
+        for index in range(videos):
+            if regions is None or not bool(has_region[index]) or not bool(regions[index].any()):
+                continue
+            region = regions[index].to(video_maps[mode].device)
+            values = map_region_statistics(video_maps[mode][index], region, imaged[index])
+            if values is not None:
+                statistics[index].update({f"{mode}_{name}": value for name, value in values.items()})
+    return video_maps, statistics
+
+
+def paired_structure_dice(
+    inputs: Tensor, recovered: Tensor, owner: Tensor, videos: int
+) -> tuple[Tensor, Tensor | None]:
+    """Per-video chamber Dice ``(V,)`` of each clip with its own deformation to normal (``structure_dice`` averaged
+    over a video's clips), and per-clip Dice against a clip of the next video's deformation (an unpaired control;
+    None when the batch holds one video). ``inputs`` / ``recovered``: ``(N, T, H, W)``."""
+    per_video = average_clip_predictions(structure_dice(inputs, recovered), owner, videos)
+    if videos < 2:
+        return per_video, None
+    first_clip = torch.zeros(videos, dtype=torch.long, device=owner.device).index_reduce_(
+        0, owner, torch.arange(len(owner), device=owner.device), "amin", include_self=False
+    )
+    other = first_clip[(owner + 1) % videos]  # a clip of the next video in the batch
+    unpaired = structure_dice(inputs, recovered[other])
+    return per_video, unpaired[torch.isfinite(unpaired)]
+
+
+def map_examples(
+    batch: dict[str, Any], clips: ClipEvaluation, video_maps: Tensor, map_mode: str, room: int
+) -> list[dict[str, Any]]:
+    """Up to ``room`` abnormal videos of the batch (their first clip) for the test figure and the W&B videos."""
+    first_clip = {int(o): i for i, o in reversed(list(enumerate(batch["clip_owner"].tolist())))}
+    region = batch.get("abnormal_region")
+    examples = []
+    for index, label in enumerate(batch["label"].tolist()):
+        if len(examples) >= room or int(label) != ABNORMAL:
+            continue
+        clip = first_clip[index]
+        examples.append({
+            "name": batch["filename"][index],
+            "input": batch["video"][clip].float().mean(0).cpu().numpy(),  # (T, H, W)
+            "to_normal": clips.to_normal[clip].mean(0).cpu().numpy(),
+            "maps": clips.maps[map_mode][clip].cpu().numpy(),
+            "video_map": video_maps[index].cpu().numpy(),
+            "region": region[index].cpu().numpy() if region is not None else None,
+        })  # fmt: skip
+    return examples

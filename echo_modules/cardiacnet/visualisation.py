@@ -1,5 +1,6 @@
 """CardiacNet outputs a person looks at: abnormality-map videos (input | deformed to normal | map overlay) and the
-test figure of examples."""
+test figure of examples, and their logging at test (PNG in the run folder, image and browser-playable H.264 videos in
+W&B)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Any
 
 import numpy as np
 from einops import rearrange
+
+from echo_modules.common.plotting import log_figure
+from echo_modules.common.video_logging import write_browser_video
 
 
 def _to_uint8(frames: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
@@ -32,13 +36,15 @@ def map_video_frames(inputs: np.ndarray, to_normal: np.ndarray, maps: np.ndarray
 
 
 def write_map_video(path: Path, inputs: np.ndarray, to_normal: np.ndarray, maps: np.ndarray, fps: float = 8.0) -> Path:
-    """Write :func:`map_video_frames` as an AVI (MJPEG) or MP4 (mp4v) by the suffix of ``path``."""
+    """Write :func:`map_video_frames` by the suffix of ``path``: ``.mp4`` as H.264 (``write_browser_video``: what
+    the W&B media panel, a browser, plays), anything else as an MJPEG AVI (OpenCV; the ``predict`` map files)."""
     import cv2
 
     frames = map_video_frames(inputs, to_normal, maps)
+    if path.suffix == ".mp4":
+        return write_browser_video(path, frames[..., ::-1], fps=fps)  # BGR -> RGB
     path.parent.mkdir(parents=True, exist_ok=True)
-    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix == ".mp4" else "MJPG"))
-    writer = cv2.VideoWriter(str(path), fourcc, fps, (frames.shape[2], frames.shape[1]), True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (frames.shape[2], frames.shape[1]), True)
     if not writer.isOpened():
         raise OSError(f"OpenCV cannot open a video writer for {path}")
     try:
@@ -69,9 +75,10 @@ def save_video_maps(
 
 def abnormality_figure(examples: list[dict[str, Any]]):
     """Rows of (input frame, deformed to normal, clip-mean map with the known region outlined)."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no backend switch
 
-    figure, axes = plt.subplots(len(examples), 3, figsize=(7.5, 2.5 * len(examples)), squeeze=False)
+    figure = Figure(figsize=(7.5, 2.5 * len(examples)))
+    axes = figure.subplots(len(examples), 3, squeeze=False)
     for row, example in zip(axes, examples):
         middle = example["input"].shape[0] // 2
         row[0].imshow(example["input"][middle], cmap="gray")
@@ -87,3 +94,26 @@ def abnormality_figure(examples: list[dict[str, Any]]):
             axis.set_yticks([])
     figure.tight_layout()
     return figure
+
+
+def log_map_examples(module: Any, examples: list[dict[str, Any]]) -> None:
+    """The example figure (PNG in the log dir, image in W&B) and, with a WandbLogger, H.264 map videos. Called on
+    every rank with the same (gathered) examples (``log_figure`` resolves the log dir collectively); only rank 0
+    writes."""
+    if not examples:
+        return
+    log_figure(module, "test/abnormality_maps", abnormality_figure(examples))
+    from lightning.pytorch.loggers import WandbLogger
+
+    trainer = module.trainer
+    wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+    if not wandb_loggers or not trainer.is_global_zero:
+        return
+    out = Path(module.run_dir) / "abnormality_maps"
+    paths = [
+        str(write_map_video(out / f"test_{i}.mp4", e["input"], e["to_normal"], e["maps"]))
+        for i, e in enumerate(examples)
+    ]
+    for logger in wandb_loggers:
+        logger.log_video("test/abnormality_map_videos", videos=paths, step=trainer.global_step,
+                         caption=[e["name"] for e in examples])  # fmt: skip

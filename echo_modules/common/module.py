@@ -6,6 +6,7 @@ regression) and keeps only its networks, losses and step; ARCHITECTURE.md lists 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -33,7 +34,8 @@ def average_clip_predictions(clip_values: torch.Tensor, clip_owner: torch.Tensor
 def run_in_chunks(function: Callable[[torch.Tensor], Any], clips: torch.Tensor, chunk_size: int | None) -> Any:
     """``function(clips)`` computed on at most ``chunk_size`` clips at a time and concatenated along the first axis.
 
-    ``function`` returns a tensor, a tuple/list of tensors or a dict of tensors (one row per clip). Without gradient
+    ``function`` returns a tensor, a tuple/list/dict/dataclass of tensors (one row per clip; None fields stay None),
+    nested as deep as it likes. Without gradient
     (evaluation) only one chunk's activations are alive at a time, so memory no longer grows with the number of clips
     of a batch (a 1000-frame video evaluated on every clip). ``None``: one call.
     """
@@ -44,22 +46,33 @@ def run_in_chunks(function: Callable[[torch.Tensor], Any], clips: torch.Tensor, 
 
 def _concatenate(parts: list[Any]) -> Any:
     first = parts[0]
+    if first is None:
+        return None
     if torch.is_tensor(first):
         return torch.cat(parts)
     if isinstance(first, dict):
         return {key: _concatenate([part[key] for part in parts]) for key in first}
     if isinstance(first, (tuple, list)):
         return type(first)(_concatenate(list(items)) for items in zip(*parts))
+    if dataclasses.is_dataclass(first):
+        names = [field.name for field in dataclasses.fields(first)]
+        return type(first)(**{name: _concatenate([getattr(part, name) for part in parts]) for name in names})
     raise TypeError(f"run_in_chunks: cannot concatenate outputs of type {type(first).__name__}")
 
 
 class PredictionRecord:
-    """A row of ``predictions.csv``: a dataclass with a ``filename`` field and :meth:`row` (column -> text)."""
+    """A row of ``predictions.csv``: a dataclass with a ``filename`` field and :meth:`row` (column -> text), and
+    optionally the files of one prediction (masks, map videos) that :meth:`write_files` saves."""
 
     filename: str
 
     def row(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def write_files(self, module: L.LightningModule) -> None:
+        """Save the files this prediction carries, then drop their arrays (the record is gathered over ranks for the
+        CSV and kept in ``trainer.predict``'s outputs). :class:`PredictionWriter` calls it at batch end on the rank
+        that made the prediction, so files are written once under DDP. Default: no files."""
 
 
 def number_text(value: float | None, digits: int = 3) -> str:
@@ -68,7 +81,8 @@ def number_text(value: float | None, digits: int = 3) -> str:
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes the :class:`PredictionRecord` lists that ``predict_step`` returns into one CSV, sorted by file name.
+    """Writes the :class:`PredictionRecord` lists that ``predict_step`` returns: each record's files at batch end
+    (:meth:`PredictionRecord.write_files`), then one CSV of their rows, sorted by file name.
 
     Rows are kept per batch on every rank and gathered at epoch end (every video once under DDP: the evaluation
     loaders never repeat one), so rank 0 writes one file whatever the number of processes. The path is the
@@ -85,7 +99,10 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         if isinstance(prediction, (list, tuple)):
-            self._records += [record for record in prediction if isinstance(record, PredictionRecord)]
+            for record in prediction:
+                if isinstance(record, PredictionRecord):
+                    record.write_files(pl_module)
+                    self._records.append(record)
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         records = gather_lists(self._records)  # a collective: every rank calls it
@@ -263,6 +280,15 @@ def gather_lists(values: list) -> list:
     gathered: list[list] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, list(values))
     return [item for part in gathered for item in part]
+
+
+def updated_on_any_rank(module: L.LightningModule, *metrics: Any) -> bool:
+    """Whether every torchmetrics metric saw an update on some rank: the same answer on all ranks (a rank may hold
+    no abnormal video), so that all of them, or none, enter the metrics' synchronising ``compute``."""
+    counts = torch.tensor([metric.update_count for metric in metrics], device=module.device)
+    if module.trainer.world_size > 1:
+        counts = module.all_gather(counts).sum(0)
+    return bool((counts > 0).all())
 
 
 def run_directory(trainer) -> Path:

@@ -2,29 +2,59 @@
 
 Loss = ce_weight * cross-entropy + dice_weight * (1 - soft Dice over the structures). Validation and test report
 torchmetrics Dice and Hausdorff distance (pixels) per structure. ``predict`` segments whole sequences frame by frame
-(batched, ``predict_chunk`` frames at a time) and writes each as ``<patient>/<patient>_<view>_half_sequence_gt.nii.gz``
-with its Info cfg copied, i.e. a CAMUS-layout folder that the anatomical post-processing and the clinical indices
-read like ground truth.
+(batched, ``predict_chunk`` frames at a time) and returns one :class:`SequencePrediction` per sequence; the module
+base's ``PredictionWriter`` writes each as ``<patient>/<patient>_<view>_half_sequence_gt.nii.gz`` with its Info cfg
+copied, i.e. a CAMUS-layout folder that the anatomical post-processing and the clinical indices read like ground
+truth, and lists them in ``<run dir>/predictions.csv``. The optimiser is the module base's (``optimizer`` /
+``scheduler``; default AdamW at ``lr`` / ``weight_decay``).
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.functional.segmentation import dice_score, hausdorff_distance
 
 from echo_modules.anatomical_vae.losses import soft_dice_loss
 from echo_modules.anatomical_vae.mask_io import write_masks
-from echo_modules.common.module import EchoModule, save_test_summary
+from echo_modules.common.module import EchoModule, PredictionRecord, save_test_summary
 from echo_modules.segmentation.networks import UNet2D
 
 STRUCTURES = ("lv", "myo", "la")
+
+
+@dataclass
+class SequencePrediction(PredictionRecord):
+    """One segmented sequence: its mask file (written by the base's ``PredictionWriter``) and a CSV row."""
+
+    filename: str  # the sequence name, e.g. patient0001_4CH
+    patient: str
+    frames: int
+    mask_file: str
+    labels: np.ndarray | None = field(default=None, repr=False)  # (T, H, W) uint8; dropped once written
+    spacing: tuple[float, ...] | None = None
+    info_cfg: Path | None = None  # the source Info_<view>.cfg, copied next to the masks
+
+    def row(self) -> dict[str, Any]:
+        return {"FileName": self.filename, "patient": self.patient, "frames": self.frames, "mask_file": self.mask_file}
+
+    def write_files(self, module: Any) -> None:
+        if self.labels is None:
+            return
+        path = Path(self.mask_file)
+        write_masks(path, self.labels, self.spacing)
+        if self.info_cfg is not None:
+            shutil.copy(self.info_cfg, path.parent / self.info_cfg.name)
+        self.labels = None
 
 
 class Segmenter2D(EchoModule):
@@ -38,11 +68,16 @@ class Segmenter2D(EchoModule):
         weight_decay: float = 1.0e-4,
         predict_chunk: int = 64,
         predictions_dir: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         """network: any ``(B, C, H, W) -> (B, num_classes, H, W)`` module (default ``UNet2D(1, 4, 32, 5)``).
-        predictions_dir: where ``predict`` writes masks (default ``<trainer.default_root_dir>/predictions``)."""
-        super().__init__()
-        self.save_hyperparameters()
+        lr / weight_decay: AdamW's, when no ``optimizer`` is given.
+        predictions_dir: where ``predict`` writes masks (default ``<trainer.default_root_dir>/predictions``).
+        optimizer / scheduler: LightningCLI callables for the module base's ``configure_optimizers``."""
+        default = partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
+        super().__init__(optimizer=optimizer or default, scheduler=scheduler)
+        self.save_hyperparameters()  # the given optimizer (None: AdamW at lr / weight_decay), not the partial
         self.network = network if network is not None else UNet2D(1, num_classes, 32, 5)
         self._scores: dict[str, list[torch.Tensor]] = {}
 
@@ -97,25 +132,22 @@ class Segmenter2D(EchoModule):
         if self.trainer.is_global_zero:
             save_test_summary(self.run_dir, summary)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
     @torch.no_grad()
     def segment(self, images: torch.Tensor) -> torch.Tensor:
         """``(T, C, H, W)`` frames -> ``(T, H, W)`` labels, ``predict_chunk`` frames per forward pass."""
         parts = [self(chunk.to(self.device)).argmax(dim=1) for chunk in torch.split(images, self.hparams.predict_chunk)]
         return torch.cat(parts)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[SequencePrediction]:
         """One whole sequence per batch (:class:`CamusFramesDataModule` predict loader)."""
         labels = self.segment(batch["image"]).cpu().numpy().astype(np.uint8)
         datamodule = self.trainer.datamodule
         sequence = datamodule.sequences[int(batch["sequence"][0])]
         out_dir = Path(self.hparams.predictions_dir or Path(self.trainer.default_root_dir) / "predictions")
-        folder = out_dir / sequence.patient
-        write_masks(folder / f"{sequence.name}_half_sequence_gt.nii.gz", labels, sequence.spacing)
-        source = datamodule.data_dir
-        cfg = next(source.glob(f"**/{sequence.patient}/Info_{sequence.view}.cfg"), None)
-        if cfg is not None:
-            shutil.copy(cfg, folder / cfg.name)
-        return {"name": sequence.name, "frames": len(labels)}
+        mask_file = out_dir / sequence.patient / f"{sequence.name}_half_sequence_gt.nii.gz"
+        cfg = next(datamodule.data_dir.glob(f"**/{sequence.patient}/Info_{sequence.view}.cfg"), None)
+        return [
+            SequencePrediction(
+                sequence.name, sequence.patient, len(labels), str(mask_file), labels, sequence.spacing, cfg
+            )
+        ]
