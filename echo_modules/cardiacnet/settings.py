@@ -154,8 +154,9 @@ class EvaluationSettings:
     Args:
         score: which disease score drives accuracy, predictions and ``val/auroc`` (all are logged at test). Default
             ``reconstruction``: the method's own score (parameter-free, nothing trained on labels at scoring time),
-            so it only separates the classes if the generators learned the deformations; ``bank`` also separates
-            with untrained generators (nearest class centroid of random features); ``head`` is the public
+            so it only separates the classes if the generators learned the deformations; ``bank`` (the phantom
+            configs' choice: what L_dis and L_OT train) also separates with untrained generators (nearest class
+            centroid of random features), so its control is an untrained model with filled banks; ``head`` is the public
             evaluation's protocol (a classifier on frozen features), a measure of the features, not of the
             reconstructions.
         map_mode: abnormality map definition (``difference`` or ``contrast``; see the module docstring).
