@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
@@ -65,6 +66,7 @@ def ot_separation_loss(
     margin: float | None = 1.0,
     reg: float = 0.05,
     reduction: Reduction = "sum",
+    own_class_bank: Tensor | None = None,
 ) -> Tensor:
     """Eq. 5 made trainable: the OT cost between this batch's descriptors of one class (with gradient) and the other
     class's bank (a detached target), to be *maximised* (the paper maximises the normal/abnormal transport distance).
@@ -75,9 +77,20 @@ def ot_separation_loss(
     Returns the term to add to the generator loss: with a ``margin`` (on the mean cost) the hinge ``relu(margin -
     cost)``, which stops pushing once the classes are that far apart, else ``-cost`` (unbounded: maximising it alone
     inflates the features without limit).
+
+    ``own_class_bank`` (relative separation): the hinge is on ``log(cost / intra)`` instead, ``intra`` being the OT
+    cost of the same descriptors to their *own* class's bank: the other class must be ``exp(margin)`` times farther
+    (in transport cost) than the own class. Two finite samples of one distribution are a positive transport cost
+    apart, growing with the features' spread, so an absolute margin is met by spreading the features (or by any
+    scale at all once the spread exceeds it) without separating the classes; the ratio is scale-free and is met
+    only by moving the classes apart relative to their spread.
     """
     cost = ot_cost(descriptors, other_class_bank.detach(), method=method, reg=reg)
     scale = descriptors.shape[1] * len(other_class_bank) if reduction == "sum" else 1
+    if own_class_bank is not None:
+        intra = ot_cost(descriptors, own_class_bank.detach(), method=method, reg=reg)
+        separation = torch.log(cost.clamp_min(1e-12)) - torch.log(intra.clamp_min(1e-12))
+        return scale * (F.relu(margin - separation) if margin is not None else -separation)
     if margin is None:
         return -scale * cost
     return scale * F.relu(margin - cost)

@@ -12,8 +12,10 @@ training step (``training_step``; manual optimisation: generators and discrimina
      and ``L_OT`` (Eq. 5, maximised), both summed over dimensions (and bank rows) as the equations write them, so
      the public weights apply. The released code computes its inter-domain OT between two banks of detached
      features, so that term has no gradient; here the OT runs between *this batch's* descriptors of one class (with
-     gradient) and the *other* class's bank (a detached target), and as a hinge ``relu(margin - OT)``, so
-     maximising it moves the encoders and stops at the margin instead of inflating the features;
+     gradient) and the *other* class's bank (a detached target), and as a hinge, so maximising it moves the
+     encoders and stops at the margin instead of inflating the features: by default (``memory_bank.ot_relative``)
+     on ``log(inter / intra-class OT cost)``, the intra-class cost being to the clip's own class's bank, which is
+     scale-free and met only by separating the classes relative to their spread;
    - the Consistency Deformation Discriminators (Eq. 2: eta^T on the whole clip, eta^S on frames, eta^T on the
      clip's spatial patches) judge the deformed and the cycled videos, from ``discriminator.start`` on;
    - the disease head (and the EF head on EchoNet/CAMUS, which predicts standardised EF) learn on *detached*
@@ -26,12 +28,16 @@ training step (``training_step``; manual optimisation: generators and discrimina
    codebook entries restart on recent features with fresh optimiser state.
 Gradient clipping runs in ``on_before_optimizer_step``, after the fp16 scaler unscaled the gradients.
 
-Disease score (``evaluation.score``): ``reconstruction`` (default; parameter-free: how much more phi_B changes a
-clip than phi_A does, ``|x - phi_B(x)| - |x - phi_A(x)|``; each generator reproduces its own target class, so
-abnormal clips change under phi_B and normal ones under phi_A). It is the method's own score: it separates the classes only if the
+Disease score (``evaluation.score``): ``reconstruction`` (default; parameter-free: how much more phi_B changes a clip
+than phi_A does, ``|x - phi_B(x)| - |x - phi_A(x)|``; each generator reproduces its own target class, so abnormal clips
+change under phi_B and normal ones under phi_A). It is the method's own score: it separates the classes only if the
 generators learned class-specific deformations, so an untrained CardiacNet is its control. ``bank`` (distance to the
-normal minus distance to the abnormal bank centroid) separates the classes even for untrained generators wherever
-random features do (a nearest-centroid classifier); ``head`` is the public evaluation's frozen-feature classifier.
+normal minus distance to the abnormal bank centroid, in the feature space L_dis and L_OT shape) separates the classes
+even for untrained generators wherever random features do (a nearest-centroid classifier), so its control is an
+untrained CardiacNet whose banks were filled (a fit at learning rate 0). The phantom configs use ``bank``: after a few
+CPU epochs the generators are still close to autoencoders of their own class, and their reconstruction score, though
+above its control, stays at or below the phantom's anatomy-free shortcut, while the bank score beats both
+(benchmarks/cardiacnet_ablation.py). ``head`` is the public evaluation's frozen-feature classifier.
 All three are logged at test. Abnormality maps: where a clip differs from its deformation to the normal class:
 ``difference`` = ``|x - phi_B(x)|``; ``contrast`` (default) = ``relu(|x - phi_B(x)| - |x - phi_A(x)|)``, the part of
 that difference which reproducing the clip as abnormal does not share, so the generators' generic reconstruction
@@ -398,8 +404,9 @@ class CardiacNet(EchoModule):
                     continue
                 other = banks[1 - label].filled
                 centroid = centroid + centroid_loss(own, banks[label].centroid(), bank.loss_reduction)
+                own_bank = banks[label].filled if bank.ot_relative else None  # relative: vs the own class
                 separation = separation + ot_separation_loss(
-                    own, other, bank.ot_method, bank.ot_margin, bank.ot_reg, bank.loss_reduction
+                    own, other, bank.ot_method, bank.ot_margin, bank.ot_reg, bank.loss_reduction, own_bank
                 )
                 with torch.no_grad():
                     cost = cost + ot_cost(own, other, bank.ot_method, bank.ot_reg)

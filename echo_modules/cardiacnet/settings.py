@@ -109,6 +109,10 @@ class MemoryBankSettings:
         ot_margin: L_OT is the hinge ``relu(margin - OT)`` on the mean OT cost per dimension and pair, so maximising
             the separation stops at the margin; None = the unbounded ``-OT`` (it runs away: features inflate).
         ot_reg: entropic regularisation of POT's ``sinkhorn``.
+        ot_relative: the hinge is on ``log(inter-class / intra-class OT cost)`` (``ot_separation_loss`` with the own
+            class's bank) instead of the inter-class cost alone: scale-free, so it is met only by separating the
+            classes relative to their spread, not by spreading the features (two samples of one distribution are a
+            positive transport cost apart, which an absolute margin of 1 is soon below).
     """
 
     size: int = 256
@@ -118,6 +122,7 @@ class MemoryBankSettings:
     ot_method: OTMethod = "sorted"
     ot_margin: float | None = 1.0
     ot_reg: float = 0.05
+    ot_relative: bool = True
 
 
 @dataclass(frozen=True)
@@ -149,8 +154,9 @@ class EvaluationSettings:
     Args:
         score: which disease score drives accuracy, predictions and ``val/auroc`` (all are logged at test). Default
             ``reconstruction``: the method's own score (parameter-free, nothing trained on labels at scoring time),
-            so it only separates the classes if the generators learned the deformations; ``bank`` also separates
-            with untrained generators (nearest class centroid of random features); ``head`` is the public
+            so it only separates the classes if the generators learned the deformations; ``bank`` (the phantom
+            configs' choice: what L_dis and L_OT train) also separates with untrained generators (nearest class
+            centroid of random features), so its control is an untrained model with filled banks; ``head`` is the public
             evaluation's protocol (a classifier on frozen features), a measure of the features, not of the
             reconstructions.
         map_mode: abnormality map definition (``difference`` or ``contrast``; see the module docstring).
