@@ -3,6 +3,8 @@ loss at a perfect prediction, torchmetrics Dice/Hausdorff per structure, and who
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
 import numpy as np
 import pytest
@@ -47,3 +49,5 @@ def test_predict_writes_every_sequence_whole_and_test_reports_per_structure(tmp_
     results = trainer.test(model, datamodule, verbose=False)[0]
     assert {f"test/dice_{s}" for s in ("lv", "myo", "la")} <= set(results)
     assert {f"test/hausdorff_{s}" for s in ("lv", "myo", "la")} <= set(results)
+    summary = json.loads((tmp_path / "test_summary.json").read_text())  # written by the module base's hook
+    assert summary["test/dice_lv"] == pytest.approx(results["test/dice_lv"])

@@ -26,7 +26,7 @@ from torchmetrics.functional.segmentation import dice_score, hausdorff_distance
 
 from echo_modules.anatomical_vae.losses import soft_dice_loss
 from echo_modules.anatomical_vae.mask_io import write_masks
-from echo_modules.common.module import EchoModule, PredictionRecord, save_test_summary
+from echo_modules.common.module import EchoModule, PredictionRecord
 from echo_modules.segmentation.networks import UNet2D
 
 STRUCTURES = ("lv", "myo", "la")
@@ -127,10 +127,9 @@ class Segmenter2D(EchoModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
-    def on_test_epoch_end(self) -> None:
-        summary = self._log_scores("test")
-        if self.trainer.is_global_zero:
-            save_test_summary(self.run_dir, summary)
+    def test_summary(self) -> dict[str, float]:
+        """Per-structure test Dice / Hausdorff, written by the module base to ``test_summary.json``."""
+        return self._log_scores("test")
 
     @torch.no_grad()
     def segment(self, images: torch.Tensor) -> torch.Tensor:
