@@ -707,8 +707,8 @@ def test_wandb_test_run_logs_abnormality_map_videos_and_figure(fitted_pah, tmp_p
     assert any(name.endswith(".png") for name in media), media  # the example figure
 
 
-def test_ef_head_on_echonet_phantom_learns_on_frozen_features_in_percent(tmp_path):
-    """The EchoNet setting (normal/abnormal by EF < 50%, paired clips, an EF head): the EF head learns on *detached*
+def test_ef_head_on_echonet_phantom_trains_on_frozen_features_in_percent(tmp_path):
+    """The EchoNet setting (normal/abnormal by EF < 50%, paired clips, an EF head): the EF head trains on *detached*
     generator features (the public evaluation's frozen-feature protocol: no EF gradient reaches the encoders), its
     outputs are EF in percent around the training split's mean (it predicts standardised EF), and the test summary
     compares it with the training-mean predictor.
