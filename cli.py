@@ -399,6 +399,18 @@ def main(args: list[str] | None = None) -> None:
             print(f"echolab: error: {_one_line(error)}", file=sys.stderr)
             sys.exit(2)
         raise
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Destroy the DDP process group before the interpreter exits: Lightning leaves it open, and a gloo group torn
+    down by interpreter shutdown can abort the process ("terminate called without an active exception") after the
+    run's work is done, turning a finished test or predict into a non-zero exit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _is_argument_error(error: BaseException) -> bool:
