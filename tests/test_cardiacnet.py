@@ -626,13 +626,20 @@ def test_short_fit_trains_every_term_and_logs_their_gradient_shares(fitted_pah):
 # Issue 14's realistic phantom (mostly mild disease, pose and motion nuisance) was merged after these bars were set on
 # the old phantom; in the integration run these fits fell below them. Open in issue 11 (tuning CardiacNet on the
 # harder phantom); non-strict xfails so each run still reports them (-ra).
-REALISTIC_PHANTOM = pytest.mark.xfail(
-    reason="issue 11 open: below its bar on the realistic phantom of issue 14", strict=False
+MAPS_BELOW_BAR = pytest.mark.xfail(
+    reason="issue 11 open: after 16 CPU epochs at 32 px the maps put 1.07x the control mass on the planted region "
+    "(bar 1.2x); the method's disease score passes its own test above",
+    strict=False,
+)
+STRUCTURE_DICE_BELOW_BAR = pytest.mark.xfail(
+    reason="issue 11 open: structure Dice 0.835 vs 0.806 for another heart's deformation (bar: +0.05) after 16 CPU "
+    "epochs at 32 px",
+    strict=False,
 )
 
 
 @pytest.mark.slow
-@REALISTIC_PHANTOM
+@MAPS_BELOW_BAR
 def test_abnormality_maps_point_at_the_planted_region(fitted_pah):
     summary = fitted_pah["summary"]
     assert summary["map_videos"] == 8  # every abnormal test video has its planted region
@@ -641,7 +648,7 @@ def test_abnormality_maps_point_at_the_planted_region(fitted_pah):
 
 
 @pytest.mark.slow
-@REALISTIC_PHANTOM
+@STRUCTURE_DICE_BELOW_BAR
 def test_deformation_to_normal_keeps_the_chambers_in_place(fitted_pah):
     """The paper's structure Dice: a diseased clip deformed to normal keeps its ventricles and atria where they were
     (much closer to its own chambers than another heart's deformation is)."""
