@@ -21,6 +21,7 @@ import torch
 
 from echo_modules.diffusion import EchoDiffusion, SpadeUNet3D
 from echo_modules.diffusion.samplers import network_calls
+from echo_modules.diffusion.superres import SuperResDiffusion, SuperResUNet3D
 
 
 def build(args) -> EchoDiffusion:
@@ -28,6 +29,14 @@ def build(args) -> EchoDiffusion:
                           spatial_attention_levels=[2], spade_hidden=32, frame_embed_dim=16, heads=4,
                           ef_conditioning=True)  # fmt: skip
     return EchoDiffusion(network, objective="flow", sampler="euler", ema_decay=None).to(args.device).eval()
+
+
+def build_superres(args) -> SuperResDiffusion:
+    """The cascade's SR stage at the same width (no map guidance, as configs/diffusion/*_sr.yaml: one call a step)."""
+    network = SuperResUNet3D(base_channels=args.base_channels, channel_mults=(1, 2, 4), num_res_blocks=args.res_blocks,
+                             spatial_attention_levels=[2], spade_hidden=32, frame_embed_dim=16, heads=4)  # fmt: skip
+    return SuperResDiffusion(network, low_res_size=args.size // 2, objective="flow", sampler="euler",
+                             guidance_scale=0.0, ema_decay=None).to(args.device).eval()  # fmt: skip
 
 
 def timed(fn, repeats: int, device: str) -> float:
@@ -52,6 +61,7 @@ def main() -> None:
     parser.add_argument("--base-channels", type=int, default=32)
     parser.add_argument("--res-blocks", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sr-steps", type=int, default=8, help="flow Euler steps of the super-resolution stage")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -63,18 +73,39 @@ def main() -> None:
     time_in, ef = torch.full((2 * b,), 500.0, device=args.device), torch.full((2 * b,), 55.0, device=args.device)
     params = sum(p.numel() for p in network.parameters()) / 1e6
     print(f"SPADE 3D UNet {params:.1f} M parameters, {t} x {s} x {s} videos, batch {b}, device {args.device}")
+    low = s // 2
+    sr_model = build_superres(args)
+    x_low, seg_low = x[:, :, :, :low, :low].contiguous(), seg[:, :, :low, :low].contiguous()
     with torch.no_grad():
         network(x, time_in, seg, ef)  # warm-up
         per_call = timed(lambda: network(x, time_in, seg, ef), args.repeats, args.device)
-    print(f"one guided network call (batch {2 * b}): {per_call:.3f} s\n")
+        network(x_low, time_in, seg_low, ef)
+        per_call_low = timed(lambda: network(x_low, time_in, seg_low, ef), args.repeats, args.device)
+        level = torch.full((b,), 0.1, device=args.device)
+        sr_call = partial(sr_model.network, x[:b], time_in[:b], seg[:b], None, x[:b], level)
+        sr_call()
+        per_call_sr = timed(sr_call, args.repeats, args.device)
+    print(f"one guided network call (batch {2 * b}): {per_call:.3f} s at {s} px, {per_call_low:.3f} s at {low} px")
+    print(
+        f"one SR-stage call {low} -> {s} px (batch {b}, unguided): {per_call_sr:.3f} s; the SR stage samples with "
+        f"flow Euler-{args.sr_steps}: {args.sr_steps * per_call_sr / b:.2f} s / video\n"
+    )
     rows = [("DDPM", "ddpm", 1000), ("DDIM", "ddim", 50), ("DPM-Solver++ 2M", "dpmsolver", 20),
-            ("flow Euler", "euler", 8), ("flow Heun", "heun", 8), ("flow Euler", "euler", 25),
-            ("flow Heun", "heun", 25)]  # fmt: skip
-    print(f"{'sampler':<18}{'steps':>6}{'calls':>7}{'s / video':>12}   speed-up vs EchoDiffusion's 62 s")
+            ("DPM-Solver++ 2M", "dpmsolver", 10), ("flow Euler", "euler", 8), ("flow Heun", "heun", 8),
+            ("flow Euler", "euler", 25), ("flow Heun", "heun", 25)]  # fmt: skip
+    sr_seconds = args.sr_steps * per_call_sr / b
+    print(
+        f"{'sampler':<18}{'steps':>6}{'calls':>7}{f'{s} px s/video':>16}{'vs 62 s':>9}"
+        f"{f'cascade {low}->{s} s/video':>26}{'vs 62 s':>9}"
+    )
     for name, sampler, steps in rows:
         calls = network_calls(sampler, steps)
         seconds = calls * per_call / b
-        print(f"{name:<18}{steps:>6}{calls:>7}{seconds:>12.2f}   {62.0 / seconds:>8.2f}x")
+        cascade = calls * per_call_low / b + sr_seconds
+        print(
+            f"{name:<18}{steps:>6}{calls:>7}{seconds:>16.2f}{62.0 / seconds:>8.2f}x{cascade:>26.2f}"
+            f"{62.0 / cascade:>8.2f}x"
+        )
     if 8 * per_call > 120:
         print("end-to-end check skipped: flow Euler-8 would take over 2 minutes here")
     else:
@@ -84,30 +115,34 @@ def main() -> None:
         measured = timed(generate, 1, args.device)
         print(f"measured end to end, flow Euler-8: {measured / b:.2f} s / video (extrapolated {8 * per_call / b:.2f})")
 
-    print(f"\ntraining step (batch {args.train_batch}, forward + backward + AdamW):")
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    print(f"\ntraining step (batch {args.train_batch}, forward + backward + AdamW, {t} x {s} x {s}):")
     batch = {"video": torch.randn(args.train_batch, 1, t, s, s, device=args.device),
              "ed_mask": torch.randint(0, 4, (args.train_batch, s, s), device=args.device),
              "ef": torch.full((args.train_batch,), 50.0, device=args.device)}  # fmt: skip
 
-    def step(dtype: torch.dtype | None, checkpointing: bool) -> None:
-        network.gradient_checkpointing = checkpointing
+    def step(stage: EchoDiffusion, optimizer, dtype: torch.dtype | None, checkpointing: bool) -> None:
+        stage.network.gradient_checkpointing = checkpointing
         with torch.autocast(args.device, dtype=dtype, enabled=dtype is not None):
-            loss = model.loss(batch)
+            loss = stage.loss(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
-    configs = [("fp32", None, False), ("fp32 + gradient checkpointing", None, True)]
     bf16_ok = args.device == "cuda" and torch.cuda.is_bf16_supported()
     bf16_ok = bf16_ok or (args.device == "cpu" and torch.backends.mkldnn.is_available())
+    configs = [("base", model, "fp32", None, False), ("base", model, "fp32 + gradient checkpointing", None, True),
+               ("SR", sr_model, "fp32", None, False)]  # fmt: skip
     if bf16_ok:
-        configs.append(("bf16 autocast", torch.bfloat16, False))
-    for name, dtype, checkpointing in configs:
-        step(dtype, checkpointing)  # warm-up
-        seconds = timed(partial(step, dtype, checkpointing), args.repeats, args.device)
-        print(f"  {name:<32}{seconds:8.3f} s / step   {args.train_batch / seconds:7.2f} videos / s")
+        configs[2:2] = [("base", model, "bf16 autocast", torch.bfloat16, False)]
+        configs.append(("SR", sr_model, "bf16 autocast", torch.bfloat16, False))
+    optimizers = {id(stage): torch.optim.AdamW(stage.parameters(), lr=1e-4) for stage in (model, sr_model)}
+    for stage_name, stage, name, dtype, checkpointing in configs:
+        stage.train()
+        run = partial(step, stage, optimizers[id(stage)], dtype, checkpointing)
+        run()  # warm-up
+        seconds = timed(run, args.repeats, args.device)
+        label = f"{stage_name} {name}"
+        print(f"  {label:<36}{seconds:8.3f} s / step   {args.train_batch / seconds:7.2f} videos / s")
     if not bf16_ok:
         print("  bf16 autocast: not supported on this device")
     if args.device == "cpu":

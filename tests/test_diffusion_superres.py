@@ -57,20 +57,23 @@ def sr_args(data_dir: Path, cache: Path, run: Path) -> list[str]:
 def test_conditions_reach_the_output_and_guidance_batches_share_them():
     torch.manual_seed(0)
     network = tiny_network().eval()
-    torch.nn.init.normal_(network.out[-1].weight, std=0.1)  # the zero-initialised output hides every input
-    x, low = torch.randn(2, 1, FRAMES, SIZE, SIZE), torch.randn(2, 1, FRAMES, SIZE, SIZE)
-    time, level = torch.full((2,), 500.0), torch.full((2,), 0.1)
-    seg_map = torch.nn.functional.one_hot(torch.randint(0, 4, (2, SIZE, SIZE)), 4).permute(0, 3, 1, 2).float()
+    for parameter in network.parameters():  # zero-initialised residual outputs hide every input at initialisation
+        if parameter.dim() > 1 and not parameter.any():
+            torch.nn.init.normal_(parameter, std=0.1)
+    b, t, s = 2, 2, 16
+    x, low = torch.randn(b, 1, t, s, s), torch.randn(b, 1, t, s, s)
+    time, level = torch.full((b,), 500.0), torch.full((b,), 0.1)
+    seg_map = torch.nn.functional.one_hot(torch.randint(0, 4, (b, s, s)), 4).permute(0, 3, 1, 2).float()
     with torch.no_grad():
         out = network(x, time, seg_map, None, low, level)
         assert out.shape == x.shape
         assert (network(x, time, seg_map, None, low.flip(0), level) - out).abs().mean() > 1e-3  # the low-res video
-        assert (network(x, time, seg_map, None, low, torch.full((2,), 0.5)) - out).abs().mean() > 1e-4  # its level
+        assert (network(x, time, seg_map, None, low, torch.full((b,), 0.5)) - out).abs().mean() > 1e-4  # its level
         assert (network(x, time, seg_map.flip(0), None, low, level) - out).abs().mean() > 1e-4  # the ED map (SPADE)
         with network.conditioned_on(low, level):  # as the base stage's guidance calls it: [conditional; null]
             both = network(torch.cat([x, x]), torch.cat([time, time]), torch.cat([seg_map, 0 * seg_map]))
-        torch.testing.assert_close(both[:2], out)
-        torch.testing.assert_close(both[2:], network(x, time, 0 * seg_map, None, low, level))
+        torch.testing.assert_close(both[:b], out)
+        torch.testing.assert_close(both[b:], network(x, time, 0 * seg_map, None, low, level))
     with pytest.raises(RuntimeError, match="low_res"):
         network(x, time, seg_map)
     torch.testing.assert_close(augment(low, torch.zeros(2), x), low)
@@ -89,6 +92,19 @@ def test_conditions_reach_the_output_and_guidance_batches_share_them():
         SuperResDiffusion(network=tiny_network(), base_checkpoint="missing.ckpt").base_model()
     with pytest.raises(ConfigError, match="SuperResUNet3D"):
         SuperResDiffusion(network=torch.nn.Identity())
+
+
+def test_sr_configs_build_their_stage():
+    import yaml
+
+    for name, low, high in (("phantom_sr", 32, 64), ("camus_sr", 56, 128)):
+        config = yaml.safe_load((ROOT / f"configs/diffusion/{name}.yaml").read_text())
+        init_args = config["model"]["init_args"]
+        assert config["model"]["class_path"] == "echo_modules.diffusion.superres.SuperResDiffusion"
+        assert (init_args["low_res_size"], config["data"]["init_args"]["frame_size"]) == (low, high)
+        network = SuperResUNet3D(**init_args["network"]["init_args"])
+        options = {k: v for k, v in init_args.items() if k not in ("network", "optimizer")}
+        assert SuperResDiffusion(network=network, **options).low_res_size == low
 
 
 @pytest.fixture(scope="module")

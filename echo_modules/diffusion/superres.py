@@ -144,6 +144,7 @@ class SuperResDiffusion(EchoDiffusion):
     module docstring.
 
     Args:
+        network: the denoiser (default: :class:`SuperResUNet3D` with its defaults).
         low_res_size: side of the low-resolution videos (the base stage's ``frame_size``; the paper: 56 -> 128).
         noise_aug_max: conditioning augmentation in training, levels uniform in ``[0, noise_aug_max]``.
         noise_aug_level: the level used at sampling (validation, test, predict).
@@ -152,11 +153,12 @@ class SuperResDiffusion(EchoDiffusion):
             ``generate`` sample the low-res video from it first (the two-stage chain).
         base_num_sampling_steps: override the base stage's sampling steps in the chain (None: its own).
         **kwargs: every :class:`EchoDiffusion` argument (objective, sampler, guidance_scale, ema_decay, predict
-            and privacy settings, ...); ``network`` defaults to a :class:`SuperResUNet3D`.
+            and privacy settings, ...).
     """
 
     def __init__(
         self,
+        network: SuperResUNet3D | None = None,
         low_res_size: int = 56,
         noise_aug_max: float = 0.3,
         noise_aug_level: float = 0.1,
@@ -165,7 +167,6 @@ class SuperResDiffusion(EchoDiffusion):
         base_num_sampling_steps: int | None = None,
         **kwargs: Any,
     ) -> None:
-        network = kwargs.pop("network", None)
         network = network if network is not None else SuperResUNet3D()
         if not isinstance(network, SuperResUNet3D):
             raise ConfigError(
