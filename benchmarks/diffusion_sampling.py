@@ -61,9 +61,17 @@ def main() -> None:
     parser.add_argument("--base-channels", type=int, default=32)
     parser.add_argument("--res-blocks", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--train-size", type=int, default=None, help="frame size of the training steps (default --size)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up calls (slow CPUs)")
     parser.add_argument("--sr-steps", type=int, default=8, help="flow Euler steps of the super-resolution stage")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warm = not args.no_warmup
     torch.manual_seed(0)
     model = build(args)
     network = model.network
@@ -77,13 +85,16 @@ def main() -> None:
     sr_model = build_superres(args)
     x_low, seg_low = x[:, :, :, :low, :low].contiguous(), seg[:, :, :low, :low].contiguous()
     with torch.no_grad():
-        network(x, time_in, seg, ef)  # warm-up
+        if warm:
+            network(x, time_in, seg, ef)
         per_call = timed(lambda: network(x, time_in, seg, ef), args.repeats, args.device)
-        network(x_low, time_in, seg_low, ef)
+        if warm:
+            network(x_low, time_in, seg_low, ef)
         per_call_low = timed(lambda: network(x_low, time_in, seg_low, ef), args.repeats, args.device)
         level = torch.full((b,), 0.1, device=args.device)
         sr_call = partial(sr_model.network, x[:b], time_in[:b], seg[:b], None, x[:b], level)
-        sr_call()
+        if warm:
+            sr_call()
         per_call_sr = timed(sr_call, args.repeats, args.device)
     print(f"one guided network call (batch {2 * b}): {per_call:.3f} s at {s} px, {per_call_low:.3f} s at {low} px")
     print(
@@ -115,9 +126,13 @@ def main() -> None:
         measured = timed(generate, 1, args.device)
         print(f"measured end to end, flow Euler-8: {measured / b:.2f} s / video (extrapolated {8 * per_call / b:.2f})")
 
-    print(f"\ntraining step (batch {args.train_batch}, forward + backward + AdamW, {t} x {s} x {s}):")
-    batch = {"video": torch.randn(args.train_batch, 1, t, s, s, device=args.device),
-             "ed_mask": torch.randint(0, 4, (args.train_batch, s, s), device=args.device),
+    ts = args.train_size or s
+    sr_model.low_res_size = ts // 2
+    print(
+        f"\ntraining step (batch {args.train_batch}, forward + backward + AdamW, {t} x {ts} x {ts}; SR from {ts // 2}):"
+    )
+    batch = {"video": torch.randn(args.train_batch, 1, t, ts, ts, device=args.device),
+             "ed_mask": torch.randint(0, 4, (args.train_batch, ts, ts), device=args.device),
              "ef": torch.full((args.train_batch,), 50.0, device=args.device)}  # fmt: skip
 
     def step(stage: EchoDiffusion, optimizer, dtype: torch.dtype | None, checkpointing: bool) -> None:
@@ -139,7 +154,8 @@ def main() -> None:
     for stage_name, stage, name, dtype, checkpointing in configs:
         stage.train()
         run = partial(step, stage, optimizers[id(stage)], dtype, checkpointing)
-        run()  # warm-up
+        if warm:
+            run()
         seconds = timed(run, args.repeats, args.device)
         label = f"{stage_name} {name}"
         print(f"  {label:<36}{seconds:8.3f} s / step   {args.train_batch / seconds:7.2f} videos / s")

@@ -36,6 +36,15 @@ TINY_NETWORK = ["--model.network.init_args.base_channels", "8", "--model.network
                 "--model.network.init_args.frame_embed_dim", "8", "--model.network.init_args.heads", "2"]  # fmt: skip
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Networks this small run no faster on 2 threads, and far slower on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_network(**overrides) -> SuperResUNet3D:
     options = dict(base_channels=8, channel_mults=(1, 2), spade_hidden=8, frame_embed_dim=8, heads=2)
     return SuperResUNet3D(**(options | overrides))
@@ -120,13 +129,9 @@ def sr_fit(phantom, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("superres_fit")
     args = sr_args(phantom, root / "cache", root / "sr")
     untrained = run_cli(args, run=False).model.eval()  # the same seeded initialisation, never trained
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a network this small runs no faster on 2 threads, and far slower on a loaded box
-    try:
-        cli = run_cli(["fit", *args, "--trainer.max_epochs", "1000", "--trainer.max_steps", str(SR_STEPS),
-                       "--trainer.check_val_every_n_epoch", "1000", "--trainer.enable_progress_bar", "false"])  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
+    cli = run_cli(["fit", *args, "--trainer.max_epochs", "1000", "--trainer.max_steps", str(SR_STEPS),
+                   "--trainer.limit_val_batches", "0", "--trainer.check_val_every_n_epoch", "1",
+                   "--trainer.enable_progress_bar", "false"])  # fmt: skip
     return {"cli": cli, "model": cli.model.eval(), "untrained": untrained, "root": root, "args": args,
             "checkpoint": root / "sr" / "checkpoints" / "last.ckpt"}  # fmt: skip
 
@@ -161,7 +166,8 @@ def test_two_stage_chain_exports_high_res_videos_the_echonet_module_reads(phanto
     base_run = tmp_path / "base"
     run_cli(["fit", "--config", str(ROOT / "configs/diffusion/phantom.yaml"),
              *data_args(phantom, tmp_path / "cache_low", LOW), *TINY_NETWORK, "--model.ef_scorer", "null",
-             "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+             "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--trainer.check_val_every_n_epoch", "1",
+             "--trainer.enable_progress_bar", "false",
              "--trainer.default_root_dir", str(base_run)])  # fmt: skip
     synthetic = tmp_path / "synthetic_echonet"
     result = run_echolab("predict", *sr_fit["args"], "--ckpt_path", str(sr_fit["checkpoint"]),

@@ -267,7 +267,10 @@ class SuperResDiffusion(EchoDiffusion):
         small = F.interpolate(ed_mask[:, None].float(), size=self.low_res_size, mode="nearest")[:, 0].long()
         steps = self.hparams.get("base_num_sampling_steps")
         low_res = base.generate(small, ef, num_frames=num_frames, seeds=seeds, num_steps=steps)
-        base_mean, base_std = base._normalisation()
+        stats = base._checkpoint_normalisation  # the statistics the base stage was trained with (0-255 units)
+        if stats is None:
+            raise ConfigError(f"{self.hparams.base_checkpoint}: base checkpoint without normalisation statistics")
+        base_mean, base_std = float(stats["mean"]), float(stats["std"])
         mean, std = self._normalisation()
         return (low_res * base_std + base_mean - mean) / std
 
