@@ -6,8 +6,38 @@ time per video extrapolated from its call count (DDPM-1000 is never run in full)
 also run end to end as a check of the extrapolation. Reference: EchoDiffusion (Reynaud et al., MICCAI 2023) reports
 62 s per 16-frame video; the issue's goal is <= 2 s on a GPU.
 
+The cascade column is the base stage at half the size (guided) plus the super-resolution stage
+(:mod:`echo_modules.diffusion.superres`, same width, unguided) sampling the full size with flow Euler-``--sr-steps``.
+Training steps: the base stage (fp32, fp32 + gradient checkpointing, bf16 autocast) and the SR stage (fp32, bf16).
+
     python benchmarks/diffusion_sampling.py                    # 16 x 112 x 112, the camus.yaml network, CPU
-    python benchmarks/diffusion_sampling.py --size 56 --device cuda
+    python benchmarks/diffusion_sampling.py --device cuda      # on a GPU (bf16 autocast rows = bf16-mixed)
+    python benchmarks/diffusion_sampling.py --repeats 1 --threads 1 --no-warmup --train-batch 1   # a slow CPU
+
+Measured 2026-12-01 on the shared 2-core AMD EPYC box under load average ~11 (five other jobs), 1 thread, one repeat,
+no warm-up (single timings under contention: treat differences under ~30 % as noise), 8.5 M-parameter UNet
+(base_channels 32, mults 1-2-4), 16 frames, batch 1:
+
+    one guided call (batch 2): 28.97 s at 112 px, 4.95 s at 56 px; one SR call 56 -> 112 px: 12.48 s
+    sampler           steps  calls  112 px s/video   cascade 56->112 s/video (SR: flow Euler-8, 99.8 s)
+    DDPM               1000   1000        28966.6          5045.5
+    DDIM                 50     50         1448.3           347.1
+    DPM-Solver++ 2M      20     20          579.3           198.7
+    DPM-Solver++ 2M      10     10          289.7           149.3
+    flow Euler            8      8          231.7           139.4
+    flow Heun             8     15          434.5           174.0
+    flow Euler           25     25          724.2           223.5
+    flow Heun            25     49         1419.4           342.2
+    training step, batch 1     16 x 56 x 56 (SR from 28)    16 x 112 x 112 (SR from 56)
+    base fp32                        8.22 s                       56.8 s
+    base fp32 + checkpointing        9.92 s                       38.8 s
+    base bf16 autocast               4.88 s                       22.8 s
+    SR fp32                          7.80 s                       35.0 s
+    SR bf16 autocast                 4.77 s                       20.7 s
+
+What carries over to a GPU are the call counts (DDPM 1000, DDIM 50, DPM-Solver++ n, Euler n, Heun 2n - 1; guidance
+doubles the batch, not the calls) and the cascade's saving (a 56 px call costs ~1/6 of a 112 px one here); the
+<= 2 s / video goal (EchoDiffusion: 62 s) is unmeasured until a GPU run.
 """
 
 from __future__ import annotations
