@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from echo_modules.cardiacnet.codebook import FactorisedPositionalEncoding, VectorQuantiser
 from echo_modules.cardiacnet.evaluation import (
+    abnormality_maps,
+    anatomy_map,
     cavity_masks,
     dice_score,
     map_region_statistics,
@@ -342,6 +344,29 @@ def test_map_statistics_find_mass_in_the_region_and_not_in_a_flat_map():
     assert smooth_maps(focused[None], 1.0).sum().item() == pytest.approx(focused.sum().item(), rel=0.05)
 
 
+def test_deformation_map_keeps_a_persistent_change_and_cancels_what_both_generators_get_wrong():
+    """phi_B changes a region of the clip on every frame; both generators also add the same reproduction error and
+    each its own frame-to-frame noise everywhere. The ``deformation`` map finds the region; ``difference`` (the
+    error to normal) spreads over the clip; the anatomy-only map follows the image, not the change."""
+    generator = torch.Generator().manual_seed(0)
+    video = torch.rand(2, 1, 8, 32, 32, generator=generator)
+    region = torch.zeros(32, 32, dtype=torch.bool)
+    region[8:14, 18:26] = True
+    shared = 0.5 * torch.randn(video.shape, generator=generator)
+    to_abnormal = video + shared + 0.3 * torch.randn(video.shape, generator=generator)
+    to_normal = video + shared + 0.3 * torch.randn(video.shape, generator=generator) + 0.5 * region
+    maps = abnormality_maps(video, to_abnormal, to_normal)
+    assert set(maps) == {"difference", "contrast", "deformation"}
+    assert all(value.shape == (2, 8, 32, 32) and (value >= 0).all() for value in maps.values())
+    assert torch.equal(maps["deformation"][:, 0], maps["deformation"][:, -1])  # one map per clip, on every frame
+    imaged = torch.ones(32, 32, dtype=torch.bool)
+    ratio = {}
+    for name, value in {**maps, "anatomy": anatomy_map(video)}.items():
+        stats = map_region_statistics(value[0].mean(0), region, imaged)
+        ratio[name] = stats["region_mass"] / stats["control_mass"]
+    assert ratio["deformation"] > 3 and ratio["difference"] < 1.5 and ratio["anatomy"] < 1.2, ratio
+
+
 def test_otsu_threshold_splits_two_intensity_populations():
     generator = torch.Generator().manual_seed(0)
     values = torch.cat(
@@ -623,28 +648,53 @@ def test_short_fit_trains_every_term_and_logs_their_gradient_shares(fitted_pah):
     assert (fitted_pah["run_dir"] / "logs" / "test" / "figures" / "test_abnormality_maps.png").is_file()
 
 
-# Issue 14's realistic phantom (mostly mild disease, pose and motion nuisance) was merged after these bars were set on
-# the old phantom; in the integration run these fits fell below them. Open in issue 11 (tuning CardiacNet on the
-# harder phantom); non-strict xfails so each run still reports them (-ra).
-MAPS_BELOW_BAR = pytest.mark.xfail(
-    reason="issue 11 open: after 16 CPU epochs at 32 px the maps put 1.07x the control mass on the planted region "
-    "(bar 1.2x); the method's disease score passes its own test above",
-    strict=False,
-)
+# The abnormality maps against the planted region (evaluation.map_region_statistics): the region's share of a video's
+# map mass vs the mean share of same-shape regions translated inside the imaged sector, and the share of videos whose
+# region holds more. Scored on the ``deformation`` map (evaluation.abnormality_maps: |mean_t(phi_B(x) - phi_A(x))|,
+# what deforming to normal changes that reproducing as abnormal does not, averaged over the clip before the magnitude),
+# whatever the config's ``map_mode``. A trained CardiacNet must pass the bars, beat the anatomy-only reference map
+# (the clip's mean intensity: the planted PAH region -- right heart, its wall and the septum -- holds bright tissue, so
+# an image of the heart alone puts more mass there than elsewhere) and its own untrained control by MAP_CONTROL_MARGIN;
+# the same check fails on the untrained models. Measured in-process on this data (16 epochs, benchmarks/cardiacnet_
+# ablation.py's fit): deformation 1.55x the control mass (region beats control in 0.86 of 22 videos) trained vs 1.13x
+# (0.77) untrained and 1.13x (0.77) as built; anatomy-only 1.42x (1.00). The former default ``contrast`` map: 1.27x
+# trained vs 1.37x untrained, ``difference`` 1.35x vs 1.56x: an untrained generator's error is an anatomy map too.
+MAP_MODE = "deformation"
+MAP_RATIO_BAR = 1.2
+MAP_BEATS_BAR = 0.75
+MAP_CONTROL_MARGIN = 0.1
+
+
+def map_value(summary: dict, name: str, mode: str = MAP_MODE) -> float:
+    """``test/map_<mode>_<name>`` of a test summary (logged as ``test/map_<name>`` when ``mode`` is the config's)."""
+    return summary.get(
+        f"test/map_{mode}_{name}", summary.get(f"test/map_{name}") if summary["map_mode"] == mode else None
+    )
+
+
+def maps_localise(summary: dict, mode: str = MAP_MODE) -> bool:
+    ratio, beats = map_value(summary, "region_ratio", mode), summary[f"test/map_{mode}_beats_control"]
+    return ratio > MAP_RATIO_BAR and beats >= MAP_BEATS_BAR
+
+
+@pytest.mark.slow
+def test_abnormality_maps_point_at_the_planted_region(fitted_pah):
+    summary, control, untrained = fitted_pah["summary"], fitted_pah["control"], fitted_pah["zero_epochs"]
+    assert summary["map_videos"] >= 8  # abnormal test videos with a planted region where a control region fits
+    assert maps_localise(summary), summary
+    ratio = map_value(summary, "region_ratio")
+    assert ratio > map_value(summary, "region_ratio", "anatomy"), summary  # more than an image of the heart
+    assert ratio > map_value(control, "region_ratio") + MAP_CONTROL_MARGIN, (summary, control)
+    # the same check fails on the untrained models: the control (lr 0, banks full) and the model as built
+    assert not maps_localise(control), control
+    assert not maps_localise(untrained), untrained
+
+
 STRUCTURE_DICE_BELOW_BAR = pytest.mark.xfail(
     reason="issue 11 open: structure Dice 0.835 vs 0.806 for another heart's deformation (bar: +0.05) after 16 CPU "
     "epochs at 32 px",
     strict=False,
 )
-
-
-@pytest.mark.slow
-@MAPS_BELOW_BAR
-def test_abnormality_maps_point_at_the_planted_region(fitted_pah):
-    summary = fitted_pah["summary"]
-    assert summary["map_videos"] == 8  # every abnormal test video has its planted region
-    assert summary["map_region_mass"] > 1.2 * summary["map_control_mass"], summary
-    assert summary["map_region_beats_control"] >= 0.75, summary
 
 
 @pytest.mark.slow
