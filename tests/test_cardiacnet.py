@@ -795,7 +795,9 @@ def test_ef_head_on_echonet_phantom_trains_on_frozen_features_in_percent(tmp_pat
     compares it with the training-mean predictor.
 
     Whether CardiacNet's EF head beats the EF shortcut is not tested here: measured, a 20-epoch fit (136 s) stayed
-    below its bar on the phantom; EF learning against ``ef_baselines`` is the EF regressors' test."""
+    below its bar on the phantom, and benchmarks/cardiacnet_ef.py (40 videos, 5 epochs, 16 test videos) gives test
+    MAE 9.57 trained vs 9.09 with untrained generators, 9.39 for the training mean, 7.31 for the EF shortcut: no
+    learning to test yet. EF learning against ``ef_baselines`` is the EF regressors' test."""
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
