@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from echo_modules.cardiacnet.codebook import FactorisedPositionalEncoding, VectorQuantiser
 from echo_modules.cardiacnet.evaluation import (
+    abnormality_maps,
+    anatomy_map,
     cavity_masks,
     dice_score,
     map_region_statistics,
@@ -342,6 +344,29 @@ def test_map_statistics_find_mass_in_the_region_and_not_in_a_flat_map():
     assert smooth_maps(focused[None], 1.0).sum().item() == pytest.approx(focused.sum().item(), rel=0.05)
 
 
+def test_deformation_map_keeps_a_persistent_change_and_cancels_what_both_generators_get_wrong():
+    """phi_B changes a region of the clip on every frame; both generators also add the same reproduction error and
+    each its own frame-to-frame noise everywhere. The ``deformation`` map finds the region; ``difference`` (the
+    error to normal) spreads over the clip; the anatomy-only map follows the image, not the change."""
+    generator = torch.Generator().manual_seed(0)
+    video = torch.rand(2, 1, 8, 32, 32, generator=generator)
+    region = torch.zeros(32, 32, dtype=torch.bool)
+    region[8:14, 18:26] = True
+    shared = 0.5 * torch.randn(video.shape, generator=generator)
+    to_abnormal = video + shared + 0.3 * torch.randn(video.shape, generator=generator)
+    to_normal = video + shared + 0.3 * torch.randn(video.shape, generator=generator) + 0.5 * region
+    maps = abnormality_maps(video, to_abnormal, to_normal)
+    assert set(maps) == {"difference", "contrast", "deformation"}
+    assert all(value.shape == (2, 8, 32, 32) and (value >= 0).all() for value in maps.values())
+    assert torch.equal(maps["deformation"][:, 0], maps["deformation"][:, -1])  # one map per clip, on every frame
+    imaged = torch.ones(32, 32, dtype=torch.bool)
+    ratio = {}
+    for name, value in {**maps, "anatomy": anatomy_map(video)}.items():
+        stats = map_region_statistics(value[0].mean(0), region, imaged)
+        ratio[name] = stats["region_mass"] / stats["control_mass"]
+    assert ratio["deformation"] > 3 and ratio["difference"] < 1.5 and ratio["anatomy"] < 1.2, ratio
+
+
 def test_otsu_threshold_splits_two_intensity_populations():
     generator = torch.Generator().manual_seed(0)
     values = torch.cat(
@@ -623,39 +648,88 @@ def test_short_fit_trains_every_term_and_logs_their_gradient_shares(fitted_pah):
     assert (fitted_pah["run_dir"] / "logs" / "test" / "figures" / "test_abnormality_maps.png").is_file()
 
 
-# Issue 14's realistic phantom (mostly mild disease, pose and motion nuisance) was merged after these bars were set on
-# the old phantom; in the integration run these fits fell below them. Open in issue 11 (tuning CardiacNet on the
-# harder phantom); non-strict xfails so each run still reports them (-ra).
-MAPS_BELOW_BAR = pytest.mark.xfail(
-    reason="issue 11 open: after 16 CPU epochs at 32 px the maps put 1.07x the control mass on the planted region "
-    "(bar 1.2x); the method's disease score passes its own test above",
-    strict=False,
-)
-STRUCTURE_DICE_BELOW_BAR = pytest.mark.xfail(
-    reason="issue 11 open: structure Dice 0.835 vs 0.806 for another heart's deformation (bar: +0.05) after 16 CPU "
-    "epochs at 32 px",
-    strict=False,
-)
+# The abnormality maps against the planted region (evaluation.map_region_statistics): the region's share of a video's
+# map mass over the mean share of same-shape regions translated inside the imaged sector (the region ratio), and the
+# share of videos whose region holds more. Scored on the ``deformation`` map (evaluation.abnormality_maps:
+# |mean_t(phi_B(x) - phi_A(x))|, what deforming to normal changes that reproducing as abnormal does not, averaged over
+# the clip before the magnitude), whatever the config's ``map_mode``. The bar is the strongest cheap alternative: 1.2x,
+# the anatomy-only reference map (the clip's mean intensity: the planted PAH region -- right heart, its wall, the
+# septum -- holds bright tissue, so an image of the heart alone puts more mass there than elsewhere), and the same map
+# of the untrained control + MAP_CONTROL_MARGIN; the same check fails on the untrained models.
+# Measured in this test's CLI run (16 epochs): deformation 1.51x (region beats control in 22 of 22 videos) trained vs
+# 1.36x (0.95) for the control; anatomy-only 1.42x. In-process (benchmarks/cardiacnet_ablation.py's fit, same data):
+# 1.55x trained vs 1.13x untrained, anatomy 1.42x. The former maps fall below their own controls: ``contrast`` 1.27x
+# trained vs 1.55x, ``difference`` 1.36x vs 1.60x (an untrained generator's error is large where the tissue is bright).
+MAP_MODE = "deformation"
+MAP_RATIO_BAR = 1.2
+MAP_BEATS_BAR = 0.75
+MAP_CONTROL_MARGIN = 0.1
+
+
+def map_value(summary: dict, name: str, mode: str = MAP_MODE) -> float:
+    """``test/map_<mode>_<name>`` of a test summary (logged as ``test/map_<name>`` when ``mode`` is the config's)."""
+    own = summary.get(f"test/map_{name}") if summary["map_mode"] == mode else None
+    return summary.get(f"test/map_{mode}_{name}", own)
+
+
+def map_bar(summary: dict, control: dict) -> float:
+    """The region ratio the maps must exceed: 1.2x, the anatomy-only map's, the untrained control's + margin."""
+    anatomy = map_value(summary, "region_ratio", "anatomy")
+    return max(MAP_RATIO_BAR, anatomy, map_value(control, "region_ratio") + MAP_CONTROL_MARGIN)
+
+
+def maps_localise(summary: dict, bar: float) -> bool:
+    ratio, beats = map_value(summary, "region_ratio"), summary[f"test/map_{MAP_MODE}_beats_control"]
+    return ratio > bar and beats >= MAP_BEATS_BAR
 
 
 @pytest.mark.slow
-@MAPS_BELOW_BAR
 def test_abnormality_maps_point_at_the_planted_region(fitted_pah):
-    summary = fitted_pah["summary"]
-    assert summary["map_videos"] == 8  # every abnormal test video has its planted region
-    assert summary["map_region_mass"] > 1.2 * summary["map_control_mass"], summary
-    assert summary["map_region_beats_control"] >= 0.75, summary
+    summary, control, untrained = fitted_pah["summary"], fitted_pah["control"], fitted_pah["zero_epochs"]
+    assert summary["map_videos"] >= 16  # abnormal test videos with a planted region where a control region fits
+    bar = map_bar(summary, control)
+    assert maps_localise(summary, bar), (bar, summary)
+    # the same check fails on the untrained models: the control (lr 0, banks full) and the model as built
+    assert not maps_localise(control, bar), (bar, control)
+    assert not maps_localise(untrained, bar), (bar, untrained)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="issue 11 open: the deformation map's region ratio (1.51x) is below the untrained control's difference "
+    "map (1.60x) and contrast map (1.55x), anatomy proxies of a random generator, in the CLI run",
+    strict=False,
+)
+def test_abnormality_maps_beat_every_untrained_map(fitted_pah):
+    """The strictest cheap alternative: every map definition of the untrained control."""
+    summary, control = fitted_pah["summary"], fitted_pah["control"]
+    best_untrained = max(map_value(control, "region_ratio", mode) for mode in ("difference", "contrast", MAP_MODE))
+    assert map_value(summary, "region_ratio") > best_untrained, (summary, control)
+
+
+STRUCTURE_DICE_BELOW_BAR = pytest.mark.xfail(
+    reason="issue 11 open: structure Dice 0.872 vs 0.843 for another heart's deformation (bar: +0.05) after 16 CPU "
+    "epochs at 32 px (the untrained control: 0.822 vs 0.827); two phantom hearts' raw blood pools already overlap "
+    "0.81 at 32 px",
+    strict=False,
+)
+STRUCTURE_MARGIN = 0.05
+
+
+def chambers_kept(summary: dict) -> bool:
+    dice = summary["structure_dice"]
+    return dice > 0.75 and dice > summary["test/structure_dice_unpaired"] + STRUCTURE_MARGIN
 
 
 @pytest.mark.slow
 @STRUCTURE_DICE_BELOW_BAR
 def test_deformation_to_normal_keeps_the_chambers_in_place(fitted_pah):
     """The paper's structure Dice: a diseased clip deformed to normal keeps its ventricles and atria where they were
-    (much closer to its own chambers than another heart's deformation is)."""
-    summary = fitted_pah["summary"]
+    (much closer to its own chambers than another heart's deformation is). The untrained control does not."""
+    summary, control = fitted_pah["summary"], fitted_pah["control"]
     assert summary["test/structure_dice"] == pytest.approx(summary["structure_dice"], abs=1e-3)
-    assert summary["structure_dice"] > 0.75, summary
-    assert summary["structure_dice"] > summary["test/structure_dice_unpaired"] + 0.05, summary
+    assert not chambers_kept(control), control
+    assert chambers_kept(summary), summary
 
 
 @pytest.mark.slow
@@ -721,7 +795,9 @@ def test_ef_head_on_echonet_phantom_trains_on_frozen_features_in_percent(tmp_pat
     compares it with the training-mean predictor.
 
     Whether CardiacNet's EF head beats the EF shortcut is not tested here: measured, a 20-epoch fit (136 s) stayed
-    below its bar on the phantom; EF learning against ``ef_baselines`` is the EF regressors' test."""
+    below its bar on the phantom, and benchmarks/cardiacnet_ef.py (40 videos, 5 epochs, 16 test videos) gives test
+    MAE 9.57 trained vs 9.09 with untrained generators, 9.39 for the training mean, 7.31 for the EF shortcut: no
+    learning to test yet. EF learning against ``ef_baselines`` is the EF regressors' test."""
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 

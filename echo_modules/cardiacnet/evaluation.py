@@ -23,6 +23,10 @@ from echo_modules.common.module import PredictionRecord, average_clip_prediction
 
 NORMAL, ABNORMAL = 0, 1
 MAP_STATISTICS: tuple[str, ...] = ("region_mass", "control_mass", "dice")
+# the anatomy-only reference map (the clip's mean intensity over time: where the bright tissue is; no model, no disease),
+# scored with the same localisation statistics as the method's maps, beside them
+ANATOMY_MAP = "anatomy"
+SCORED_MAPS: tuple[str, ...] = (*MAP_MODES, ANATOMY_MAP)
 STRUCTURE_DICE_KINDS: tuple[str, ...] = ("abnormal", "normal", "unpaired")
 
 
@@ -119,9 +123,10 @@ class TestMetrics(nn.Module):
         super().__init__()
         self.auroc = nn.ModuleDict({kind: BinaryAUROC() for kind in SCORE_KINDS})
         self.accuracy = BinaryAccuracy()
-        self.maps = nn.ModuleDict({f"{mode}_{name}": MeanMetric() for mode in MAP_MODES for name in MAP_STATISTICS})
+        self.maps = nn.ModuleDict({f"{mode}_{name}": MeanMetric() for mode in SCORED_MAPS for name in MAP_STATISTICS})
         self.map_videos = SumMetric()  # videos with a known region and a scorable map (the chosen map mode)
         self.map_region_beats_control = MeanMetric()  # share of those whose region holds more than the controls
+        self.map_beats = nn.ModuleDict({mode: MeanMetric() for mode in SCORED_MAPS})  # the same share, per map
         # the paper's ASD Dice: chambers of a clip vs of its deformation to normal (abnormal and normal clips), and
         # vs another video's deformation (what unrelated hearts would score)
         self.structure = nn.ModuleDict({name: MeanMetric() for name in STRUCTURE_DICE_KINDS})
@@ -134,11 +139,14 @@ class TestMetrics(nn.Module):
         """One batch's per-video map statistics (:func:`video_map_statistics`): means per map mode; video count and
         region-beats-control share for the chosen ``map_mode``."""
         device = self.map_videos.device
-        for mode in MAP_MODES:
+        for mode in SCORED_MAPS:
             for stats in statistics:
                 for name in MAP_STATISTICS:
                     if f"{mode}_{name}" in stats:
                         self.maps[f"{mode}_{name}"].update(torch.tensor(stats[f"{mode}_{name}"], device=device))
+                if f"{mode}_region_mass" in stats:
+                    beats = float(stats[f"{mode}_region_mass"] > stats[f"{mode}_control_mass"])
+                    self.map_beats[mode].update(torch.tensor(beats, device=device))
         for stats in statistics:
             if f"{map_mode}_region_mass" in stats:
                 self.map_videos.update(torch.ones((), device=device))
@@ -155,19 +163,21 @@ class TestMetrics(nn.Module):
             self.structure["unpaired"].update(unpaired)
 
     def epoch_values(self, updated: Callable[..., bool], map_mode: str) -> dict[str, Tensor]:
-        """The epoch's map localisation (``test/map_*``; the other map mode as ``test/map_<mode>_*``) and structure
+        """The epoch's map localisation (``test/map_*``; the other map modes and the anatomy-only reference as
+        ``test/map_<mode>_*``, with ``test/map_<mode>_beats_control``) and structure
         Dice (``test/structure_dice[_normal|_unpaired]``) values, for the metrics some rank updated (``updated``: the
         same answer on every rank, so all or none enter each synchronising ``compute``). Resets them."""
         values: dict[str, Tensor] = {}
-        for mode in MAP_MODES:
+        for mode in SCORED_MAPS:
             means = [self.maps[f"{mode}_{name}"] for name in MAP_STATISTICS]
-            if not updated(*means):
+            if not updated(*means, self.map_beats[mode]):
                 continue
             region, control, dice = (metric.compute() for metric in means)
             prefix = "test/map_" if mode == map_mode else f"test/map_{mode}_"
             values |= {f"{prefix}region_mass": region, f"{prefix}control_mass": control,
-                       f"{prefix}region_ratio": region / control.clamp_min(1e-12), f"{prefix}dice": dice}  # fmt: skip
-            for metric in means:
+                       f"{prefix}region_ratio": region / control.clamp_min(1e-12), f"{prefix}dice": dice,
+                       f"test/map_{mode}_beats_control": self.map_beats[mode].compute()}  # fmt: skip
+            for metric in (*means, self.map_beats[mode]):
                 metric.reset()
         for kind, metric in self.structure.items():
             if updated(metric):
@@ -244,6 +254,40 @@ def per_video_rows(
             )
         )
     return rows
+
+
+def abnormality_maps(video: Tensor, to_abnormal: Tensor, to_normal: Tensor) -> dict[str, Tensor]:
+    """Abnormality maps ``(N, T, H, W)`` of clips ``video`` ``(N, C, T, H, W)`` from their deformations to the
+    abnormal (phi_A) and the normal class (phi_B), by map mode:
+
+    - ``difference``: ``|x - phi_B(x)|``, where deforming the clip to normal changes it (the poster's visualisation);
+    - ``contrast``: ``relu(|x - phi_B(x)| - |x - phi_A(x)|)``, that change less the generators' own reproduction
+      error;
+    - ``deformation``: ``|mean_t(phi_B(x) - phi_A(x))|``, the same for every frame of the clip: how the normal-ward
+      and the abnormal-ward versions of the clip differ, with the sign kept until the clip's frames are averaged, so
+      what both generators get wrong (speckle they cannot reproduce, blur at edges) cancels twice: between the
+      generators and, being unsigned noise of either sign, over time. A disease that changes the anatomy over the
+      whole cycle (a dilated right heart, a septal gap) survives both. The maps are per-video normalised where it
+      matters: the localisation statistics are shares of a video's map mass, the overlays scale to each map's range.
+    """
+    video = video.float()
+    error_to_normal = (video - to_normal.float()).abs().mean(1)  # (N, T, H, W)
+    error_to_abnormal = (video - to_abnormal.float()).abs().mean(1)
+    deformation = (to_normal.float() - to_abnormal.float()).mean(1).mean(1, keepdim=True).abs()  # (N, 1, H, W)
+    return {
+        "difference": error_to_normal,
+        "contrast": (error_to_normal - error_to_abnormal).clamp_min(0),
+        "deformation": deformation.expand_as(error_to_normal),
+    }
+
+
+def anatomy_map(video: Tensor) -> Tensor:
+    """The anatomy-only reference map ``(N, T, H, W)`` of clips ``(N, C, T, H, W)``: each pixel's mean intensity over
+    the clip, shifted to start at 0 (bright tissue high, blood pool and background low), for every frame. It knows
+    nothing of the disease: a localisation statistic that it passes measures where the heart's walls are."""
+    mean = video.float().mean(1).mean(1, keepdim=True)  # (N, 1, H, W)
+    low = mean.amin(dim=(2, 3), keepdim=True)
+    return (mean - low).expand(-1, video.shape[2], -1, -1)
 
 
 def ranking_value(score: Tensor) -> Tensor:
@@ -373,14 +417,16 @@ def video_map_statistics(
     maps: dict[str, Tensor], batch: dict[str, Any], sigma: float
 ) -> tuple[dict[str, Tensor], list[dict[str, float]]]:
     """Per-video maps ``(V, H, W)`` of each map mode (clip and frame means, smoothed by ``sigma`` pixels) and, for
-    each video with a known abnormal region, their localisation statistics keyed ``<mode>_<statistic>``."""
+    each video with a known abnormal region, their localisation statistics keyed ``<mode>_<statistic>``; the same
+    statistics of the anatomy-only reference map (:func:`anatomy_map`) keyed ``anatomy_<statistic>``."""
     owner, videos = batch["clip_owner"], len(batch["label"])
+    maps = dict(maps) | {ANATOMY_MAP: anatomy_map(batch["video"])}
     imaged = imaged_area(batch["video"], owner, videos)
     regions = batch.get("abnormal_region")
     has_region = batch.get("has_abnormal_region", torch.zeros(videos, dtype=torch.bool))
     video_maps: dict[str, Tensor] = {}
     statistics: list[dict[str, float]] = [{} for _ in range(videos)]
-    for mode, clip_maps in maps.items():  # both map definitions, so a run reports how each localises
+    for mode, clip_maps in maps.items():  # every map definition, so a run reports how each localises
         video_maps[mode] = smooth_maps(average_clip_predictions(clip_maps.mean(1), owner, videos), sigma)
         for index in range(videos):
             if regions is None or not bool(has_region[index]) or not bool(regions[index].any()):

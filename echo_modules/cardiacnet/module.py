@@ -41,7 +41,8 @@ above its control, stays at or below the phantom's anatomy-free shortcut, while 
 All three are logged at test. Abnormality maps: where a clip differs from its deformation to the normal class:
 ``difference`` = ``|x - phi_B(x)|``; ``contrast`` (default) = ``relu(|x - phi_B(x)| - |x - phi_A(x)|)``, the part of
 that difference which reproducing the clip as abnormal does not share, so the generators' generic reconstruction
-error (speckle, edges) cancels. Both are scored at test. Structure consistency (the paper's ASD Dice): chambers of a
+error (speckle, edges) cancels; ``deformation`` = ``|mean_t(phi_B(x) - phi_A(x))|``, signed until averaged over the
+clip (``evaluation.abnormality_maps``). All are scored at test, beside an anatomy-only reference map. Structure consistency (the paper's ASD Dice): chambers of a
 clip vs chambers of its deformation to normal (``evaluation.structure_dice``), with another heart's deformation as an
 unpaired control.
 """
@@ -68,6 +69,7 @@ from echo_modules.cardiacnet.evaluation import (
     TestMetrics,
     TestRow,
     VideoMaps,
+    abnormality_maps,
     map_examples,
     paired_structure_dice,
     per_video_rows,
@@ -626,7 +628,7 @@ class CardiacNet(EchoModule):
         features = torch.cat([to_abnormal.features, to_normal.features], 1).float()
         scores["head"] = self.disease_head(features).float()
         ef = self.ef_from_head(features) if self.ef_head is not None else None
-        maps = {"difference": error_to_normal, "contrast": (error_to_normal - error_to_abnormal).clamp_min(0)}
+        maps = abnormality_maps(video, to_abnormal.video, to_normal.video)
         return ClipEvaluation(scores=scores, ef=ef, maps=maps, to_normal=to_normal.video.float())
 
     def forward(self, video: Tensor) -> Tensor:

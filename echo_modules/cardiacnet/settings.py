@@ -14,8 +14,8 @@ from echo_modules.cardiacnet.optimal_transport import OTMethod
 
 ScoreKind = Literal["head", "reconstruction", "bank"]
 SCORE_KINDS: tuple[str, ...] = ("head", "reconstruction", "bank")
-MapMode = Literal["difference", "contrast"]
-MAP_MODES: tuple[str, ...] = ("difference", "contrast")
+MapMode = Literal["difference", "contrast", "deformation"]
+MAP_MODES: tuple[str, ...] = ("difference", "contrast", "deformation")
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,8 @@ class EvaluationSettings:
             centroid of random features), so its control is an untrained model with filled banks; ``head`` is the public
             evaluation's protocol (a classifier on frozen features), a measure of the features, not of the
             reconstructions.
-        map_mode: abnormality map definition (``difference`` or ``contrast``; see the module docstring).
+        map_mode: abnormality map definition (``difference``, ``contrast`` or ``deformation``;
+            ``evaluation.abnormality_maps``).
         map_sigma: Gaussian smoothing of the maps in pixels.
         maps_dir: where ``predict`` writes per-video maps (default: ``<run dir>/abnormality_maps``).
         map_format: AVI (input | deformed to normal | map overlay), ``npy`` float16 maps, both or none.
