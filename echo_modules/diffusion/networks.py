@@ -22,6 +22,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+EF_CODE_DIM = 4  # standardised EF, sin and cos of it, known-EF flag
+
 
 def cosine_embedding(values: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Transformer-style sinusoidal embedding ``(N,) -> (N, dim)`` (cos half first)."""
@@ -159,7 +161,9 @@ class SpadeUNet3D(nn.Module):
         temporal_attention: temporal attention after every block.
         frame_embed_dim: channels of the cosine frame-time embedding given to SPADE beside the map.
         spade_hidden: channels of SPADE's shared convolution (at full resolution it dominates the cost).
-        ef_conditioning: add an EF embedding to the time embedding.
+        ef_conditioning: condition on a requested EF (see :meth:`ef_code`): in the time embedding of every block, in
+            SPADE, and at the input.
+        ef_center / ef_scale: the EF is standardised as ``(EF - ef_center) / ef_scale`` (EchoNet-Dynamic: ~55, ~12-15).
         temporal_kernel: temporal extent of the 3D convolutions (1 = per-frame 2D convolutions).
         gradient_checkpointing: recompute each block's activations in the backward pass (24+ frames at 112 px).
     """
@@ -176,6 +180,8 @@ class SpadeUNet3D(nn.Module):
         heads: int = 4,
         frame_embed_dim: int = 16,
         ef_conditioning: bool = False,
+        ef_center: float = 55.0,
+        ef_scale: float = 15.0,
         temporal_kernel: int = 3,
         groups: int = 8,
         dropout: float = 0.0,
@@ -193,10 +199,13 @@ class SpadeUNet3D(nn.Module):
         embed_dim = 4 * base_channels
         self.base_channels = base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+        self.ef_center, self.ef_scale = float(ef_center), float(ef_scale)
         if ef_conditioning:
-            self.ef_mlp = nn.Sequential(nn.Linear(base_channels, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+            self.ef_mlp = nn.Sequential(nn.Linear(EF_CODE_DIM, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
             self.null_ef = nn.Parameter(torch.zeros(embed_dim))
-        condition_channels = num_classes + frame_embed_dim + (frame_embed_dim + 1 if ef_conditioning else 0)
+        # SPADE's EF channels: the EF code, the EF on the LV cavity, and the EF times each frame-time channel
+        ef_channels = EF_CODE_DIM + 1 + frame_embed_dim if ef_conditioning else 0
+        condition_channels = num_classes + frame_embed_dim + ef_channels
         widths = [base_channels * m for m in channel_mults]
 
         def stage(cin: int, cout: int, level: int, spade: bool) -> _Stage:
@@ -204,7 +213,9 @@ class SpadeUNet3D(nn.Module):
                                dropout, spade_hidden)  # fmt: skip
             return _Stage(block, cout, level in attention, temporal_attention, heads, groups)
 
-        self.stem = nn.Conv3d(in_channels, base_channels, (1, 3, 3), padding=(0, 1, 1))
+        # with EF conditioning the encoder sees the EF too: the stem also reads the EF painted on the LV cavity
+        stem_channels = in_channels + (1 if ef_conditioning else 0)
+        self.stem = nn.Conv3d(stem_channels, base_channels, (1, 3, 3), padding=(0, 1, 1))
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         skip_widths = [base_channels]
@@ -239,33 +250,50 @@ class SpadeUNet3D(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
+    def ef_code(self, ef: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` EF in percent (NaN = no EF) -> ``(B, EF_CODE_DIM)``: the standardised EF ``z``, two smooth Fourier
+        features of it and a known-EF flag; all zero for the null EF. A scalar that moves linearly with the EF (rather
+        than a high-frequency embedding of the raw percent) is what lets a small network tie the contraction to the
+        EF and interpolate between the EFs it was trained on."""
+        ef = ef.float()
+        known = torch.isfinite(ef)
+        z = (torch.nan_to_num(ef, nan=self.ef_center) - self.ef_center) / self.ef_scale
+        code = torch.stack([z, torch.sin(z), torch.cos(z) - 1, torch.ones_like(z)], dim=1)
+        return code * known[:, None]
+
+    def _ef_or_null(self, ef: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        return torch.full((batch,), math.nan, device=device) if ef is None else ef
+
     def condition(self, seg_map: torch.Tensor, num_frames: int, ef: torch.Tensor | None = None) -> torch.Tensor:
-        """SPADE's input: the one-hot map duplicated over time beside the cosine frame-time embedding (and, with EF
-        conditioning, a cosine EF embedding and a known-EF flag, all zero for the null EF)."""
+        """SPADE's input: the one-hot map duplicated over time beside the cosine frame-time embedding; with EF
+        conditioning also the EF code, the standardised EF on the LV cavity (label 1) and the EF times each frame-time
+        channel (how far the walls have moved at frame t scales with the EF: a product SPADE's one conv cannot form);
+        the EF channels are all zero for the null EF."""
         b, _, h, w = seg_map.shape
         frames = torch.arange(num_frames, device=seg_map.device, dtype=torch.float32)
         frame_time = cosine_embedding(frames, self.frame_embed_dim, max_period=100.0)  # (T, E)
-        frame_time = frame_time.T[None, :, :, None, None].expand(b, -1, -1, h, w)
         duplicated = seg_map.float()[:, :, None].expand(-1, -1, num_frames, -1, -1)
-        parts = [duplicated, frame_time]
+        parts = [duplicated, frame_time.T[None, :, :, None, None].expand(b, -1, -1, h, w)]
         if self.ef_conditioning:
-            if ef is None:
-                ef = torch.full((b,), math.nan, device=seg_map.device)
-            known = torch.isfinite(ef.float())
-            ef_code = cosine_embedding(torch.nan_to_num(ef.float()) / 100.0, self.frame_embed_dim, max_period=10.0)
-            ef_code = torch.cat([ef_code, torch.ones(b, 1, device=seg_map.device)], dim=1) * known[:, None]
-            parts.append(ef_code[:, :, None, None, None].expand(-1, -1, num_frames, h, w))
+            code = self.ef_code(self._ef_or_null(ef, b, seg_map.device))  # (B, D)
+            z = code[:, 0]
+            parts.append(code[:, :, None, None, None].expand(-1, -1, num_frames, h, w))
+            parts.append(self.ef_on_cavity(seg_map, z)[:, :, None].expand(-1, -1, num_frames, -1, -1))
+            ef_time = z[:, None, None] * frame_time.T[None]  # (B, E, T)
+            parts.append(ef_time[:, :, :, None, None].expand(-1, -1, -1, h, w))
         return torch.cat(parts, dim=1)
+
+    def ef_on_cavity(self, seg_map: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)``: the standardised EF where the ED map is LV cavity (label 1), zero elsewhere."""
+        return seg_map[:, 1:2].float() * z[:, None, None, None]
 
     def embedding(self, time: torch.Tensor, ef: torch.Tensor | None) -> torch.Tensor:
         embedding = self.time_mlp(cosine_embedding(time, self.base_channels))
         if self.ef_conditioning:
-            if ef is None:
-                ef = torch.full_like(time, math.nan, dtype=torch.float32)
-            ef = ef.float()
-            known = torch.isfinite(ef)
-            ef_embedding = self.ef_mlp(cosine_embedding(torch.nan_to_num(ef), self.base_channels, max_period=1000.0))
-            embedding = embedding + torch.where(known[:, None], ef_embedding, self.null_ef.to(ef_embedding.dtype))
+            ef = self._ef_or_null(ef, len(time), time.device).float()
+            ef_embedding = self.ef_mlp(self.ef_code(ef))
+            known = torch.isfinite(ef)[:, None]
+            embedding = embedding + torch.where(known, ef_embedding, self.null_ef.to(ef_embedding.dtype))
         return embedding
 
     def _run(self, stage: _Stage, x: torch.Tensor, embedding: torch.Tensor, condition: torch.Tensor | None):
@@ -278,6 +306,9 @@ class SpadeUNet3D(nn.Module):
     ) -> torch.Tensor:
         embedding = self.embedding(time, ef)
         condition = self.condition(seg_map, x.shape[2], ef)
+        if self.ef_conditioning:
+            z = self.ef_code(self._ef_or_null(ef, len(x), x.device))[:, 0]
+            x = torch.cat([x, self.ef_on_cavity(seg_map, z)[:, :, None].expand(-1, -1, x.shape[2], -1, -1).to(x)], 1)
         h = self.stem(x)
         skips = [h]
         for level, blocks in enumerate(self.down):
