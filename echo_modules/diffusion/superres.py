@@ -91,7 +91,8 @@ class SuperResUNet3D(SpadeUNet3D):
     def __init__(self, in_channels: int = 1, **kwargs: Any) -> None:
         super().__init__(in_channels=in_channels, **kwargs)
         stem = self.stem
-        self.stem = nn.Conv3d(2 * in_channels, stem.out_channels, stem.kernel_size, padding=stem.padding)
+        # the base stem's inputs (the noisy video, and the EF channel if any) plus the low-res video
+        self.stem = nn.Conv3d(stem.in_channels + in_channels, stem.out_channels, stem.kernel_size, padding=stem.padding)
         embed_dim = self.time_mlp[-1].out_features
         self.noise_level_mlp = nn.Sequential(
             nn.Linear(self.base_channels, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim)
