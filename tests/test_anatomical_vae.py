@@ -344,8 +344,9 @@ def test_anatomy_command_corrects_a_folder_in_its_own_formats(fitted, datamodule
 def test_predict_corrects_a_segmenter_output_folder(fitted, segmented, tmp_path):
     """``echolab predict`` on the VAE config and a folder of segmentations (the Segmenter2D's output, one frame
     broken): corrected masks in the input's format and paths, validity/temporal/indices CSVs, the same masks as the
-    in-process pipeline."""
+    in-process pipeline, before/after overlays in the (offline) W&B run."""
     import csv
+    import json
     import shutil
 
     from echo_modules.anatomical_vae.mask_io import find_mask_files, read_masks, write_masks
@@ -363,11 +364,18 @@ def test_predict_corrects_a_segmenter_output_folder(fitted, segmented, tmp_path)
     broken[1, 2:5, 2:5] = 2  # a MYO island
     write_masks(broken_path, broken, spacing)
     out = tmp_path / "corrected"
+    logger = {"class_path": "lightning.pytorch.loggers.WandbLogger",
+              "init_args": {"project": "echolab-tests", "save_dir": str(tmp_path)}}  # fmt: skip
     result = run_echolab("predict", "--config", "configs/anatomical_vae/phantom.yaml",
                          "--data", "echo_modules.anatomical_vae.data.MaskFolderDataModule", "--data.data_dir", str(folder),
                          "--model.init_args.predictions_dir", str(out), "--trainer.default_root_dir", str(tmp_path / "run"),
-                         "--ckpt_path", str(checkpoint))  # fmt: skip
+                         "--ckpt_path", str(checkpoint), "--trainer.logger", json.dumps(logger))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    # the W&B (offline) run holds the before/after overlays of the broken frames
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    images = [p for p in (runs[0] / "files" / "media" / "images").rglob("*.png")]
+    assert images and all("before_after" in str(p) for p in images), images
     rows = list(csv.DictReader((out / "validity.csv").open()))
     frames = {path: read_masks(path)[0] for path in files}
     assert len(rows) == sum(len(m) for m in frames.values())

@@ -26,7 +26,7 @@ from echo_modules.anatomical_vae.criteria import CriteriaThresholds, compute_cri
 from echo_modules.anatomical_vae.latent_bank import BankStats, rejection_sample_bank
 from echo_modules.anatomical_vae.losses import attribute_loss, kl_divergence, soft_dice_loss
 from echo_modules.anatomical_vae.networks import SegmentationDecoder, SegmentationEncoder
-from echo_modules.anatomical_vae.pipeline import VALIDITY_HEADER, FileResult, process_masks, write_tables
+from echo_modules.anatomical_vae.pipeline import VALIDITY_HEADER, FileResult, log_overlays, process_masks, write_tables
 from echo_modules.anatomical_vae.postprocess import (
     ATTRIBUTE_THRESHOLDS,
     correct_latents,
@@ -93,6 +93,7 @@ class AnatomicalVAE(EchoModule):
         gap_tolerance_fraction: float = 2.0**-14,
         predictions_dir: str | None = None,
         predict_smooth: bool = True,
+        predict_max_overlays: int = 8,
     ) -> None:
         """image_size: the square mask size (a multiple of ``2**num_blocks``). attributes: names from
         :data:`echo_modules.anatomical_vae.attributes.ATTRIBUTES` regularised in latent dims ``0..len-1``.
@@ -110,7 +111,8 @@ class AnatomicalVAE(EchoModule):
         smoothing_check_decoded: also raise an attribute dim's weight until the attribute of the decoded masks meets
         its threshold (False: castor's latent criterion only, see :func:`smooth_latent_sequence`).
         predictions_dir: where ``predict`` writes the corrected masks and its tables (default ``<run dir>/corrected``);
-        predict_smooth: also smooth sequences of 3+ frames in time (else correct only)."""
+        predict_smooth: also smooth sequences of 3+ frames in time (else correct only); predict_max_overlays:
+        before/after images of invalid input frames logged to a W&B logger (``--config configs/logger/wandb.yaml``)."""
         super().__init__()
         self.save_hyperparameters()
         unknown = [name for name in attributes if name not in ATTRIBUTES]
@@ -333,7 +335,9 @@ class AnatomicalVAE(EchoModule):
         """A temporally smoothed ``(T, H, W)`` sequence (decoded smoothed latents) and the weight used per dim.
 
         Latent dims are scaled by the bank's code bounds for castor's criterion; with ``smoothing_check_decoded``
-        the attributes of the decodings (scaled by the bank's attribute bounds) must meet the thresholds too."""
+        the attributes of the decodings (scaled by the bank's attribute bounds) must meet the thresholds too. A
+        checkpoint without bounds (built before they were stored) gets castor's latent criterion, each curve scaled by
+        its own range."""
         codes = self.encode(np.asarray(masks)).double().cpu().numpy()
         thresholds = tuple(ATTRIBUTE_THRESHOLDS[name] for name in self.hparams.attributes)
         measure = None
@@ -395,8 +399,10 @@ class AnatomicalVAE(EchoModule):
             Path(batch["source"]),
             self.predictions_dir,
             self.hparams.predict_smooth,
+            self.hparams.predict_max_overlays,
         )
-        result.overlays = []  # W&B overlays are the anatomy command's; the tables need only the rows
+        room = self.hparams.predict_max_overlays - sum(len(r.overlays) for r in self._predicted)
+        result.overlays = result.overlays[: max(room, 0)]  # before/after images for a W&B logger, capped per rank
         self._predicted.append(result)
         return [FrameValidity(*row) for row in result.validity_rows]
 
@@ -406,5 +412,14 @@ class AnatomicalVAE(EchoModule):
         self._predicted = []
         if results and self.trainer.is_global_zero:
             summary = write_tables(results, self.predictions_dir, validity=False)
+            self._log_overlays(results)
             text = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
             rank_zero_info(f"corrected into {self.predictions_dir}: {text}")
+
+    def _log_overlays(self, results: list[FileResult]) -> None:
+        """Before/after overlays of the invalid input frames (``anatomy/before_after``) to every W&B logger."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                log_overlays(logger.experiment, results, self.hparams.predict_max_overlays)
