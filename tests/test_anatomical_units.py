@@ -84,27 +84,73 @@ def test_kde_matches_the_naive_density_and_cross_validation_prefers_a_sensible_b
     assert 0.05 < select_bandwidth(codes) < 1.0
 
 
-def test_rejection_sampling_draws_from_the_kde_and_keeps_only_valid_latents():
+def _kde_cdf(codes: torch.Tensor, bandwidth: float):
+    """The 1-D KDE's exact CDF (kernels of sd bandwidth * the codes' sd, as GaussianKDE whitens)."""
+    from scipy.stats import norm
+
+    centres = codes[:, 0].numpy()
+    sd = bandwidth * math.sqrt(codes[:, 0].var().item() + 1e-6)
+    return lambda x: norm.cdf((np.asarray(x)[:, None] - centres[None]) / sd).mean(axis=1)
+
+
+@pytest.mark.parametrize("proposal", ["student_t", "gaussian"])
+def test_rejection_sampling_accepts_one_in_m_and_draws_from_the_kde(proposal):
+    """A 1-D bimodal KDE with a known CDF: M bounds P/Q everywhere, the acceptance rate is 1/M, the accepted draws
+    pass a KS test against the KDE, and the proposal itself (no rejection: the control) fails it."""
+    from scipy.stats import kstest
+
+    from echo_modules.anatomical_vae.latent_bank import Proposal
+
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.cat([torch.randn(3, 1, generator=generator) * 0.3 - 2, torch.randn(4, 1, generator=generator) + 2])
+    bandwidth = 0.2
+    everything = lambda z: torch.ones(len(z), dtype=torch.bool)  # noqa: E731
+    bank, stats = rejection_sample_bank(
+        codes, everything, 40000, seed=1, sampler="rejection", proposal=proposal, bandwidth=bandwidth
+    )
+    kde, q = GaussianKDE(codes.double(), bandwidth), Proposal(proposal, 1, bandwidth)
+    white = torch.linspace(-12, 12, 48001, dtype=torch.float64)[:, None]
+    true_sup = (kde.log_density_white(white) - q.log_density(white)).max().item()
+    assert stats.log_envelope_data <= true_sup + 1e-9 <= stats.log_envelope + 1e-9  # a bound, above vital's M
+    rate, expected = stats.acceptance_rate, stats.expected_acceptance_rate
+    assert abs(rate - expected) < 5 * math.sqrt(expected * (1 - expected) / stats.proposals), (rate, expected)
+    cdf = _kde_cdf(codes, bandwidth)
+    assert kstest(bank[:, 0].double().numpy(), cdf).pvalue > 1e-3
+    raw = kde.from_white(q.sample(len(bank), torch.Generator().manual_seed(2)))[:, 0].numpy()
+    assert kstest(raw, cdf).pvalue < 1e-6  # the control: unrejected proposals are not the KDE
+
+
+def test_rejection_sampling_in_2d_keeps_only_valid_latents_and_matches_the_exact_draws():
     generator = torch.Generator().manual_seed(0)
     codes = torch.cat([torch.randn(100, 2, generator=generator) - 3, torch.randn(100, 2, generator=generator) + 3])
 
     def valid(z):
         return z[:, 0] > -10  # everything valid
 
-    bank, stats = rejection_sample_bank(codes, valid, num_proposals=20000, seed=1, sampler="rejection")
-    assert stats.accepted == len(bank) > 1000
-    # bimodal target: the Gaussian proposal's mass at the origin is rejected
+    h = select_bandwidth(codes)  # once: the three samplers below share it
+
+    bank, stats = rejection_sample_bank(codes, valid, num_proposals=50000, seed=1, sampler="rejection", bandwidth=h)
+    assert stats.accepted == len(bank) > 250  # 1/M ~ 0.7% here (the bound is loose where kernels overlap)
+    rate, expected = stats.acceptance_rate, stats.expected_acceptance_rate
+    assert abs(rate - expected) < 5 * math.sqrt(expected / stats.proposals), (rate, expected)
+    # bimodal target: the proposal's mass at the origin is rejected
     assert (bank[:, 0].abs() < 1).float().mean() < 0.1
     assert abs(bank[:, 0].mean()) < 0.5 and (bank[:, 0] > 0).float().mean() == pytest.approx(0.5, abs=0.1)
-    half, stats_half = rejection_sample_bank(codes, lambda z: z[:, 0] > 0, 20000, seed=1, sampler="rejection")
+    half, stats_half = rejection_sample_bank(
+        codes, lambda z: z[:, 0] > 0, 5000, seed=1, sampler="rejection", bandwidth=h
+    )
     assert (half[:, 0] > 0).all() and stats_half.valid < stats_half.accepted
-    # exact KDE draws: the same bimodal target, every draw "accepted"
-    exact, stats_exact = rejection_sample_bank(codes, valid, num_proposals=4000, seed=1)
+    # exact KDE draws: the same bimodal target, every draw "accepted", the same moments as the rejection draws
+    exact, stats_exact = rejection_sample_bank(codes, valid, num_proposals=4000, seed=1, bandwidth=h)
     assert stats_exact.accepted == 4000 and (exact[:, 0].abs() < 1).float().mean() < 0.1
     assert (exact[:, 0] > 0).float().mean() == pytest.approx(0.5, abs=0.05)
     kde_spread = exact[exact[:, 0] > 0].std(dim=0)
     data_spread = codes[codes[:, 0] > 0].std(dim=0)
     assert (kde_spread > data_spread).all() and (kde_spread < 1.5 * data_spread).all()  # data + kernel noise
+    rejected_spread = bank[bank[:, 0] > 0].std(dim=0)
+    torch.testing.assert_close(rejected_spread, kde_spread, rtol=0.15, atol=0)
+    with pytest.raises(ValueError, match="proposal must be"):
+        rejection_sample_bank(codes, valid, 10, sampler="rejection", proposal="uniform")
 
 
 def test_temporal_metrics_see_jitter():

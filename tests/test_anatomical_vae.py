@@ -13,7 +13,7 @@ from scipy.stats import spearmanr
 
 from echo_modules.anatomical_vae.attributes import ATTRIBUTES, compute_attributes
 from echo_modules.anatomical_vae.module import AnatomicalVAE
-from echo_modules.anatomical_vae.postprocess import dice_per_class, temporal_metrics
+from echo_modules.anatomical_vae.postprocess import dice_per_class
 from echo_modules.segmentation.data import CamusFramesDataModule
 
 pytestmark = pytest.mark.slow  # two real fits (VAE 900 steps, U-Net <= 400 steps), shared by every test here
@@ -179,7 +179,14 @@ def test_correction_makes_planted_invalid_frames_valid_close_to_ground_truth(fit
     assert not untrained.valid(untrained.decode(untrained.encode(truth)), frame_spacing).any()
 
 
-def test_smoothing_lowers_second_difference_violations_on_a_jittered_sequence(fitted, untrained, datamodule):
+def _per_attribute_improves(before: dict, after: dict) -> bool:
+    """Every attribute's violation rate drops, or stays at 0."""
+    return all(
+        after[f"violations_{a}"] < before[f"violations_{a}"] or after[f"violations_{a}"] == 0 for a in ATTRIBUTES
+    )
+
+
+def test_smoothing_lowers_every_attributes_violations_on_a_jittered_sequence(fitted, untrained, datamodule):
     model, _ = fitted
     sequence = max(datamodule.split("TEST"), key=lambda s: len(s.masks))
     rng = np.random.default_rng(1)
@@ -190,17 +197,28 @@ def test_smoothing_lowers_second_difference_violations_on_a_jittered_sequence(fi
             jittered[t][ndimage.binary_dilation(lv) & (jittered[t] == 2)] = 1
         else:
             jittered[t][lv & ~ndimage.binary_erosion(lv)] = 2
-    before = temporal_metrics(jittered, sequence.spacing)
+    # castor's metric: attribute curves min-max scaled by the training ground truth's bounds (stored with the bank)
+    before = model.temporal_metrics(jittered)
     smoothed, weights = model.smooth(jittered)
-    after = temporal_metrics(smoothed, sequence.spacing)
-    print("measured temporal metrics", before, after)
-    # at 64 px the decoded masks' own pixel steps break castor's thresholds on some curves (measured: lv_area
-    # 0.79 -> 0.79, myo_area 0.79 -> 1.0; length 0.79 -> 0.16), so the mean over the seven attributes is asserted
-    mean_before, mean_after = (np.mean([m[f"violations_{a}"] for a in ATTRIBUTES]) for m in (before, after))
-    assert mean_after < mean_before - 0.1, (before, after)
+    after = model.temporal_metrics(smoothed)
+    dice_in, dice_out = (dice_per_class(m, sequence.masks).mean() for m in (jittered, smoothed))
+    # the ablation: castor's criterion on the latent dims only (measured: orientation 0.42 -> 0.53, epi_center_y
+    # 0 -> 0.21; the decoded attributes need not follow their latent dim)
+    model.hparams.smoothing_check_decoded = False
+    try:
+        latent_only = model.temporal_metrics(model.smooth(jittered)[0])
+    finally:
+        model.hparams.smoothing_check_decoded = True
+    print(
+        "measured temporal metrics", dict(before=before, after=after, latent_only=latent_only, dice=(dice_in, dice_out))
+    )
+    assert _per_attribute_improves(before, after), (before, after)
     assert after["frame_to_frame_dice"] > before["frame_to_frame_dice"]
-    assert dice_per_class(smoothed, sequence.masks).mean() > 0.85
+    assert dice_out > dice_in - 0.02, (dice_in, dice_out)
     assert (weights[: len(ATTRIBUTES)] <= 128).all() and (weights[len(ATTRIBUTES) :] == 50).all()
+    # the controls fail the same check: the unsmoothed sequence, the latent-only smoother, the untrained VAE
+    assert not _per_attribute_improves(before, before)
+    assert not _per_attribute_improves(before, latent_only), latent_only
     control, _ = untrained.smooth(jittered)
     assert dice_per_class(control, sequence.masks).mean() < 0.5
 
@@ -326,8 +344,9 @@ def test_anatomy_command_corrects_a_folder_in_its_own_formats(fitted, datamodule
 def test_predict_corrects_a_segmenter_output_folder(fitted, segmented, tmp_path):
     """``echolab predict`` on the VAE config and a folder of segmentations (the Segmenter2D's output, one frame
     broken): corrected masks in the input's format and paths, validity/temporal/indices CSVs, the same masks as the
-    in-process pipeline."""
+    in-process pipeline, before/after overlays in the (offline) W&B run."""
     import csv
+    import json
     import shutil
 
     from echo_modules.anatomical_vae.mask_io import find_mask_files, read_masks, write_masks
@@ -337,17 +356,26 @@ def test_predict_corrects_a_segmenter_output_folder(fitted, segmented, tmp_path)
     model, checkpoint = fitted
     folder = tmp_path / "segmentations"
     shutil.copytree(segmented, folder)
+    for patient in sorted(p for p in folder.iterdir() if p.is_dir())[2:]:  # two patients: the I/O, not the numbers
+        shutil.rmtree(patient)
     files = find_mask_files(folder)
     broken_path = files[0]
     broken, spacing = read_masks(broken_path)
     broken[1, 2:5, 2:5] = 2  # a MYO island
     write_masks(broken_path, broken, spacing)
     out = tmp_path / "corrected"
+    logger = {"class_path": "lightning.pytorch.loggers.WandbLogger",
+              "init_args": {"project": "echolab-tests", "save_dir": str(tmp_path)}}  # fmt: skip
     result = run_echolab("predict", "--config", "configs/anatomical_vae/phantom.yaml",
                          "--data", "echo_modules.anatomical_vae.data.MaskFolderDataModule", "--data.data_dir", str(folder),
                          "--model.init_args.predictions_dir", str(out), "--trainer.default_root_dir", str(tmp_path / "run"),
-                         "--ckpt_path", str(checkpoint))  # fmt: skip
+                         "--ckpt_path", str(checkpoint), "--trainer.logger", json.dumps(logger))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    # the W&B (offline) run holds the before/after overlays of the broken frames
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    images = [p for p in (runs[0] / "files" / "media" / "images").rglob("*.png")]
+    assert images and all("before_after" in str(p) for p in images), images
     rows = list(csv.DictReader((out / "validity.csv").open()))
     frames = {path: read_masks(path)[0] for path in files}
     assert len(rows) == sum(len(m) for m in frames.values())

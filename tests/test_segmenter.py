@@ -49,5 +49,12 @@ def test_predict_writes_every_sequence_whole_and_test_reports_per_structure(tmp_
     results = trainer.test(model, datamodule, verbose=False)[0]
     assert {f"test/dice_{s}" for s in ("lv", "myo", "la")} <= set(results)
     assert {f"test/hausdorff_{s}" for s in ("lv", "myo", "la")} <= set(results)
+    # in mm with each frame's spacing: between the pixel distance times the smallest and the largest spacing
+    spacings = np.array([s.spacing for s in sequences])
+    ratio = results["test/hausdorff_mm_lv"] / results["test/hausdorff_lv"]
+    assert spacings.min() * 0.999 <= ratio <= spacings.max() * 1.001 and abs(spacings.mean() - 1) > 0.05, (
+        ratio,
+        spacings,
+    )
     summary = json.loads((tmp_path / "test_summary.json").read_text())  # written by the module base's hook
     assert summary["test/dice_lv"] == pytest.approx(results["test/dice_lv"])

@@ -26,13 +26,14 @@ from echo_modules.anatomical_vae.criteria import CriteriaThresholds, compute_cri
 from echo_modules.anatomical_vae.latent_bank import BankStats, rejection_sample_bank
 from echo_modules.anatomical_vae.losses import attribute_loss, kl_divergence, soft_dice_loss
 from echo_modules.anatomical_vae.networks import SegmentationDecoder, SegmentationEncoder
-from echo_modules.anatomical_vae.pipeline import VALIDITY_HEADER, FileResult, process_masks, write_tables
+from echo_modules.anatomical_vae.pipeline import VALIDITY_HEADER, FileResult, log_overlays, process_masks, write_tables
 from echo_modules.anatomical_vae.postprocess import (
     ATTRIBUTE_THRESHOLDS,
     correct_latents,
     dice_per_class,
     keep_input_where_valid,
     smooth_latent_sequence,
+    temporal_metrics,
 )
 from echo_modules.common.module import EchoModule, PredictionRecord, gather_lists
 
@@ -74,7 +75,9 @@ class AnatomicalVAE(EchoModule):
         bank_max_size: int = 200_000,
         bank_batch_size: int = 2048,
         bank_seed: int = 0,
-        bank_sampler: str = "kde",
+        bank_sampler: Literal["kde", "rejection"] = "kde",
+        bank_proposal: Literal["student_t", "gaussian"] = "student_t",
+        bank_proposal_dof: int = 5,
         build_bank_after_fit: bool = True,
         correction_grid_points: int = 9,
         correction_bisection_steps: int = 4,
@@ -82,6 +85,7 @@ class AnatomicalVAE(EchoModule):
         smoothing_other_weight: float = 50.0,
         smoothing_max_weight: float = 128.0,
         smoothing_depth: int = 5,
+        smoothing_check_decoded: bool = True,
         erosion_ratio_min: float = 0.12,
         width_ratio_max: float = 4.15,
         lv_background_frontier_max: float = 0.4,
@@ -89,6 +93,7 @@ class AnatomicalVAE(EchoModule):
         gap_tolerance_fraction: float = 2.0**-14,
         predictions_dir: str | None = None,
         predict_smooth: bool = True,
+        predict_max_overlays: int = 8,
     ) -> None:
         """image_size: the square mask size (a multiple of ``2**num_blocks``). attributes: names from
         :data:`echo_modules.anatomical_vae.attributes.ATTRIBUTES` regularised in latent dims ``0..len-1``.
@@ -97,12 +102,17 @@ class AnatomicalVAE(EchoModule):
         wherever the imaging depth varies (CAMUS, and the phantom, whose depth follows the heart: its lv_area in mm^2
         ranks only 0.57 with the same area in pixels), and the dim cannot be made monotonic in it.
         bank_*: sampling the KDE of the codes (proposals drawn, bank cap, ``kde`` exact draws or vital's
-        ``rejection`` sampling, see :mod:`echo_modules.anatomical_vae.latent_bank`). The thresholds are the criteria's
+        ``rejection`` sampling with a ``bank_proposal`` heavier than the KDE and a true envelope, see
+        :mod:`echo_modules.anatomical_vae.latent_bank`). The thresholds are the criteria's
         (:class:`CriteriaThresholds`; vital's values, calibrated at 256 px: smaller masks need looser ones).
         correction_keep_input: after decoding the corrected latent, put back the input's labels wherever that keeps
         the frame valid (:func:`keep_input_where_valid`); False: the decoding alone, as in the papers.
+        smoothing_*: the snake's weight for non-attribute dims, the search range and depth for attribute dims;
+        smoothing_check_decoded: also raise an attribute dim's weight until the attribute of the decoded masks meets
+        its threshold (False: castor's latent criterion only, see :func:`smooth_latent_sequence`).
         predictions_dir: where ``predict`` writes the corrected masks and its tables (default ``<run dir>/corrected``);
-        predict_smooth: also smooth sequences of 3+ frames in time (else correct only)."""
+        predict_smooth: also smooth sequences of 3+ frames in time (else correct only); predict_max_overlays:
+        before/after images of invalid input frames logged to a W&B logger (``--config configs/logger/wandb.yaml``)."""
         super().__init__()
         self.save_hyperparameters()
         unknown = [name for name in attributes if name not in ATTRIBUTES]
@@ -123,6 +133,10 @@ class AnatomicalVAE(EchoModule):
         self.register_buffer("latent_bank", torch.zeros(0, latent_dim))
         self.bank_stats: BankStats | None = None
         self.bank_spacing: tuple[float, float] = (1.0, 1.0)
+        # (2, 7) low/high of each attribute (the model's units) and (2, latent_dim) of each latent dim over the
+        # bank's ground truth: castor's min-max scaling of the temporal thresholds (saved with the checkpoint)
+        self.attribute_bounds: np.ndarray | None = None
+        self.code_bounds: np.ndarray | None = None
         self._predicted: list[FileResult] = []
 
     # ------------------------------------------------------------------ network
@@ -209,6 +223,9 @@ class AnatomicalVAE(EchoModule):
         self.eval()
         self.bank_spacing = tuple(float(s) for s in spacing)
         codes = self.encode(masks).cpu()
+        attributes = self.attributes_of(masks, spacing)
+        self.attribute_bounds = np.stack([np.nanmin(attributes, axis=0), np.nanmax(attributes, axis=0)])
+        self.code_bounds = np.stack([codes.min(dim=0).values.numpy(), codes.max(dim=0).values.numpy()])
         bank, stats = rejection_sample_bank(
             codes,
             lambda z: self.decodes_valid(z),
@@ -217,6 +234,8 @@ class AnatomicalVAE(EchoModule):
             max_bank_size=self.hparams.bank_max_size,
             seed=self.hparams.bank_seed,
             sampler=self.hparams.bank_sampler,
+            proposal=self.hparams.bank_proposal,
+            dof=self.hparams.bank_proposal_dof,
         )
         self.latent_bank = bank.to(self.device)
         self.bank_stats = stats
@@ -248,6 +267,9 @@ class AnatomicalVAE(EchoModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["bank_spacing"] = list(self.bank_spacing)
+        for key in ("attribute_bounds", "code_bounds"):
+            value = getattr(self, key)
+            checkpoint[key] = None if value is None else value.tolist()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -255,6 +277,9 @@ class AnatomicalVAE(EchoModule):
         if bank is not None:
             self.latent_bank = torch.zeros_like(bank)  # the loaded bank's size, so load_state_dict fits it
         self.bank_spacing = tuple(checkpoint.get("bank_spacing", (1.0, 1.0)))
+        for key in ("attribute_bounds", "code_bounds"):
+            value = checkpoint.get(key)
+            setattr(self, key, None if value is None else np.asarray(value, np.float64))
 
     # ------------------------------------------------------------------ post-processing
 
@@ -283,17 +308,55 @@ class AnatomicalVAE(EchoModule):
             kept[invalid] = fraction.cpu().numpy()
         return out, {"invalid": invalid, "kept": kept}
 
+    def attributes_of(self, masks: np.ndarray, spacing: tuple[float, float] | None = None) -> np.ndarray:
+        """``(N, 7)`` attributes of label maps in the model's units (pixels, or mm with ``spacing``)."""
+        if self.hparams.attribute_units == "pixels":
+            return compute_attributes(np.asarray(masks))
+        return compute_attributes(np.asarray(masks), self.bank_spacing if spacing is None else spacing)
+
+    def temporal_metrics(self, masks: np.ndarray, spacing: tuple[float, float] | None = None) -> dict[str, float]:
+        """:func:`temporal_metrics` of a ``(T, H, W)`` sequence at the model's size and units, scaled by the bank's
+        attribute bounds (castor's thresholds assume that scaling); ``spacing`` is the input's (mm units only)."""
+        from datamodules.transforms import resize_masks
+
+        masks = np.asarray(masks)
+        size = self.hparams.image_size
+        if self.hparams.attribute_units == "mm":
+            spacing = self.bank_spacing if spacing is None else spacing
+            spacing = (spacing[0] * masks.shape[1] / size, spacing[1] * masks.shape[2] / size)
+        else:
+            spacing = (1.0, 1.0)
+        if masks.shape[1:] != (size, size):
+            masks = resize_masks(masks, size)
+        return temporal_metrics(masks, spacing, self.attribute_bounds)
+
     @torch.no_grad()
-    def smooth(self, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A temporally smoothed ``(T, H, W)`` sequence (decoded smoothed latents) and the weight used per dim."""
+    def smooth(self, masks: np.ndarray, spacing: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A temporally smoothed ``(T, H, W)`` sequence (decoded smoothed latents) and the weight used per dim.
+
+        Latent dims are scaled by the bank's code bounds for castor's criterion; with ``smoothing_check_decoded``
+        the attributes of the decodings (scaled by the bank's attribute bounds) must meet the thresholds too. A
+        checkpoint without bounds (built before they were stored) gets castor's latent criterion, each curve scaled by
+        its own range."""
         codes = self.encode(np.asarray(masks)).double().cpu().numpy()
         thresholds = tuple(ATTRIBUTE_THRESHOLDS[name] for name in self.hparams.attributes)
+        measure = None
+        if self.hparams.smoothing_check_decoded and self.attribute_bounds is not None:
+            low, high = (self.attribute_bounds[i][self.attribute_columns] for i in (0, 1))
+
+            def measure(latents: np.ndarray) -> np.ndarray:
+                decoded = self.decode(torch.as_tensor(latents, dtype=torch.float32, device=self.device))
+                values = self.attributes_of(decoded.cpu().numpy(), spacing)[:, self.attribute_columns]
+                return (values - low) / np.maximum(high - low, 1e-12)
+
         smoothed, weights = smooth_latent_sequence(
             codes,
             thresholds,
             other_weight=self.hparams.smoothing_other_weight,
             max_weight=self.hparams.smoothing_max_weight,
             depth=self.hparams.smoothing_depth,
+            code_bounds=self.code_bounds,
+            measure=measure,
         )
         decoded = self.decode(torch.as_tensor(smoothed, dtype=torch.float32, device=self.device))
         return decoded.cpu().numpy().astype(np.uint8), weights
@@ -336,8 +399,10 @@ class AnatomicalVAE(EchoModule):
             Path(batch["source"]),
             self.predictions_dir,
             self.hparams.predict_smooth,
+            self.hparams.predict_max_overlays,
         )
-        result.overlays = []  # W&B overlays are the anatomy command's; the tables need only the rows
+        room = self.hparams.predict_max_overlays - sum(len(r.overlays) for r in self._predicted)
+        result.overlays = result.overlays[: max(room, 0)]  # before/after images for a W&B logger, capped per rank
         self._predicted.append(result)
         return [FrameValidity(*row) for row in result.validity_rows]
 
@@ -347,5 +412,14 @@ class AnatomicalVAE(EchoModule):
         self._predicted = []
         if results and self.trainer.is_global_zero:
             summary = write_tables(results, self.predictions_dir, validity=False)
+            self._log_overlays(results)
             text = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
             rank_zero_info(f"corrected into {self.predictions_dir}: {text}")
+
+    def _log_overlays(self, results: list[FileResult]) -> None:
+        """Before/after overlays of the invalid input frames (``anatomy/before_after``) to every W&B logger."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                log_overlays(logger.experiment, results, self.hparams.predict_max_overlays)

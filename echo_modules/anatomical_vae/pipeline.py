@@ -23,7 +23,7 @@ from datamodules.transforms import resize_masks
 from echo_modules.anatomical_vae.criteria import compute_criteria
 from echo_modules.anatomical_vae.indices import agreement, clinical_indices
 from echo_modules.anatomical_vae.mask_io import find_mask_files, read_masks, write_masks
-from echo_modules.anatomical_vae.postprocess import dice_per_class, temporal_metrics
+from echo_modules.anatomical_vae.postprocess import dice_per_class
 from echo_modules.common.module import write_csv
 
 _CAMUS_NAME = re.compile(r"(patient\d+)_(2CH|4CH)_(half_sequence|sequence|ED|ES)_gt", re.IGNORECASE)
@@ -99,7 +99,7 @@ def process_masks(
             overlays.append((f"{relative}:{t}", np.concatenate([overlay(masks[t]), overlay(corrected[t])], axis=1)))
     temporal = None
     if len(masks) >= 3:
-        tb, ta = temporal_metrics(masks, spacing), temporal_metrics(corrected, spacing)
+        tb, ta = model.temporal_metrics(masks, spacing), model.temporal_metrics(corrected, spacing)
         temporal = [str(relative), len(masks), tb["violations_any"], ta["violations_any"],
                     tb["frame_to_frame_dice"], ta["frame_to_frame_dice"]]  # fmt: skip
     camus = None

@@ -15,6 +15,7 @@ other dims use w = 50.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -135,25 +136,58 @@ def second_difference(signal: np.ndarray) -> np.ndarray:
     return np.abs(signal[1:-1] - 0.5 * (signal[:-2] + signal[2:]))
 
 
-def _minmax(signal: np.ndarray) -> tuple[np.ndarray, float, float]:
-    low, high = float(signal.min()), float(signal.max())
+def _minmax(signal: np.ndarray, bounds: tuple[float, float] | None = None) -> tuple[np.ndarray, float, float]:
+    """``signal`` scaled to [0, 1] by ``bounds`` (a dataset's (low, high), as castor scales), else by its own range."""
+    low, high = (float(signal.min()), float(signal.max())) if bounds is None else (float(bounds[0]), float(bounds[1]))
     return (signal - low) / max(high - low, 1e-12), low, high
 
 
-def smooth_attribute_dim(signal: np.ndarray, threshold: float, max_weight: float = 128.0, depth: int = 5) -> tuple:
-    """Smallest snake weight (binary search in [0, max_weight]) meeting ``threshold`` on the min-max scaled curve;
-    returns the smoothed signal (original scale) and the weight."""
-    scaled, low, high = _minmax(signal)
-    if len(signal) < 3 or second_difference(scaled).max() <= threshold:
-        return signal.copy(), 0.0
-    lower, upper = 0.0, max_weight
-    for _ in range(depth):
-        middle = (lower + upper) / 2
-        if second_difference(snake(scaled, middle)).max() <= threshold:
-            upper = middle
-        else:
-            lower = middle
-    return snake(scaled, upper) * max(high - low, 1e-12) + low, upper
+def _violations(scaled: np.ndarray, threshold: float) -> int:
+    """Inner frames over ``threshold`` (a NaN, an attribute of a missing structure, counts as one)."""
+    return int((~(second_difference(scaled) <= threshold)).sum()) if len(scaled) >= 3 else 0
+
+
+def smooth_attribute_dim(
+    signal: np.ndarray,
+    threshold: float,
+    max_weight: float = 128.0,
+    depth: int = 5,
+    bounds: tuple[float, float] | None = None,
+    measure: Callable[[np.ndarray], np.ndarray] | None = None,
+    lowest: float = 0.0,
+) -> tuple[np.ndarray, float]:
+    """Smallest snake weight (binary search in [lowest, max_weight], ``depth`` steps) whose result meets
+    ``threshold`` on every inner frame; returns the smoothed signal and the weight.
+
+    The check is on ``measure(smoothed)`` when given (a curve already scaled, e.g. the attribute of the decoded
+    masks), else on the signal itself scaled by ``bounds`` (None: the input's min-max). When even ``max_weight`` fails,
+    a ladder of ``depth`` weights between is tried too and the fewest violations win (the least smoothing on a tie). The snake is affine-equivariant, so
+    it runs on the unscaled signal."""
+
+    if bounds is None:  # the input's own range (the smoothed curve is checked on the same scale)
+        bounds = (float(signal.min()), float(signal.max()))
+
+    def check(weight: float) -> int:
+        smoothed = snake(signal, weight) if weight > 0 else signal
+        curve = measure(smoothed) if measure is not None else _minmax(smoothed, bounds)[0]
+        return _violations(curve, threshold)
+
+    if len(signal) < 3 or check(lowest) == 0:
+        return (snake(signal, lowest) if lowest > 0 else signal.copy()), float(lowest)
+    tried = {lowest: check(lowest), max_weight: check(max_weight)}
+    if tried[max_weight] == 0:
+        low, high = lowest, max_weight
+        for _ in range(depth):
+            middle = (low + high) / 2
+            tried[middle] = check(middle)
+            low, high = (low, middle) if tried[middle] == 0 else (middle, high)
+        weight = high
+    else:  # a ladder of weights, the fewest violations (then the least smoothing) wins
+        for step in range(1, depth + 1):
+            weight = lowest + (max_weight - lowest) * step / (depth + 1)
+            tried[weight] = check(weight)
+        weight = min(tried, key=lambda w: (tried[w], w))
+    return snake(signal, weight), float(weight)
 
 
 def smooth_latent_sequence(
@@ -162,18 +196,42 @@ def smooth_latent_sequence(
     other_weight: float = 50.0,
     max_weight: float = 128.0,
     depth: int = 5,
+    code_bounds: np.ndarray | None = None,
+    measure: Callable[[np.ndarray], np.ndarray] | None = None,
+    passes: int = 2,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Smooth a ``(T, D)`` latent trajectory: dims ``0..A-1`` under their thresholds, the rest with ``other_weight``.
-    Returns the smoothed codes and the weight used per dim."""
+    Returns the smoothed codes and the weight used per dim.
+
+    code_bounds: ``(2, D)`` low/high of each dim over the training codes (castor's scaling; None: each curve's own
+    range). measure: latents ``(T, D)`` -> ``(T, A)`` attribute curves of their decodings, scaled by the training
+    attributes' bounds. With it, a second pass raises each attribute dim's weight (binary search between its
+    latent-criterion weight and ``max_weight``) until the attribute measured on the decoded masks meets its threshold:
+    the latent dim only approximates its attribute (the decoder and the other dims move it too), so a latent curve
+    that passes can decode to one that does not. ``passes`` repeats that pass (a later dim's smoothing moves an
+    earlier dim's attribute); weights only grow."""
     codes = np.asarray(codes, np.float64)
     out, weights = np.empty_like(codes), np.empty(codes.shape[1])
     for dim in range(codes.shape[1]):
         if dim < len(attribute_thresholds):
+            bounds = None if code_bounds is None else (code_bounds[0, dim], code_bounds[1, dim])
             out[:, dim], weights[dim] = smooth_attribute_dim(
-                codes[:, dim], attribute_thresholds[dim], max_weight, depth
+                codes[:, dim], attribute_thresholds[dim], max_weight, depth, bounds
             )
         else:
             out[:, dim], weights[dim] = snake(codes[:, dim], other_weight), other_weight
+    if measure is None or len(codes) < 3:
+        return out, weights
+    for _, (dim, threshold) in itertools.product(range(passes), enumerate(attribute_thresholds)):
+
+        def measured(signal: np.ndarray, dim: int = dim) -> np.ndarray:
+            trial = out.copy()
+            trial[:, dim] = signal
+            return measure(trial)[:, dim]
+
+        out[:, dim], weights[dim] = smooth_attribute_dim(
+            codes[:, dim], threshold, max_weight, depth, measure=measured, lowest=weights[dim]
+        )
     return out, weights
 
 
@@ -194,9 +252,15 @@ def dice_per_class(prediction: np.ndarray, target: np.ndarray, classes: tuple[in
     return out
 
 
-def temporal_metrics(masks: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> dict[str, float]:
+def temporal_metrics(
+    masks: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), bounds: np.ndarray | None = None
+) -> dict[str, float]:
     """Temporal consistency of a ``(T, H, W)`` sequence: the fraction of inner frames whose min-max scaled attribute
-    curve breaks castor's second-difference threshold (per attribute and any), and the mean frame-to-frame Dice."""
+    curve breaks castor's second-difference threshold (per attribute and any), and the mean frame-to-frame Dice.
+
+    bounds: ``(2, 7)`` low/high of each attribute over a training set, in the units ``spacing`` gives (castor's
+    scaling, which the thresholds assume; :attr:`AnatomicalVAE.attribute_bounds`). None scales each curve by its own
+    range, which turns a nearly constant attribute's pixel noise into full-range jumps: use it only without a model."""
     attributes = compute_attributes(masks, spacing)
     out: dict[str, float] = {}
     breaks = []
@@ -205,7 +269,8 @@ def temporal_metrics(masks: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0
         if len(curve) < 3 or np.isnan(curve).any():
             violation = np.ones(max(len(curve) - 2, 1), bool)
         else:
-            violation = second_difference(_minmax(curve)[0]) > ATTRIBUTE_THRESHOLDS[name]
+            limits = None if bounds is None else (bounds[0][index], bounds[1][index])
+            violation = second_difference(_minmax(curve, limits)[0]) > ATTRIBUTE_THRESHOLDS[name]
         out[f"violations_{name}"] = float(violation.mean())
         breaks.append(violation)
     out["violations_any"] = float(np.stack(breaks).any(axis=0).mean())

@@ -1,8 +1,8 @@
 """``Segmenter2D``: LV cavity / myocardium / left atrium segmentation of echo frames, the model the VAE corrects.
 
 Loss = ce_weight * cross-entropy + dice_weight * (1 - soft Dice over the structures). Validation and test report
-torchmetrics Dice and Hausdorff distance (pixels) per structure. ``predict`` segments whole sequences frame by frame
-(batched, ``predict_chunk`` frames at a time) and returns one :class:`SequencePrediction` per sequence; the module
+torchmetrics Dice and Hausdorff distance per structure (pixels; test also in mm, from each frame's spacing).
+``predict`` segments whole sequences frame by frame (batched, ``predict_chunk`` frames at a time) and returns one :class:`SequencePrediction` per sequence; the module
 base's ``PredictionWriter`` writes each as ``<patient>/<patient>_<view>_half_sequence_gt.nii.gz`` with its Info cfg
 copied, i.e. a CAMUS-layout folder that the anatomical post-processing and the clinical indices read like ground
 truth, and lists them in ``<run dir>/predictions.csv``. The optimiser is the module base's (``optimizer`` /
@@ -101,12 +101,21 @@ class Segmenter2D(EchoModule):
         kwargs = dict(num_classes=self.hparams.num_classes, include_background=False, input_format="index")
         dice = dice_score(predicted, masks, average="none", **kwargs)  # (B, 3)
         hausdorff = hausdorff_distance(predicted, masks, **kwargs)
-        for name, values in (("dice", dice), ("hausdorff", hausdorff)):
+        scores = [("dice", dice), ("hausdorff", hausdorff)]
+        if stage == "test" and "spacing" in batch:  # each frame's own (row, col) mm (CAMUS depths differ per
+            # patient); at test only: a Hausdorff call costs as much as the rest of a validation step
+            spacing = batch["spacing"].cpu().double()
+            hausdorff_mm = torch.empty_like(hausdorff, dtype=torch.float32)
+            for value in torch.unique(spacing, dim=0):  # one call per spacing (a sequence's frames share one)
+                rows = (spacing == value).all(dim=1).to(predicted.device)
+                hausdorff_mm[rows] = hausdorff_distance(predicted[rows], masks[rows], spacing=value.tolist(), **kwargs)
+            scores.append(("hausdorff_mm", hausdorff_mm))
+        for name, values in scores:
             self._scores.setdefault(f"{stage}/{name}", []).append(values.detach().float().cpu())
 
     def _log_scores(self, stage: str) -> dict[str, float]:
         summary = {}
-        for name in ("dice", "hausdorff"):
+        for name in ("dice", "hausdorff", "hausdorff_mm"):
             parts = self._scores.pop(f"{stage}/{name}", [])
             if not parts:
                 continue
