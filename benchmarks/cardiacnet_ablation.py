@@ -236,6 +236,68 @@ def evaluate_cardiacnet(model, datamodule) -> dict[str, float]:
     return result
 
 
+BANK_GRIDS = {"1x1x1": (1, 1, 1), "1x2x2 (config)": (1, 2, 2), "1x4x4": (1, 4, 4), "tokens": None}
+BANK_DISTANCES = ("centroid", "standardised", "knn5")
+
+
+@torch.no_grad()
+def split_tokens(model, datamodule, split: str) -> dict[str, torch.Tensor]:
+    """Each generator's quantised token maps ``(clips, D, t, h, w)`` of every evaluation clip of ``split``, with the
+    clips' video index and the videos' labels."""
+    model.eval()
+    loader = datamodule._eval_loader(datamodule.records[split])
+    tokens: dict[str, list[torch.Tensor]] = {"normal_to_abnormal": [], "abnormal_to_normal": []}
+    owners, labels, offset = [], [], 0
+    for batch in loader:
+        batch = datamodule.on_after_batch_transfer(batch, 0)
+        for name in tokens:
+            tokens[name].append(getattr(model, name)(batch["video"]).quantisation.quantised.float())
+        owners.append(batch["clip_owner"] + offset)
+        labels.append(batch["label"])
+        offset += len(batch["label"])
+    return {name: torch.cat(rows) for name, rows in tokens.items()} | {
+        "owner": torch.cat(owners), "label": torch.cat(labels)
+    }  # fmt: skip
+
+
+def distance_difference(rows: torch.Tensor, normal: torch.Tensor, abnormal: torch.Tensor, kind: str) -> torch.Tensor:
+    """Distance of ``rows`` to the normal reference set minus to the abnormal one (higher = more abnormal):
+    ``centroid`` (the module's bank score: mean squared distance to each set's mean), ``standardised`` (each
+    dimension divided by its pooled within-class variance: a diagonal LDA), ``knn5`` (mean distance to the 5 nearest
+    rows of each set)."""
+    if kind == "knn5":
+        nearest = [
+            torch.cdist(rows, bank).topk(min(5, len(bank)), largest=False).values.mean(1) for bank in (normal, abnormal)
+        ]
+        return nearest[0] - nearest[1]
+    scale = 0.5 * (normal.var(0) + abnormal.var(0)) + 1e-6 if kind == "standardised" else torch.ones_like(normal[0])
+    return ((rows - normal.mean(0)).square() / scale).mean(1) - ((rows - abnormal.mean(0)).square() / scale).mean(1)
+
+
+def bank_score_variants(model, datamodule) -> dict[str, float]:
+    """Test AUROC of bank-score variants (descriptor grid x distance), the reference sets being the *final* model's
+    descriptors of the training split (the FIFO banks hold those of the last training steps). Token-level descriptors
+    (``tokens``) keep the whole token map, as the public code's banks do."""
+    from echo_modules.cardiacnet.losses import clip_descriptor
+    from echo_modules.common.module import average_clip_predictions
+
+    train, test = split_tokens(model, datamodule, "TRAIN"), split_tokens(model, datamodule, "TEST")
+    train_labels = train["label"][train["owner"]]
+    result = {}
+    for grid_name, grid in BANK_GRIDS.items():
+        for kind in BANK_DISTANCES:
+            score = 0
+            for name in ("normal_to_abnormal", "abnormal_to_normal"):
+                grid_size = tuple(train[name].shape[2:]) if grid is None else grid
+                reference, rows = clip_descriptor(train[name], grid_size), clip_descriptor(test[name], grid_size)
+                score = score + distance_difference(
+                    rows, reference[train_labels == 0], reference[train_labels == 1], kind
+                )
+            videos = average_clip_predictions(score, test["owner"], len(test["label"]))
+            result[f"{grid_name} {kind}"] = auroc(videos.numpy(), test["label"].numpy())
+    return result
+
+
 def shortcut_auroc(data_dir: Path, subset: str) -> tuple[float, float]:
     """The phantom's disease shortcut AUROC on the test split (fitted on train + val) and leave-one-out."""
     from datamodules.phantom.shortcuts import disease_baselines
@@ -286,6 +348,8 @@ def run_row(name: str, data_dir: Path, args: argparse.Namespace, cache: Path, se
     shares = GradientShares()
     seconds = fit(model, datamodule, epochs, seed, [shares] if name != "untrained" else [])
     result = evaluate_cardiacnet(model, datamodule) | {"seconds": seconds}
+    if args.bank_variants:
+        result["bank_variants"] = bank_score_variants(model, datamodule)
     if shares.shares:
         result["grad_share_first"], result["grad_share_last"] = shares.shares[0], shares.shares[-1]
     return result
@@ -315,6 +379,14 @@ def format_table(results: dict[str, list[dict[str, Any]]], shortcut: tuple[float
         f"| shortcut (phantom disease_baselines: test split / leave-one-out) | - | {shortcut[0]:.2f} / "
         f"{shortcut[1]:.2f} | | | | | |"
     )
+    variants = [(name, rows) for name, rows in results.items() if rows and "bank_variants" in rows[0]]
+    if variants:
+        kinds = list(variants[0][1][0]["bank_variants"])
+        lines += ["", "bank-score variants (test AUROC; reference sets: the final model's training-split descriptors)", "",
+                  "| row | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]  # fmt: skip
+        for name, rows in variants:
+            values = [[r["bank_variants"][k] for r in rows] for k in kinds]
+            lines.append(f"| {name} | " + " | ".join(f"{np.mean(v):.2f}" for v in values) + " |")
     for name, rows in results.items():
         if rows and "grad_share_last" in rows[0]:
             first, last = rows[0]["grad_share_first"], rows[0]["grad_share_last"]
@@ -334,6 +406,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--data-dir", type=Path, default=None, help="an existing CardiacNet-layout phantom")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--bank-variants", action="store_true", help="also score bank-score variants (descriptor grid x distance)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
