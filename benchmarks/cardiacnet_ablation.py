@@ -60,7 +60,7 @@ VideoClassifier is above it.
 ASD phantom: at 32 px (80 videos, 16 epochs, earlier session) bank 0.39, untrained 0.50, shortcut 0.56: nothing
 learns. With 120 videos at 32 px (``--subset ASD --rows VideoClassifier``, this session) the supervised
 VideoClassifier reaches 0.59 (accuracy 0.60), below the shortcut 0.64 / 0.61 (test / leave-one-out): even a
-supervised network finds little at this size. ``--lesion-visibility --subset ASD``: the septal gap changes 0.8 % of a 32 px frame (7.9 pixels by > 10 grey
+supervised network finds little at this size; at 64 px (``--frame-size 64``) it reaches 0.58 (accuracy 0.54). ``--lesion-visibility --subset ASD``: the septal gap changes 0.8 % of a 32 px frame (7.9 pixels by > 10 grey
 levels; mean absolute change 0.23 grey levels against 2.41 of frame-to-frame motion and speckle), 0.7 % at 48 and
 64 px (27 pixels at 64 px), where the PAH dilation changes 19-22 % (mean change 4.9-5.7, above the frame-to-frame
 change). A lesion of under one 4 x 4-pixel token at 32 px is averaged away by the 2 x 2 quadrant descriptor. The full
