@@ -182,12 +182,6 @@ def ef_conditioning_passes(summary: dict) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="EF conditioning at this fit budget depends on the fit: the same recipe fitted with 1 CPU thread passes "
-    "(EF-70 minus EF-30 sample: direction 8/8 maps, rise +15.0 EF points, ef_mae 12.9 vs 20.0 EF-blind sampling, "
-    "ef_corr 0.85), the fixture's 2-thread fit fails (direction 1/8, rise -6.3, ef_mae 23.2); issue 13 stays open",
-)
 def test_samples_asked_for_a_higher_ef_measure_a_higher_ef(fitted, request, monkeypatch, tmp_path):
     """EF conditioning, through ``trainer.test`` with ``ef_scorer: lv_area`` and ``test_ef: [30, 70]``: each map is
     sampled at EF 30 and EF 70 from the same noise (EF guided on its own, ``EF_GUIDANCE``) and the EF of each sample is

@@ -168,7 +168,7 @@ class EvaluationSettings:
     """
 
     score: ScoreKind = "reconstruction"
-    map_mode: MapMode = "contrast"
+    map_mode: MapMode = "deformation"
     map_sigma: float = 1.0
     maps_dir: str | None = None
     map_format: Literal["avi", "npy", "both", "none"] = "avi"
