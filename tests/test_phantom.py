@@ -119,6 +119,86 @@ def test_disease_changes_the_image_where_it_lives_and_more_when_severe(disease):
     assert changes[0.15] < 0.6 * changes[1.0]  # graded: a mild case changes the image much less
 
 
+# Summary statistics of fixed-seed videos, computed on main before the ASD model changed (26dda73): frame mean and
+# std (grey levels), pixels per mask label, abnormal-region pixels, ED / ES index, EF. Every variant but septal_gap must
+# render as it did. Statistics with tolerances, not a byte digest: numpy's SIMD dispatch (AVX2 vs AVX-512 exp/sin)
+# may move a float by an ulp on another CPU, which must not fail CI; a changed model moves them far more.
+_PINNED_VIDEOS = {
+    ("4CH", "normal"): (25.352, 47.380, (30444, 1990, 1639, 2791), 0, 0, 11, 60.841),
+    ("2CH", "normal"): (21.770, 40.035, (30373, 2057, 1567, 2867), 0, 0, 12, 65.456),
+    ("4CH", "wall_motion"): (25.038, 47.003, (30402, 2084, 1587, 2791), 44, 0, 11, 53.114),
+    ("2CH", "wall_motion"): (21.624, 39.819, (30312, 2114, 1571, 2867), 46, 0, 12, 61.823),
+    ("4CH", "dilated_rv"): (24.019, 45.670, (30915, 1931, 1536, 2482), 206, 0, 11, 57.193),
+}
+
+
+def _renders_as_pinned(video, pinned) -> bool:
+    """Whether ``video`` matches a pinned summary within float noise (0.01 grey, 0.2% of a label's pixels, 0.01 EF)."""
+    mean, std, counts, region, ed, es, ef = pinned
+    frames = video.frames.astype(np.float64)
+    close_counts = all(abs(int((video.masks == k).sum()) - n) <= max(2, 0.002 * n) for k, n in enumerate(counts))
+    return bool(
+        abs(frames.mean() - mean) < 0.01 and abs(frames.std() - std) < 0.01 and close_counts
+        and abs(int(video.abnormal_region.sum()) - region) <= 2 and (video.ed_index, video.es_index) == (ed, es)
+        and abs(video.ef - ef) < 0.01
+    )  # fmt: skip
+
+
+def test_every_variant_but_the_asd_renders_as_before():
+    """Normal, wall-motion and PAH hearts in both views render as before the ASD model changed (frames, masks, region,
+    truth); the same check on the ASD variant (whose model changed) fails, so the check sees a change."""
+    for (view, disease), pinned in _PINNED_VIDEOS.items():
+        params = sample_params(np.random.default_rng(21), num_frames=16, size=48, view=view, disease=disease)
+        params = replace(params, severity=0.8) if disease != "normal" else params
+        assert _renders_as_pinned(simulate_video(params, 5), pinned), (view, disease)
+    asd = sample_params(np.random.default_rng(21), num_frames=16, size=48, view="4CH", disease="septal_gap")
+    asd_video = simulate_video(replace(asd, severity=0.8), 5)
+    assert not any(_renders_as_pinned(asd_video, pinned) for pinned in _PINNED_VIDEOS.values())
+
+
+def test_asd_is_a_graded_defect_with_right_heart_volume_overload():
+    """septal_gap: the defect grows from ~5 to 30 mm with severity and carries the shunt's volume-overload signs with
+    it (a larger RV and RA, an RV moving more, where PAH's moves less); a mild case changes the image less than the
+    heart's own frame-to-frame motion, a severe one more; the masks stay the measured truth."""
+    import math
+
+    from datamodules.phantom import simulator
+
+    params = small_params()
+    pad = int(math.ceil(0.15 * params.size))
+    normal_anatomy = simulator._build_anatomy(params)
+    pah = simulator._build_anatomy(replace(params, disease="dilated_rv", severity=1.0))
+    normal = simulate_video(params, 4)
+    diameters, changed = [], {}
+    for severity in (0.15, 0.5, 1.0):
+        sick_params = replace(params, disease="septal_gap", severity=severity)
+        anatomy = simulator._build_anatomy(sick_params)
+        labels, _ = simulator._material_grids(anatomy, sick_params, pad)
+        rows, cols = np.nonzero(labels & simulator._DISEASE_BIT)
+        _, along = anatomy.to_heart(cols / simulator._GRID_UPSAMPLE - pad, rows / simulator._GRID_UPSAMPLE - pad)
+        diameters.append((along.max() - along.min()) * params.pixel_spacing_mm)
+        expected = simulator.atrial_septal_defect(severity)[0]
+        assert expected - 2.0 < diameters[-1] < expected + 6.0, (severity, diameters[-1])
+        # volume overload, graded: RV and RA larger, RV free wall and tricuspid plane moving more (PAH: less)
+        for chamber in ("rv_axes", "ra_axes"):  # the chamber's area (product of its half-axes) grows with severity
+            area, normal_area = np.prod(getattr(anatomy, chamber)), np.prod(getattr(normal_anatomy, chamber))
+            assert area > normal_area * (1.0 + 0.3 * severity), (chamber, severity, area / normal_area)
+        assert anatomy.eps_rv > normal_anatomy.eps_rv > pah.eps_rv
+        assert anatomy.rv_longitudinal > normal_anatomy.rv_longitudinal > pah.rv_longitudinal
+        sick = simulate_video(sick_params, 4)
+        changed[severity] = float(np.abs(sick.frames.astype(np.int16) - normal.frames.astype(np.int16)).mean())
+        lv_ed, lv_es = sick.masks[sick.ed_index] == LV_CAVITY, sick.masks[sick.es_index] == LV_CAVITY
+        assert sick.ef == pytest.approx(ef_from_masks(lv_ed, lv_es)) and abs(sick.ef - normal.ef) < 10.0
+        assert set(np.unique(sick.masks).tolist()) == {0, LV_CAVITY, MYOCARDIUM, LEFT_ATRIUM}
+    assert np.all(np.diff(diameters) > 5.0), diameters
+    # the mean grey-level change against the healthy twin, next to the healthy video's own frame-to-frame change
+    motion = float(np.abs(np.diff(normal.frames.astype(np.int16), axis=0)).mean())
+    assert changed[0.15] < 0.5 * motion < motion < changed[1.0] and changed[0.15] < 0.3 * changed[1.0], (
+        changed,
+        motion,
+    )
+
+
 def test_invalid_params_fail_with_a_reason():
     with pytest.raises(ValueError, match="4CH"):
         small_params(view="2CH", disease="septal_gap")
@@ -306,8 +386,9 @@ def test_ef_shortcut_reads_little_from_the_default_phantom_and_finds_a_planted_l
 
 
 def test_disease_shortcut_reads_little_from_the_default_phantom_and_finds_a_planted_leak(tmp_path):
-    """Coarse-grid statistics barely tell the default (mostly mild) PAH phantom from normal hearts; the same fit finds
-    the class at once when the abnormal videos are planted twice as bright (the control: the baseline can fail)."""
+    """Coarse-grid statistics barely tell the default (mostly mild) PAH or ASD phantom from normal hearts; the same
+    fit finds the class at once when the abnormal PAH videos are planted twice as bright (the control: the baseline
+    can fail)."""
     from datamodules.nifti import load_sequence_array, write_nifti
     from datamodules.phantom.cardiacnet_writer import write_cardiacnet_dataset
     from datamodules.phantom.shortcuts import disease_baselines
@@ -315,6 +396,10 @@ def test_disease_shortcut_reads_little_from_the_default_phantom_and_finds_a_plan
     root = write_cardiacnet_dataset(tmp_path / "cn", 32, seed=4, size_range=(48, 56), num_frames_range=(12, 16))
     default = disease_baselines(root)
     assert default["shortcut_loo_auroc"] < 0.8, default
+    asd = write_cardiacnet_dataset(
+        tmp_path / "asd", 32, seed=4, subset="ASD", size_range=(48, 56), num_frames_range=(12, 16)
+    )  # the ASD's volume overload changes the right heart, not the frame's global statistics
+    assert disease_baselines(asd, subset="ASD")["shortcut_loo_auroc"] < 0.8
     for path in (root / "CardiacNet-PAH" / "PAH").glob("*_image.nii.gz"):
         frames, _ = load_sequence_array(path)
         write_nifti(path, np.clip(frames.astype(np.float32) * 2.0, 0, 255).astype(np.uint8))
