@@ -130,7 +130,34 @@ def main() -> None:
         latency = _time(lambda: model.correct(broken, sequence.spacing))
         label = "+ keep input where valid" if keep_input else "decoding only"
         rows.append((f"correction, 20-frame sequence, all frames invalid ({label})", f"{latency * 1000:.0f} ms"))
-    rows.append(("smoothing, 20-frame sequence", f"{_time(lambda: model.smooth(frames)) * 1000:.0f} ms"))
+    # smoothing: the decoded-attribute search with and without its trajectory cache (the same weights), per boundary,
+    # and castor's latent-only criterion; decodes counted
+    import functools
+
+    import echo_modules.anatomical_vae.module as vae_module
+
+    searched = vae_module.smooth_latent_sequence
+    decode, calls = model.decode, [0]
+
+    def counted(latents):
+        calls[0] += 1
+        return decode(latents)
+
+    model.decode = counted
+    cases = [("castor", False, True), ("castor", True, True)] + [
+        (b, True, True) for b in ("second_difference", "pinned")
+    ]
+    cases.append(("pinned", True, False))
+    for boundary, cached, decoded_check in cases:
+        vae_module.smooth_latent_sequence = functools.partial(searched, cache_decodes=cached)
+        model.hparams.smoothing_boundary, model.hparams.smoothing_check_decoded = boundary, decoded_check
+        calls[0] = 0
+        latency = _time(lambda: model.smooth(frames), repeats=1)
+        check = ("decoded check, " + ("cached" if cached else "uncached (before)")) if decoded_check else "latent only"
+        rows.append(
+            (f"smoothing, 20-frame sequence, {boundary}, {check}", f"{latency * 1000:.0f} ms, {calls[0]} decodes")
+        )
+    vae_module.smooth_latent_sequence, model.decode = searched, decode
 
     width = max(len(name) for name, _ in rows)
     print(f"{'measure':<{width}}  value")

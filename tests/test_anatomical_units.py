@@ -55,7 +55,25 @@ def test_snake_is_the_stationary_point_of_the_momentum_descent():
         neighbours = 0.5 * (padded[:-2] + padded[2:])
         velocity = 0.9 * velocity - 0.01 * ((x - signal) + weight * (x - neighbours))
         x = x + velocity
-    np.testing.assert_allclose(snake(signal, weight), x, atol=1e-6)
+    np.testing.assert_allclose(snake(signal, weight, "castor"), x, atol=1e-6)
+
+
+def test_pinned_and_second_difference_keep_an_ed_es_trend_that_castor_shrinks():
+    """A straight ED -> ES ramp with frame-to-frame jitter on the inner frames: the pinned and second-difference
+    smoothers keep the ramp (its ends and amplitude) and remove the jitter; castor's free-ended snake (the control)
+    compresses the ramp toward its mean at the same weight."""
+    ramp = np.linspace(1.0, 0.0, 11)
+    jitter = np.where(np.arange(11) % 2 == 0, 0.05, -0.05)
+    jitter[[0, -1]] = 0.0
+    for boundary in ("pinned", "pinned_second_difference", "second_difference"):
+        np.testing.assert_allclose(snake(ramp, 128.0, boundary), ramp, atol=1e-9)
+        smoothed = snake(ramp + jitter, 128.0, boundary)
+        assert second_difference(smoothed).max() < 0.1 * second_difference(ramp + jitter).max(), boundary
+        assert abs(smoothed[0] - smoothed[-1]) > 0.9, boundary
+    shrunk = snake(ramp, 128.0, "castor")
+    assert shrunk[0] - shrunk[-1] < 0.5  # measured 0.14 of 1: the amplitude an ED -> ES half-sequence loses
+    with pytest.raises(ValueError, match="boundary"):
+        snake(ramp, 1.0, "free")
 
 
 def test_binary_search_finds_the_smallest_weight_meeting_the_threshold():

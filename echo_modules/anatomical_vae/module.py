@@ -33,6 +33,7 @@ from echo_modules.anatomical_vae.postprocess import (
     dice_per_class,
     keep_input_where_valid,
     smooth_latent_sequence,
+    snake,
     temporal_metrics,
 )
 from echo_modules.common.module import EchoModule, PredictionRecord, gather_lists
@@ -86,6 +87,8 @@ class AnatomicalVAE(EchoModule):
         smoothing_max_weight: float = 128.0,
         smoothing_depth: int = 5,
         smoothing_check_decoded: bool = True,
+        smoothing_boundary: Literal["pinned", "pinned_second_difference", "second_difference", "castor"] = "pinned",
+        smoothing_keep_pinned: bool = True,
         erosion_ratio_min: float = 0.12,
         width_ratio_max: float = 4.15,
         lv_background_frontier_max: float = 0.4,
@@ -110,6 +113,12 @@ class AnatomicalVAE(EchoModule):
         smoothing_*: the snake's weight for non-attribute dims, the search range and depth for attribute dims;
         smoothing_check_decoded: also raise an attribute dim's weight until the attribute of the decoded masks meets
         its threshold (False: castor's latent criterion only, see :func:`smooth_latent_sequence`).
+        smoothing_boundary: the smoother's operator (:func:`snake_system`): ``pinned`` (default) castor's snake with
+        the first and last frames held, so a trend between them (ED -> ES) keeps its amplitude; ``castor`` the
+        papers' exact snake, whose free ends shrink the trend (EF -22 points on the README's phantom chain);
+        ``second_difference`` a Whittaker smoother that keeps linear trends but moves the ends;
+        ``pinned_second_difference`` its rows on the inner frames with the ends held.
+        smoothing_keep_pinned: with ``pinned``, the held frames keep their input masks (see :meth:`smooth`).
         predictions_dir: where ``predict`` writes the corrected masks and its tables (default ``<run dir>/corrected``);
         predict_smooth: also smooth sequences of 3+ frames in time (else correct only); predict_max_overlays:
         before/after images of invalid input frames logged to a W&B logger (``--config configs/logger/wandb.yaml``)."""
@@ -331,35 +340,54 @@ class AnatomicalVAE(EchoModule):
         return temporal_metrics(masks, spacing, self.attribute_bounds)
 
     @torch.no_grad()
-    def smooth(self, masks: np.ndarray, spacing: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def smooth(
+        self,
+        masks: np.ndarray,
+        spacing: tuple[float, float] | None = None,
+        weights: np.ndarray | None = None,
+        boundary: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """A temporally smoothed ``(T, H, W)`` sequence (decoded smoothed latents) and the weight used per dim.
 
         Latent dims are scaled by the bank's code bounds for castor's criterion; with ``smoothing_check_decoded``
         the attributes of the decodings (scaled by the bank's attribute bounds) must meet the thresholds too. A
         checkpoint without bounds (built before they were stored) gets castor's latent criterion, each curve scaled by
-        its own range."""
+        its own range. ``weights`` (one per latent dim) skips the search and smooths with them; ``boundary``
+        overrides ``smoothing_boundary`` (:func:`snake_system`). With the ``pinned`` boundary and
+        ``smoothing_keep_pinned`` the first and last frames (a CAMUS half-sequence's ED and ES) keep their input
+        masks: their latents do not move, and their decoding would only add the VAE's reconstruction error (on the
+        README's phantom chain it shrinks the ED LV: EF -5 points on ground truth)."""
+        boundary = self.hparams.smoothing_boundary if boundary is None else boundary
         codes = self.encode(np.asarray(masks)).double().cpu().numpy()
         thresholds = tuple(ATTRIBUTE_THRESHOLDS[name] for name in self.hparams.attributes)
-        measure = None
-        if self.hparams.smoothing_check_decoded and self.attribute_bounds is not None:
-            low, high = (self.attribute_bounds[i][self.attribute_columns] for i in (0, 1))
+        if weights is not None:
+            weights = np.asarray(weights, np.float64)
+            smoothed = np.stack([snake(codes[:, d], w, boundary) for d, w in enumerate(weights)], axis=1)
+        else:
+            measure = None
+            if self.hparams.smoothing_check_decoded and self.attribute_bounds is not None:
+                low, high = (self.attribute_bounds[i][self.attribute_columns] for i in (0, 1))
 
-            def measure(latents: np.ndarray) -> np.ndarray:
-                decoded = self.decode(torch.as_tensor(latents, dtype=torch.float32, device=self.device))
-                values = self.attributes_of(decoded.cpu().numpy(), spacing)[:, self.attribute_columns]
-                return (values - low) / np.maximum(high - low, 1e-12)
+                def measure(latents: np.ndarray) -> np.ndarray:
+                    decoded = self.decode(torch.as_tensor(latents, dtype=torch.float32, device=self.device))
+                    values = self.attributes_of(decoded.cpu().numpy(), spacing)[:, self.attribute_columns]
+                    return (values - low) / np.maximum(high - low, 1e-12)
 
-        smoothed, weights = smooth_latent_sequence(
-            codes,
-            thresholds,
-            other_weight=self.hparams.smoothing_other_weight,
-            max_weight=self.hparams.smoothing_max_weight,
-            depth=self.hparams.smoothing_depth,
-            code_bounds=self.code_bounds,
-            measure=measure,
-        )
-        decoded = self.decode(torch.as_tensor(smoothed, dtype=torch.float32, device=self.device))
-        return decoded.cpu().numpy().astype(np.uint8), weights
+            smoothed, weights = smooth_latent_sequence(
+                codes,
+                thresholds,
+                other_weight=self.hparams.smoothing_other_weight,
+                max_weight=self.hparams.smoothing_max_weight,
+                depth=self.hparams.smoothing_depth,
+                code_bounds=self.code_bounds,
+                measure=measure,
+                boundary=boundary,
+            )
+        decoded = self.decode(torch.as_tensor(smoothed, dtype=torch.float32, device=self.device)).cpu().numpy()
+        decoded = decoded.astype(np.uint8)
+        if boundary.startswith("pinned") and self.hparams.smoothing_keep_pinned and len(decoded) >= 2:
+            decoded[[0, -1]] = np.asarray(masks)[[0, -1]]
+        return decoded, weights
 
     # ------------------------------------------------------------------ predict: a folder of segmentations
 

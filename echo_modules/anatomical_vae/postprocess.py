@@ -6,11 +6,16 @@ segment zb -> z0 to the point closest to z0 that still decodes valid (a grid ove
 between the last valid and the first invalid point). Valid frames are left untouched.
 
 Temporal smoothing (castor's snake): each latent dim over time is a 1-D signal x; the snake moves x along
-(x - x0) + w * (x - neighbour mean) until it stops. Its stationary point solves (I + w (I - N)) x = x0 with N the
-neighbour-mean operator (edges use their single neighbour and themselves), which is solved here directly instead of
-iterating momentum descent to it. For attribute dims w is the smallest value in [0, 128] (binary search, depth 5)
-for which every inner frame of the min-max scaled result satisfies |x_t - (x_{t-1} + x_{t+1}) / 2| <= tau; the
-other dims use w = 50.
+(x - x0) + w * (x - neighbour mean) until it stops. Its stationary point solves A x = x0 (:func:`snake_system`),
+solved here directly instead of iterating momentum descent to it. castor's A = I + w (I - N), N the neighbour mean
+with an edge frame averaged with itself and its one neighbour, is the minimiser of |x - x0|^2 + w/2 |D1 x|^2: it
+penalises slope, so a trend between the first and the last frame shrinks toward its mean; a CAMUS half-sequence runs
+ED -> ES, so the frames EF is measured on are exactly those it moves most. The default ``pinned`` boundary holds the
+first and last frames (castor's rows on the inner frames only), so a linear trend between them passes unchanged and
+ED/ES keep their values; ``second_difference`` (Whittaker, free ends) keeps linear trends but moves the ends;
+``pinned_second_difference`` holds the ends with the second-difference rows on the inner frames.
+For attribute dims w is the smallest value in [0, 128] (binary search, depth 5) for which every inner frame of the
+min-max scaled result satisfies |x_t - (x_{t-1} + x_{t+1}) / 2| <= tau; the other dims use w = 50.
 """
 
 from __future__ import annotations
@@ -111,6 +116,9 @@ def keep_input_where_valid(
 # ---------------------------------------------------------------------------------------------------- smoothing
 
 
+SMOOTHING_BOUNDARIES = ("pinned", "pinned_second_difference", "second_difference", "castor")
+
+
 def _neighbour_operator(length: int) -> np.ndarray:
     """N: x -> mean of each frame's neighbours (an edge frame: itself and its one neighbour)."""
     operator = np.zeros((length, length))
@@ -124,11 +132,35 @@ def _neighbour_operator(length: int) -> np.ndarray:
     return operator
 
 
-def snake(signal: np.ndarray, weight: float) -> np.ndarray:
-    """The snake's stationary point for a ``(T,)`` or ``(T, D)`` signal (see the module docstring)."""
-    length = len(signal)
-    system = np.eye(length) + weight * (np.eye(length) - _neighbour_operator(length))
-    return np.linalg.solve(system, signal)
+def snake_system(length: int, weight: float, boundary: str = "pinned") -> np.ndarray:
+    """The ``(T, T)`` matrix A of the smoother's stationary point A x = x0 (see the module docstring).
+
+    castor: I + w (I - N), castor's snake; I - N is half the first-difference Laplacian with free ends, so this is
+    the minimiser of |x - x0|^2 + w/2 |D1 x|^2: it penalises slope, and a trend (ED -> ES) shrinks toward its mean.
+    pinned: castor's rows on the inner frames, the first and last frames kept as they are (a linear trend between
+    them passes unchanged). second_difference: I + w/8 D2^T D2 (Whittaker, free ends), the minimiser of
+    |x - x0|^2 + w/8 |D2 x|^2: linear trends lie in its null space; w/8 gives it castor's gain at frame-to-frame
+    alternation (1 / (1 + 2w)), so the same w removes the same jitter. pinned_second_difference: the
+    second-difference rows on the inner frames, the first and last frames held (the inner frames follow the straight
+    line between the held ends: no slope penalty and no seam at the ends)."""
+    if boundary not in SMOOTHING_BOUNDARIES:
+        raise ValueError(f"smoothing boundary must be one of {SMOOTHING_BOUNDARIES}, got {boundary!r}")
+    identity = np.eye(length)
+    if boundary in ("second_difference", "pinned_second_difference"):
+        if length < 3:
+            return identity
+        second = np.diff(identity, n=2, axis=0)  # (T - 2, T) rows (1, -2, 1)
+        system = identity + weight / 8.0 * second.T @ second
+    else:
+        system = identity + weight * (identity - _neighbour_operator(length))
+    if boundary.startswith("pinned") and length >= 2:
+        system[[0, -1]] = identity[[0, -1]]
+    return system
+
+
+def snake(signal: np.ndarray, weight: float, boundary: str = "pinned") -> np.ndarray:
+    """The smoother's stationary point for a ``(T,)`` or ``(T, D)`` signal (:func:`snake_system`)."""
+    return np.linalg.solve(snake_system(len(signal), weight, boundary), signal)
 
 
 def second_difference(signal: np.ndarray) -> np.ndarray:
@@ -155,6 +187,7 @@ def smooth_attribute_dim(
     bounds: tuple[float, float] | None = None,
     measure: Callable[[np.ndarray], np.ndarray] | None = None,
     lowest: float = 0.0,
+    boundary: str = "pinned",
 ) -> tuple[np.ndarray, float]:
     """Smallest snake weight (binary search in [lowest, max_weight], ``depth`` steps) whose result meets
     ``threshold`` on every inner frame; returns the smoothed signal and the weight.
@@ -168,13 +201,14 @@ def smooth_attribute_dim(
         bounds = (float(signal.min()), float(signal.max()))
 
     def check(weight: float) -> int:
-        smoothed = snake(signal, weight) if weight > 0 else signal
+        smoothed = snake(signal, weight, boundary) if weight > 0 else signal
         curve = measure(smoothed) if measure is not None else _minmax(smoothed, bounds)[0]
         return _violations(curve, threshold)
 
-    if len(signal) < 3 or check(lowest) == 0:
-        return (snake(signal, lowest) if lowest > 0 else signal.copy()), float(lowest)
-    tried = {lowest: check(lowest), max_weight: check(max_weight)}
+    tried = {lowest: check(lowest)} if len(signal) >= 3 else {lowest: 0}
+    if tried[lowest] == 0:
+        return (snake(signal, lowest, boundary) if lowest > 0 else signal.copy()), float(lowest)
+    tried[max_weight] = check(max_weight)
     if tried[max_weight] == 0:
         low, high = lowest, max_weight
         for _ in range(depth):
@@ -187,7 +221,7 @@ def smooth_attribute_dim(
             weight = lowest + (max_weight - lowest) * step / (depth + 1)
             tried[weight] = check(weight)
         weight = min(tried, key=lambda w: (tried[w], w))
-    return snake(signal, weight), float(weight)
+    return snake(signal, weight, boundary), float(weight)
 
 
 def smooth_latent_sequence(
@@ -199,6 +233,8 @@ def smooth_latent_sequence(
     code_bounds: np.ndarray | None = None,
     measure: Callable[[np.ndarray], np.ndarray] | None = None,
     passes: int = 2,
+    boundary: str = "pinned",
+    cache_decodes: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Smooth a ``(T, D)`` latent trajectory: dims ``0..A-1`` under their thresholds, the rest with ``other_weight``.
     Returns the smoothed codes and the weight used per dim.
@@ -209,28 +245,39 @@ def smooth_latent_sequence(
     latent-criterion weight and ``max_weight``) until the attribute measured on the decoded masks meets its threshold:
     the latent dim only approximates its attribute (the decoder and the other dims move it too), so a latent curve
     that passes can decode to one that does not. ``passes`` repeats that pass (a later dim's smoothing moves an
-    earlier dim's attribute); weights only grow."""
+    earlier dim's attribute); weights only grow. cache_decodes: measure each trajectory once (a search's first
+    check is the trajectory the previous one ended on; the same result, fewer decodes); False decodes every check
+    (the search before the cache, kept for benchmarks/anatomical_vae.py)."""
     codes = np.asarray(codes, np.float64)
     out, weights = np.empty_like(codes), np.empty(codes.shape[1])
     for dim in range(codes.shape[1]):
         if dim < len(attribute_thresholds):
             bounds = None if code_bounds is None else (code_bounds[0, dim], code_bounds[1, dim])
             out[:, dim], weights[dim] = smooth_attribute_dim(
-                codes[:, dim], attribute_thresholds[dim], max_weight, depth, bounds
+                codes[:, dim], attribute_thresholds[dim], max_weight, depth, bounds, boundary=boundary
             )
         else:
-            out[:, dim], weights[dim] = snake(codes[:, dim], other_weight), other_weight
+            out[:, dim], weights[dim] = snake(codes[:, dim], other_weight, boundary), other_weight
     if measure is None or len(codes) < 3:
         return out, weights
+    cache: dict[bytes, np.ndarray] = {}  # decoded attribute curves by latent trajectory: a search's first check
+    # (its dim at the weight it already has) is the trajectory the previous search ended on
+
+    def measure_cached(trial: np.ndarray) -> np.ndarray:
+        key = trial.tobytes()
+        if key not in cache or not cache_decodes:
+            cache[key] = measure(trial)
+        return cache[key]
+
     for _, (dim, threshold) in itertools.product(range(passes), enumerate(attribute_thresholds)):
 
         def measured(signal: np.ndarray, dim: int = dim) -> np.ndarray:
             trial = out.copy()
             trial[:, dim] = signal
-            return measure(trial)[:, dim]
+            return measure_cached(trial)[:, dim]
 
         out[:, dim], weights[dim] = smooth_attribute_dim(
-            codes[:, dim], threshold, max_weight, depth, measure=measured, lowest=weights[dim]
+            codes[:, dim], threshold, max_weight, depth, measure=measured, lowest=weights[dim], boundary=boundary
         )
     return out, weights
 
