@@ -154,6 +154,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -495,20 +496,30 @@ def scoring_protocols(model, datamodule, data_dir: Path, args: argparse.Namespac
 
 class TrainingCurve(L.Callback):
     """Every logged training metric at each epoch's end (the last step's values), and the test bank AUROC (the FIFO
-    banks, 2 clips) every ``every`` epochs: does the score still move when the fit stops?"""
+    banks, 2 clips) every ``every`` epochs: does the score still move when the fit stops? Each row also holds the
+    seconds since the fit started and the 1-minute load average; with ``path`` the rows so far are rewritten there
+    after every epoch, so a long fit that is stopped keeps its curve. Neither touches the training randomness."""
 
-    def __init__(self, datamodule, every: int = 4) -> None:
-        self.datamodule, self.every, self.epochs = datamodule, every, []
+    def __init__(self, datamodule, every: int = 4, path: Path | None = None) -> None:
+        self.datamodule, self.every, self.epochs, self.path = datamodule, every, [], path
+        self.start = time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         row = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         row["epoch"] = trainer.current_epoch + 1
+        row["seconds"], row["load1"] = time.perf_counter() - self.start, os.getloadavg()[0]
         if self.every and (trainer.current_epoch + 1) % self.every == 0:
             test = split_scores(pl_module, self.datamodule, "test")
             row["test_auroc_bank"] = auroc(test["scores"]["bank"], test["labels"])
             row["test_auroc_reconstruction"] = auroc(test["scores"]["reconstruction"], test["labels"])
             pl_module.train()
         self.epochs.append(row)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.epochs))
 
 
 def lesion_visibility(subset: str, sizes: tuple[int, ...] = (32, 48, 64), videos: int = 8) -> str:
@@ -607,7 +618,12 @@ def run_row(name: str, data_dir: Path, args: argparse.Namespace, cache: Path, se
     model = build_cardiacnet(model_args)
     datamodule = phantom_datamodule(data_dir, args.subset, args.frame_size, cache)
     shares = GradientShares()
-    curve = TrainingCurve(datamodule, every=args.curve_every if args.save_dir and name != "untrained" else 0)
+    stem = args.save_dir / f"{name.replace(' ', '_').replace(',', '')}_seed{seed}" if args.save_dir else None
+    curve = TrainingCurve(
+        datamodule,
+        every=args.curve_every if args.save_dir and name != "untrained" else 0,
+        path=stem.with_name(stem.name + "_curve.json") if stem else None,
+    )
     seconds = fit(model, datamodule, epochs, seed, [shares, curve] if name != "untrained" else [curve])
     result = evaluate_cardiacnet(model, datamodule) | {"seconds": seconds, "seed": seed}
     if args.bank_variants:
@@ -618,7 +634,6 @@ def run_row(name: str, data_dir: Path, args: argparse.Namespace, cache: Path, se
         result["grad_share_first"], result["grad_share_last"] = shares.shares[0], shares.shares[-1]
     if args.save_dir:  # the fitted model, its training curve and every number, for later analysis
         args.save_dir.mkdir(parents=True, exist_ok=True)
-        stem = args.save_dir / f"{name.replace(' ', '_').replace(',', '')}_seed{seed}"
         torch.save(model.state_dict(), stem.with_suffix(".pt"))
         stem.with_suffix(".json").write_text(json.dumps(result | {"curve": curve.epochs, "shares": shares.shares}))
     return result
