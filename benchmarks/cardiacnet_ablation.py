@@ -63,7 +63,7 @@ contents and curves: ``benchmarks/cardiacnet_seed_diagnosis.py --save-dir DIR --
 - Training curve (test bank AUROC at epochs 4 / 8 / 12 / 16): seed 0 0.71 / 0.74 / 0.77 / 0.77, seed 1 0.64 / 0.66 /
   0.71 / 0.73, seed 2 0.61 / 0.67 / 0.75 / 0.73 (the last step's inter-class OT cost: 0.016-0.017 at epoch 1,
   0.058-0.082 at epoch 16, noisy from step to step; used codes 101 / 104, 89 / 84, 92 / 71 of 128 at the end).
-  Seeds 0 and 1 are still rising at 16 epochs; more epochs were not measured (each 16-epoch fit took 11-12 min here).
+  Seeds 0 and 1 are still rising at 16 epochs (32 and 64 epochs: session 5, below).
 - Estimation changes do not make the score more robust: 8 test clips move the trained score by +0.02 / +0.00 / -0.00
   and the gap by +0.02 / -0.00 / -0.01; refit centroids raise the control more than the trained model (seed 2
   control 0.62 -> 0.67), a stronger control under which seed 2's gap is +0.05. Neither was adopted: the module's
@@ -73,6 +73,62 @@ contents and curves: ``benchmarks/cardiacnet_seed_diagnosis.py --save-dir DIR --
 - Encoder gradient shares, first logged step -> last: OT 0.04 / 0.09 / 0.12 -> 0.18 / 0.46 / 0.86, cycle 0.59 / 0.66
   / 0.67 -> 0.65 / 0.40 / 0.06, adversarial 0.18 / 0.12 / 0.07 -> 0.11 / 0.08 / 0.04, identity 0.14 / 0.11 / 0.09 ->
   0.04 / 0.03 / 0.02, L_q 0.02-0.04 -> 0.01-0.02, L_dis 0.01-0.02 -> 0.003-0.007 (one step each: noisy).
+
+Longer fits, session 5 (2026-12-01; the same phantom rewritten with ``write_phantom``, writer seed 0, shortcut 0.637 /
+0.640): ``--rows full --epochs 32 --seeds 2 0 --curve-every 8 --protocols --threads 1 --data-dir PHANTOM --save-dir
+DIR``, then ``--seeds 1`` alike, ``--seeds 2 --curve-every 4``, and ``--epochs 64 --seeds 2``. The untrained control,
+rerun on this phantom (``--rows untrained --seeds 0 1 2 --protocols``), matches session 4's to 3 decimals: bank 0.606 /
+0.569 / 0.622 (fifo_8 0.611 / 0.576 / 0.634, refit_2 0.608 / 0.589 / 0.663, refit_8 0.615 / 0.592 / 0.674),
+reconstruction 0.42 / 0.43 / 0.48, head 0.49 / 0.48 / 0.51, FID proxy 4.77 / 4.16 / 4.15. Full method, bank AUROC full /
+untrained (gap), curve = test bank AUROC every 8 epochs (FIFO banks, 2 clips):
+
+| seed, epochs | curve (8 / 16 / 24 / 32 [/ 40 / 48 / 56 / 64]) | fifo_2 | fifo_8 | refit_2 | refit_8 | reconstruction 2 / 8 clips | head | accuracy | FID proxy | fit s (load) |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| 2, 32 | 0.74 / 0.71 / 0.73 / 0.72 | 0.72 / 0.62 (+0.09) | 0.72 / 0.63 (+0.08) | 0.72 / 0.66 (+0.06) | 0.72 / 0.67 (+0.05) | 0.60 / 0.61 | 0.70 | 0.63 | 0.99 | 342 (7.8-10.1) |
+| 2, 64 | 0.74 / 0.71 / 0.73 / 0.72 / 0.74 / 0.73 / 0.71 / 0.76 | 0.76 / 0.62 (+0.14) | 0.75 / 0.63 (+0.12) | 0.77 / 0.66 (+0.11) | 0.75 / 0.67 (+0.08) | 0.66 / 0.66 | 0.68 | 0.71 | 0.82 | 713 (11.4-14.0) |
+| 2, 32, curve every 4 | 0.68 / 0.71 / 0.70 / 0.73 (4 / 12 / 20 / 28: 0.72 / 0.76 / 0.71 / 0.73) | 0.73 / 0.62 (+0.11) | 0.73 / 0.63 (+0.10) | 0.73 / 0.66 (+0.06) | 0.74 / 0.67 (+0.06) | 0.66 / 0.66 | 0.75 | 0.63 | 0.93 | 398 (9.6-12.5) |
+| 0, 32 | 0.60 / 0.68 / 0.67 / 0.74 | 0.74 / 0.61 (+0.13) | 0.75 / 0.61 (+0.14) | 0.74 / 0.61 (+0.14) | 0.75 / 0.61 (+0.14) | 0.56 / 0.56 | 0.67 | 0.71 | 0.92 | 345 (9.5-11.6) |
+| 1, 32 | 0.52 / 0.68 / 0.72 / 0.75 | 0.75 / 0.57 (+0.18) | 0.74 / 0.58 (+0.17) | 0.73 / 0.59 (+0.15) | 0.73 / 0.59 (+0.14) | 0.68 / 0.68 | 0.73 | 0.60 | 1.06 | 538 (10.8-15.7) |
+| mean 0 / 1 / 2, 32 (curve every 8) | 0.62 / 0.69 / 0.71 / 0.73 | 0.73 / 0.60 (+0.13) | 0.74 / 0.61 (+0.13) | 0.73 / 0.62 (+0.11) | 0.74 / 0.63 (+0.11) | 0.61 / 0.62 | 0.70 | 0.65 | 0.99 | |
+
+Untrained controls of the other columns: reconstruction 0.42 / 0.43 / 0.48, head 0.49 / 0.48 / 0.51, accuracy 0.54 /
+0.54 / 0.56. Fit seconds are at ``--threads 1`` on the shared 2-core box (1-minute load in brackets, the range over
+the fit's epochs; the other helpers' tests and the lead's CI ran alongside at nice 10 or below): one thread fitted 32
+epochs in 342-538 s where session 4's two threads took 658-725 s for 16 (two threads contend on a loaded box).
+
+What the longer fits show:
+
+- More epochs do not make seed 2's +0.1 robust. Its test bank AUROC is on a plateau from epoch 8 on, at every evaluation
+  to epoch 64 (0.70-0.76; mean 0.73 over epochs 24-64), so its gap to the control (0.622) is +0.08 to +0.14 depending on
+  the epoch the fit stops at (+0.09 at 32, +0.14 at 64, where the previous evaluation, epoch 56, gave +0.08); under
+  refit centroids and 8 clips (refit_8), the stronger control, it is +0.05 / +0.08 at 32 / 64. A paired,
+  class-stratified bootstrap over the 48 test videos (4000 resamples of the same videos for the full and the untrained
+  score, fifo_2) gives the gap's 95 % interval [-0.02, +0.20] at 32 epochs (P(gap < 0.1) = 0.54) and [+0.02, +0.26] at
+  64 (0.26); refit_8 [-0.04, +0.21] at 64 (0.63). Seed 0: [-0.01, +0.28] (0.34), seed 1: [+0.03, +0.33] (0.16) at 32.
+  Every interval is +-0.11-0.15 wide: at 24 / 24 test videos no single seed's +0.1 can be resolved either way.
+- Seeds 0 and 1 keep rising to 32 epochs (0.60 -> 0.74, 0.52 -> 0.75; seed 1 is still rising) and end above seed 2, but
+  the three-seed mean at 32 epochs (0.73 / 0.60, +0.13) is no higher than session 4's at 16 (0.74 / 0.60, +0.15): the
+  longer fit reorders the seeds rather than lifting them. 64 epochs of seeds 0 and 1: see below.
+- One seed at fixed settings is reproducible: the 32- and 64-epoch seed-2 fits log bit-identical training losses for all
+  32 shared epochs (the 64-epoch fit extends the same trajectory; no schedule depends on max_epochs), and identical test
+  AUROCs at 8 / 16 / 24 / 32. What moves a seed is the curve evaluations: with ``--curve-every 4`` the losses are
+  identical to epoch 4 and differ from epoch 5 on (42.67 vs 43.19), after which seed 2's curve takes another path (0.72
+  / 0.68 / 0.76 / 0.71 at 4 / 8 / 12 / 16, vs session 4's 0.61 / 0.67 / 0.75 / 0.73 with the same ``--curve-every 4`` at
+  ``--threads 2``: the thread count also changes the fit). Such a perturbation moves seed 2's 32-epoch bank score by
+  0.01 (0.715 / 0.729) and its 16-epoch score 0.66-0.73 over sessions 3-5.
+- The reconstruction score improves with training: 0.60 / 0.56 / 0.68 at 32 epochs (seeds 2 / 0 / 1; 0.66 at 64), above
+  the untrained 0.42-0.48 by +0.13 to +0.25 and, for seed 1 and seed 2 at 64 epochs or with curve every 4 (0.66), above
+  the shortcut 0.64, where session 4's 16-epoch fits gave 0.51-0.52. Its curve is noisy too (seed 0: 0.45 / 0.65 / 0.70
+  / 0.56).
+- The FID proxy falls to 0.82-1.06 (session 4 at 16 epochs: 1.34-1.91; untrained 4.15-4.77); used codes rise to 100-121
+  of 128 per generator at 32 epochs and 124 / 126 at 64 (seed 2); the last step's inter-class OT cost rises from 0.016
+  at epoch 1 to 0.32-0.39 at 32 and 0.57 at 64.
+- The relative OT hinge (``ot_relative``, margin 1) is met and stops pushing: the logged L_OT is exactly 0 at 10 / 9 / 3
+  of the 32 epoch ends (seeds 2 / 0 / 1), and at 22 of the last 32 of seed 2's 64-epoch fit. Encoder gradient shares,
+  mean over the second half of the logged steps (11 steps at 32 epochs): OT 0.30 / 0.47 / 0.46, cycle 0.47 / 0.33 /
+  0.35, adversarial 0.14 / 0.13 / 0.12, identity 0.04, L_q 0.02-0.04, L_dis 0.01 (seeds 2 / 0 / 1); seed 2 at 64 epochs
+  (22 steps): OT 0.09, cycle 0.59, adversarial 0.19. The last logged step's OT share is 0 in every fit but the
+  curve-every-4 one (0.78): single steps swing between the hinge's on and off.
 
 Table 6 at this setting (the same run's phantom, ``--rows "global CDD only" "local CDD only" --seeds 0 --protocols
 --save-dir DIR``;
@@ -132,14 +188,14 @@ Session 4 (README rows "CardiacNet (bank score) | phantom CardiacNet-ASD"), bank
 | 32 px | ``--subset ASD --rows full untrained VideoClassifier --seeds 0 1`` | 0 / 1 | 0.71 / 0.64 | 0.61 / 0.56 | +0.10 / +0.08 | 0.67 / 0.69 |
 | 48 px | ``--subset ASD --rows full untrained VideoClassifier --frame-size 48`` | 0 | 0.63 | 0.56 | +0.07 | 0.70 |
 
-So on this phantom CardiacNet beats its control by 0.07-0.10, clears the shortcut (0.63) only at 32 px seed 0
-(0.71; seed 1's 0.64 and 48 px's 0.63 are at it) and stays below the supervised VideoClassifier except at 32 px seed
-0 (0.71 vs 0.67); its reconstruction and head scores, other ablation rows and more seeds on this phantom are not
-recorded here. The disease is visible now
-(``--lesion-visibility --subset ASD``, 8 hearts, session 5): it changes 16.7 / 18.1 / 18.6 % of a 32 / 48 / 64 px
-frame by > 10 grey levels (mean absolute change 4.41 / 4.81 / 5.01 against 2.41 / 3.14 / 3.66 of frame-to-frame
-motion and speckle), almost all of it outside the defect (the dilated, hyperdynamic right heart and the flattened
-septum): the defect with its rims (``abnormal_region``) is 7.8 / 16.8 / 31.0 pixels. The PAH dilation changes 19-22 % (mean change 4.9-5.7; that variant renders as before).
+So on this phantom CardiacNet beats its control by 0.07-0.10, clears the shortcut (0.63) only at 32 px seed 0 (0.71;
+seed 1's 0.64 and 48 px's 0.63 are at it) and stays below the supervised VideoClassifier except at 32 px seed 0 (0.71 vs
+0.67); its reconstruction and head scores, other ablation rows and more seeds on this phantom are not recorded here. The
+disease is visible now (``--lesion-visibility --subset ASD``, 8 hearts, session 5): it changes 16.7 / 18.1 / 18.6 % of a
+32 / 48 / 64 px frame by > 10 grey levels (mean absolute change 4.41 / 4.81 / 5.01 against 2.41 / 3.14 / 3.66 of
+frame-to-frame motion and speckle), almost all of it outside the defect (the dilated, hyperdynamic right heart and the
+flattened septum): the defect with its rims (``abnormal_region``) is 7.8 / 16.8 / 31.0 pixels. The PAH dilation changes
+19-22 % (mean change 4.9-5.7; that variant renders as before).
 
 The old ASD phantom (before 856fb8e: a septal gap alone, no volume overload; not comparable with the numbers above):
 at 32 px (80 videos, 16 epochs) bank 0.39, untrained 0.50, shortcut 0.56; with 120 videos the VideoClassifier
