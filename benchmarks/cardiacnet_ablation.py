@@ -76,25 +76,29 @@ contents and curves: ``benchmarks/cardiacnet_seed_diagnosis.py --save-dir DIR --
 
 Longer fits, session 5 (2026-12-01; the same phantom rewritten with ``write_phantom``, writer seed 0, shortcut 0.637 /
 0.640): ``--rows full --epochs 32 --seeds 2 0 --curve-every 8 --protocols --threads 1 --data-dir PHANTOM --save-dir
-DIR``, then ``--seeds 1`` alike, ``--seeds 2 --curve-every 4``, and ``--epochs 64 --seeds 2``. The untrained control,
-rerun on this phantom (``--rows untrained --seeds 0 1 2 --protocols``), matches session 4's to 3 decimals: bank 0.606 /
-0.569 / 0.622 (fifo_8 0.611 / 0.576 / 0.634, refit_2 0.608 / 0.589 / 0.663, refit_8 0.615 / 0.592 / 0.674),
-reconstruction 0.42 / 0.43 / 0.48, head 0.49 / 0.48 / 0.51, FID proxy 4.77 / 4.16 / 4.15. Full method, bank AUROC full /
-untrained (gap), curve = test bank AUROC every 8 epochs (FIFO banks, 2 clips):
+DIR``, then ``--seeds 1`` alike, ``--seeds 2 --curve-every 4``, and ``--epochs 64`` for seed 2, then seeds 0 and 1 (two
+processes side by side). The untrained control, rerun on this phantom (``--rows untrained --seeds 0 1 2 --protocols``),
+matches session 4's to 3 decimals: bank 0.606 / 0.569 / 0.622 (fifo_8 0.611 / 0.576 / 0.634, refit_2 0.608 / 0.589 /
+0.663, refit_8 0.615 / 0.592 / 0.674), reconstruction 0.42 / 0.43 / 0.48, head 0.49 / 0.48 / 0.51, FID proxy 4.77 / 4.16
+/ 4.15. Full method, bank AUROC full / untrained (gap), curve = test bank AUROC every 8 epochs (FIFO banks, 2 clips):
 
 | seed, epochs | curve (8 / 16 / 24 / 32 [/ 40 / 48 / 56 / 64]) | fifo_2 | fifo_8 | refit_2 | refit_8 | reconstruction 2 / 8 clips | head | accuracy | FID proxy | fit s (load) |
 |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 | 2, 32 | 0.74 / 0.71 / 0.73 / 0.72 | 0.72 / 0.62 (+0.09) | 0.72 / 0.63 (+0.08) | 0.72 / 0.66 (+0.06) | 0.72 / 0.67 (+0.05) | 0.60 / 0.61 | 0.70 | 0.63 | 0.99 | 342 (7.8-10.1) |
-| 2, 64 | 0.74 / 0.71 / 0.73 / 0.72 / 0.74 / 0.73 / 0.71 / 0.76 | 0.76 / 0.62 (+0.14) | 0.75 / 0.63 (+0.12) | 0.77 / 0.66 (+0.11) | 0.75 / 0.67 (+0.08) | 0.66 / 0.66 | 0.68 | 0.71 | 0.82 | 713 (11.4-14.0) |
-| 2, 32, curve every 4 | 0.68 / 0.71 / 0.70 / 0.73 (4 / 12 / 20 / 28: 0.72 / 0.76 / 0.71 / 0.73) | 0.73 / 0.62 (+0.11) | 0.73 / 0.63 (+0.10) | 0.73 / 0.66 (+0.06) | 0.74 / 0.67 (+0.06) | 0.66 / 0.66 | 0.75 | 0.63 | 0.93 | 398 (9.6-12.5) |
+| 2, 64 | 0.74 / 0.71 / 0.73 / 0.72 / 0.74 / 0.73 / 0.70 / 0.76 | 0.76 / 0.62 (+0.14) | 0.75 / 0.63 (+0.12) | 0.77 / 0.66 (+0.11) | 0.75 / 0.67 (+0.08) | 0.66 / 0.66 | 0.68 | 0.71 | 0.82 | 713 (11.4-14.0) |
+| 2, 32, curve every 4 | 0.68 / 0.70 / 0.70 / 0.73 (4 / 12 / 20 / 28: 0.72 / 0.76 / 0.71 / 0.73) | 0.73 / 0.62 (+0.11) | 0.73 / 0.63 (+0.10) | 0.73 / 0.66 (+0.06) | 0.74 / 0.67 (+0.06) | 0.66 / 0.66 | 0.75 | 0.63 | 0.93 | 398 (9.6-12.5) |
 | 0, 32 | 0.60 / 0.68 / 0.67 / 0.74 | 0.74 / 0.61 (+0.13) | 0.75 / 0.61 (+0.14) | 0.74 / 0.61 (+0.14) | 0.75 / 0.61 (+0.14) | 0.56 / 0.56 | 0.67 | 0.71 | 0.92 | 345 (9.5-11.6) |
 | 1, 32 | 0.52 / 0.68 / 0.72 / 0.75 | 0.75 / 0.57 (+0.18) | 0.74 / 0.58 (+0.17) | 0.73 / 0.59 (+0.15) | 0.73 / 0.59 (+0.14) | 0.68 / 0.68 | 0.73 | 0.60 | 1.06 | 538 (10.8-15.7) |
+| 0, 64 | 0.60 / 0.68 / 0.67 / 0.74 / 0.74 / 0.72 / 0.74 / 0.72 | 0.72 / 0.61 (+0.11) | 0.72 / 0.61 (+0.11) | 0.71 / 0.61 (+0.11) | 0.72 / 0.61 (+0.11) | 0.64 / 0.63 | 0.66 | 0.58 | 0.81 | 1498 (6.2-11.2; with seed 1 alongside) |
+| 1, 64 | 0.52 / 0.68 / 0.72 / 0.75 / 0.73 / 0.72 / 0.77 / 0.76 | 0.76 / 0.57 (+0.19) | 0.76 / 0.58 (+0.19) | 0.75 / 0.59 (+0.16) | 0.75 / 0.59 (+0.16) | 0.66 / 0.65 | 0.78 | 0.67 | 0.97 | 1504 (6.3-11.2; with seed 0 alongside) |
 | mean 0 / 1 / 2, 32 (curve every 8) | 0.62 / 0.69 / 0.71 / 0.73 | 0.73 / 0.60 (+0.13) | 0.74 / 0.61 (+0.13) | 0.73 / 0.62 (+0.11) | 0.74 / 0.63 (+0.11) | 0.61 / 0.62 | 0.70 | 0.65 | 0.99 | |
+| mean 0 / 1 / 2, 64 (curve every 8) | 0.62 / 0.69 / 0.71 / 0.73 / 0.74 / 0.73 / 0.74 / 0.75 | 0.75 / 0.60 (+0.15) | 0.75 / 0.61 (+0.14) | 0.74 / 0.62 (+0.12) | 0.74 / 0.63 (+0.12) | 0.65 / 0.65 | 0.71 | 0.65 | 0.87 | |
 
 Untrained controls of the other columns: reconstruction 0.42 / 0.43 / 0.48, head 0.49 / 0.48 / 0.51, accuracy 0.54 /
-0.54 / 0.56. Fit seconds are at ``--threads 1`` on the shared 2-core box (1-minute load in brackets, the range over
-the fit's epochs; the other helpers' tests and the lead's CI ran alongside at nice 10 or below): one thread fitted 32
-epochs in 342-538 s where session 4's two threads took 658-725 s for 16 (two threads contend on a loaded box).
+0.54 / 0.56. Fit seconds are at ``--threads 1`` on the shared 2-core box (1-minute load in brackets, the range over the
+fit's epochs; the other helpers' tests and the lead's CI ran alongside at nice 10 or below): one thread fitted 32 epochs
+in 342-538 s (64 in 713 s alone, 1498-1504 s two side by side) where session 4's two threads took 658-725 s for 16 (two
+threads contend on a loaded box).
 
 What the longer fits show:
 
@@ -104,35 +108,39 @@ What the longer fits show:
   refit centroids and 8 clips (refit_8), the stronger control, it is +0.05 / +0.08 at 32 / 64. A paired,
   class-stratified bootstrap over the 48 test videos (4000 resamples of the same videos for the full and the untrained
   score, fifo_2) gives the gap's 95 % interval [-0.02, +0.20] at 32 epochs (P(gap < 0.1) = 0.54) and [+0.02, +0.26] at
-  64 (0.26); refit_8 [-0.04, +0.21] at 64 (0.63). Seed 0: [-0.01, +0.28] (0.34), seed 1: [+0.03, +0.33] (0.16) at 32.
-  Every interval is +-0.11-0.15 wide: at 24 / 24 test videos no single seed's +0.1 can be resolved either way.
-- Seeds 0 and 1 keep rising to 32 epochs (0.60 -> 0.74, 0.52 -> 0.75; seed 1 is still rising) and end above seed 2, but
-  the three-seed mean at 32 epochs (0.73 / 0.60, +0.13) is no higher than session 4's at 16 (0.74 / 0.60, +0.15): the
-  longer fit reorders the seeds rather than lifting them. 64 epochs of seeds 0 and 1: see below.
+  64 (0.26); refit_8 [-0.04, +0.21] at 64 (0.63). Seed 0: [-0.01, +0.28] (0.34) at 32, [-0.02, +0.26] (0.43) at 64; seed
+  1: [+0.03, +0.33] (0.16) at 32, [+0.06, +0.32] (0.09) at 64. Every interval is +-0.11-0.15 wide: at 24 / 24 test
+  videos no single seed's +0.1 can be resolved either way.
+- Seeds 0 and 1 rise to 32 epochs (0.60 -> 0.74, 0.52 -> 0.75) and then plateau too: 0.72-0.74 (seed 0) and 0.72-0.77
+  (seed 1) at every evaluation from 32 to 64 (means over epochs 24-64: 0.72 / 0.74 / 0.73 for seeds 0 / 1 / 2). The
+  three-seed mean is 0.74 / 0.60 (+0.15) at 16 epochs (session 4), 0.73 / 0.60 (+0.13) at 32 and 0.75 / 0.60 (+0.15) at
+  64: the longer fits reorder the seeds and move each by its plateau's +-0.03 wobble, they do not lift the score. The
+  per-seed gaps at 64 epochs are +0.11 / +0.19 / +0.14 (fifo_2) and +0.11 / +0.16 / +0.08 (refit_8).
 - One seed at fixed settings is reproducible: the 32- and 64-epoch seed-2 fits log bit-identical training losses for all
   32 shared epochs (the 64-epoch fit extends the same trajectory; no schedule depends on max_epochs), and identical test
   AUROCs at 8 / 16 / 24 / 32. What moves a seed is the curve evaluations: with ``--curve-every 4`` the losses are
   identical to epoch 4 and differ from epoch 5 on (42.67 vs 43.19), after which seed 2's curve takes another path (0.72
-  / 0.68 / 0.76 / 0.71 at 4 / 8 / 12 / 16, vs session 4's 0.61 / 0.67 / 0.75 / 0.73 with the same ``--curve-every 4`` at
+  / 0.68 / 0.76 / 0.70 at 4 / 8 / 12 / 16, vs session 4's 0.61 / 0.67 / 0.75 / 0.73 with the same ``--curve-every 4`` at
   ``--threads 2``: the thread count also changes the fit). Such a perturbation moves seed 2's 32-epoch bank score by
   0.01 (0.715 / 0.729) and its 16-epoch score 0.66-0.73 over sessions 3-5.
-- The reconstruction score improves with training: 0.60 / 0.56 / 0.68 at 32 epochs (seeds 2 / 0 / 1; 0.66 at 64), above
-  the untrained 0.42-0.48 by +0.13 to +0.25 and, for seed 1 and seed 2 at 64 epochs or with curve every 4 (0.66), above
-  the shortcut 0.64, where session 4's 16-epoch fits gave 0.51-0.52. Its curve is noisy too (seed 0: 0.45 / 0.65 / 0.70
-  / 0.56).
-- The FID proxy falls to 0.82-1.06 (session 4 at 16 epochs: 1.34-1.91; untrained 4.15-4.77); used codes rise to 100-121
-  of 128 per generator at 32 epochs and 124 / 126 at 64 (seed 2); the last step's inter-class OT cost rises from 0.016
-  at epoch 1 to 0.32-0.39 at 32 and 0.57 at 64.
+- The reconstruction score improves with training: 0.56 / 0.68 / 0.60 at 32 epochs and 0.64 / 0.66 / 0.66 at 64 (seeds 0
+  / 1 / 2), above the untrained 0.42-0.48 by +0.13 to +0.25 and, at 64 epochs, at or above the shortcut 0.64 in every
+  seed, where session 4's 16-epoch fits gave 0.51-0.52. Its curve is noisy too (seed 0: 0.45 / 0.65 / 0.70 / 0.56 / 0.61
+  / 0.62 / 0.70 / 0.64).
+- The FID proxy falls to 0.82-1.06 at 32 epochs and 0.81-0.97 at 64 (session 4 at 16 epochs: 1.34-1.91; untrained
+  4.15-4.77); used codes rise to 100-121 of 128 per generator at 32 epochs and 123-127 at 64; the last step's
+  inter-class OT cost rises from 0.016 at epoch 1 to 0.32-0.39 at 32 and 0.50-0.57 at 64.
 - The relative OT hinge (``ot_relative``, margin 1) is met and stops pushing: the logged L_OT is exactly 0 at 10 / 9 / 3
-  of the 32 epoch ends (seeds 2 / 0 / 1), and at 22 of the last 32 of seed 2's 64-epoch fit. Encoder gradient shares,
-  mean over the second half of the logged steps (11 steps at 32 epochs): OT 0.30 / 0.47 / 0.46, cycle 0.47 / 0.33 /
-  0.35, adversarial 0.14 / 0.13 / 0.12, identity 0.04, L_q 0.02-0.04, L_dis 0.01 (seeds 2 / 0 / 1); seed 2 at 64 epochs
-  (22 steps): OT 0.09, cycle 0.59, adversarial 0.19. The last logged step's OT share is 0 in every fit but the
-  curve-every-4 one (0.78): single steps swing between the hinge's on and off.
+  of the first 32 epoch ends (seeds 2 / 0 / 1) and at 22 / 17 / 21 of the last 32 of the 64-epoch fits. Encoder gradient
+  shares, mean over the second half of the logged steps (11 steps at 32 epochs): OT 0.30 / 0.47 / 0.46, cycle 0.47 /
+  0.33 / 0.35, adversarial 0.14 / 0.13 / 0.12, identity 0.04, L_q 0.02-0.04, L_dis 0.01 (seeds 2 / 0 / 1); at 64 epochs
+  (22 steps) OT 0.09 / 0.25 / 0.17, cycle 0.59 / 0.51 / 0.49, adversarial 0.19 / 0.15 / 0.21. The last logged step's OT
+  share is 0 in 5 of the 7 fits (0.78 with curve every 4, 0.76 for seed 0 at 64): single steps swing between the hinge's
+  on and off.
 
 Table 6 at this setting (the same run's phantom, ``--rows "global CDD only" "local CDD only" --seeds 0 --protocols
 --save-dir DIR``;
-the full and untrained rows are the seeds above; per seed, fifo_2 scoring as the module):
+the full and untrained rows are session 4's seeds, the first table; per seed, fifo_2 scoring as the module):
 
 | row | poster table | seeds | AUROC bank | AUROC bank, 8 clips | AUROC reconstruction | AUROC head | accuracy | FID proxy | fit s |
 |---|---|---|---:|---:|---:|---:|---:|---:|---:|
