@@ -145,9 +145,9 @@ def main() -> None:
 
     model.decode = counted
     cases = [("castor", False, True), ("castor", True, True)] + [
-        (b, True, True) for b in ("second_difference", "pinned")
+        (b, True, True) for b in ("second_difference", "pinned", "trend_cubic")
     ]
-    cases.append(("pinned", True, False))
+    cases += [("pinned", True, False), ("trend_cubic", True, False)]
     for boundary, cached, decoded_check in cases:
         vae_module.smooth_latent_sequence = functools.partial(searched, cache_decodes=cached)
         model.hparams.smoothing_boundary, model.hparams.smoothing_check_decoded = boundary, decoded_check
@@ -158,6 +158,36 @@ def main() -> None:
             (f"smoothing, 20-frame sequence, {boundary}, {check}", f"{latency * 1000:.0f} ms, {calls[0]} decodes")
         )
     vae_module.smooth_latent_sequence, model.decode = searched, decode
+    model.hparams.smoothing_check_decoded = True
+    # smoothing before/after on a jittered half-sequence (each frame's LV one pixel larger or smaller at random, as
+    # tests/test_anatomical_vae.py jitters it): violations of castor's thresholds (any attribute), frame-to-frame
+    # Dice, Dice to the clean sequence, and how much of the ED -> ES LV-area change (lv_area, first to last frame) the
+    # smoothed masks keep
+    from scipy import ndimage
+
+    from echo_modules.anatomical_vae.postprocess import dice_per_class
+
+    rng = np.random.default_rng(1)
+    jittered = sequence.masks.copy()
+    for frame in jittered:
+        lv = frame == 1
+        if rng.random() < 0.5:
+            frame[ndimage.binary_dilation(lv) & (frame == 2)] = 1
+        else:
+            frame[lv & ~ndimage.binary_erosion(lv)] = 2
+
+    def summary(masks):
+        metrics = model.temporal_metrics(masks)
+        area = model.attributes_of(masks)[:, 0]
+        kept = (area[0] - area[-1]) / (clean_area[0] - clean_area[-1])
+        dice = dice_per_class(masks, sequence.masks).mean()
+        return (f"violations {metrics['violations_any']:.2f}, f2f Dice {metrics['frame_to_frame_dice']:.3f}, "
+                f"Dice to clean {dice:.3f}, ED-ES area kept {kept:.2f}")  # fmt: skip
+
+    clean_area = model.attributes_of(sequence.masks)[:, 0]
+    rows.append((f"smoothing, jittered {len(jittered)}-frame half-sequence: input", summary(jittered)))
+    for boundary in ("castor", "pinned", "trend_cubic"):
+        rows.append((f"  smoothed, {boundary}", summary(model.smooth(jittered, boundary=boundary)[0])))
 
     width = max(len(name) for name, _ in rows)
     print(f"{'measure':<{width}}  value")
