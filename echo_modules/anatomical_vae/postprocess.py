@@ -10,12 +10,12 @@ Temporal smoothing (castor's snake): each latent dim over time is a 1-D signal x
 solved here directly instead of iterating momentum descent to it. castor's A = I + w (I - N), N the neighbour mean
 with an edge frame averaged with itself and its one neighbour, is the minimiser of |x - x0|^2 + w/2 |D1 x|^2: it
 penalises slope, so a trend between the first and the last frame shrinks toward its mean; a CAMUS half-sequence runs
-ED -> ES, so the frames EF is measured on are exactly those it moves most. The default, ``trend_cubic`` (trend +
-residual, :func:`smoothing_operator`), keeps the least-squares cubic trend of the whole sequence exactly and runs
-castor's free-ended snake on the residual only: the snake's shrinkage then hits the jitter and not the ED -> ES
-trend, and every frame is smoothed, the end frames included (``trend_linear`` / ``trend_quadratic`` /
-``trend_cosine`` keep other trends). ``pinned`` holds the first and last frames (castor's rows on the inner frames
-only), so a linear trend between them passes unchanged and ED/ES keep their values, jitter included;
+ED -> ES, so the frames EF is measured on are exactly those it moves most. The default ``pinned`` holds the first
+and last frames (castor's rows on the inner frames only), so a linear trend between them passes unchanged and ED/ES
+keep their values, jitter included; ``trend_cubic`` (trend + residual, :func:`smoothing_operator`) keeps the
+least-squares cubic trend of the whole sequence exactly and runs castor's free-ended snake on the residual only, so
+the shrinkage hits the jitter and not the ED -> ES trend and every frame is smoothed, the end frames included
+(``trend_linear`` / ``trend_quadratic`` / ``trend_cosine`` keep other trends);
 ``second_difference`` (Whittaker, free ends) keeps linear trends but moves the ends; ``pinned_second_difference``
 holds the ends with the second-difference rows on the inner frames.
 For attribute dims w is the smallest value in [0, 128] (binary search, depth 5) for which every inner frame of the
@@ -163,7 +163,7 @@ def trend_basis(length: int, trend: str) -> np.ndarray:
     return columns[:, : max(length, 1)]
 
 
-def snake_system(length: int, weight: float, boundary: str = "trend_cubic") -> np.ndarray:
+def snake_system(length: int, weight: float, boundary: str = "pinned") -> np.ndarray:
     """The ``(T, T)`` matrix A of the smoother's stationary point A x = x0 (see the module docstring).
 
     castor: I + w (I - N), castor's snake; I - N is half the first-difference Laplacian with free ends, so this is
@@ -191,7 +191,7 @@ def snake_system(length: int, weight: float, boundary: str = "trend_cubic") -> n
     return system
 
 
-def smoothing_operator(length: int, weight: float, boundary: str = "trend_cubic") -> np.ndarray:
+def smoothing_operator(length: int, weight: float, boundary: str = "pinned") -> np.ndarray:
     """The ``(T, T)`` linear smoother S, smoothed = S x0, of every boundary.
 
     ``trend_*`` (trend + residual): the least-squares trend P x0 in :func:`trend_basis` (P the projection onto it)
@@ -209,7 +209,7 @@ def smoothing_operator(length: int, weight: float, boundary: str = "trend_cubic"
     return projection + np.linalg.solve(snake_system(length, weight, "castor"), residual)
 
 
-def snake(signal: np.ndarray, weight: float, boundary: str = "trend_cubic") -> np.ndarray:
+def snake(signal: np.ndarray, weight: float, boundary: str = "pinned") -> np.ndarray:
     """The smoother's result for a ``(T,)`` or ``(T, D)`` signal (:func:`smoothing_operator`)."""
     signal = np.asarray(signal, np.float64)
     if not boundary.startswith("trend"):
@@ -241,7 +241,7 @@ def smooth_attribute_dim(
     bounds: tuple[float, float] | None = None,
     measure: Callable[[np.ndarray], np.ndarray] | None = None,
     lowest: float = 0.0,
-    boundary: str = "trend_cubic",
+    boundary: str = "pinned",
 ) -> tuple[np.ndarray, float]:
     """Smallest snake weight (binary search in [lowest, max_weight], ``depth`` steps) whose result meets
     ``threshold`` on every inner frame; returns the smoothed signal and the weight.
@@ -287,7 +287,7 @@ def smooth_latent_sequence(
     code_bounds: np.ndarray | None = None,
     measure: Callable[[np.ndarray], np.ndarray] | None = None,
     passes: int = 2,
-    boundary: str = "trend_cubic",
+    boundary: str = "pinned",
     cache_decodes: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Smooth a ``(T, D)`` latent trajectory: dims ``0..A-1`` under their thresholds, the rest with ``other_weight``.
