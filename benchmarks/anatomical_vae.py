@@ -8,22 +8,39 @@ rejection-sampling rate.
 Without ``--checkpoint`` the VAE is fitted for ``--epochs`` on a phantom CAMUS dataset first (the timings do not
 depend on how well it fits, the valid fraction of the bank does).
 
-Measured 2026-12-01 (``--checkpoint`` of the test recipe: 64 px, 900 steps; CPU, 2 threads, on a box loaded ~6x by
-other jobs, so every time is pessimistic; the rates and M are not):
+Measured 2026-12-01, issue 12 rerun (``--checkpoint`` of the test recipe fitted with 1 thread: 64 px, 900 steps;
+``--threads 1``, nice 10 on a 2-core box loaded ~12x by other jobs, so every time is pessimistic, ~3x the earlier
+run's; the rates, M and the smoothing metrics are not):
 
-    criteria, 99 frames 256px: vectorised stack                                   40 frames/s
-    criteria: per-frame scipy loop (vital-like)                                   8 frames/s
-    bank, rejection (student_t): 20000 proposals                                  2527 proposals/s
-      rejection (student_t): log10 M (bound; over the codes 13.9)                 14.7
-      rejection (student_t): accepted / expected 1/M                              0 / 2.14e-15
-    bank, rejection (gaussian): 20000 proposals                                   6161 proposals/s
-      rejection (gaussian): log10 M (bound; over the codes 14.8)                  15.9
-      rejection (gaussian): accepted / expected 1/M                               0 / 1.26e-16
-    bank, kde (exact draws): 4096 proposals                                       59 proposals/s
-      kde (exact draws): accepted that decode valid                               90.0% (3687 kept)
-    correction, 20-frame sequence, all frames invalid (decoding only)             6755 ms
-    correction, 20-frame sequence, all frames invalid (+ keep input where valid)  6825 ms
-    smoothing, 20-frame sequence                                                  33947 ms
+    criteria, 99 frames 256px: vectorised stack                                   13 frames/s
+    criteria: per-frame scipy loop (vital-like)                                   3 frames/s
+    bank, rejection (student_t): 20000 proposals                                  4033 proposals/s
+      rejection (student_t): log10 M (bound; over the codes 17.9)                 18.2
+      rejection (student_t): accepted / expected 1/M                              0 / 5.65e-19
+    bank, rejection (gaussian): 20000 proposals                                   4994 proposals/s
+      rejection (gaussian): log10 M (bound; over the codes 20.9)                  21.4
+      rejection (gaussian): accepted / expected 1/M                               0 / 3.84e-22
+    bank, kde (exact draws): 4096 proposals                                       19 proposals/s
+      kde (exact draws): accepted that decode valid                               93.4% (3826 kept)
+    correction, 20-frame sequence, all frames invalid (decoding only)             9432 ms
+    correction, 20-frame sequence, all frames invalid (+ keep input where valid)  15576 ms
+    smoothing, 20-frame sequence, castor, decoded check, uncached (before)        48294 ms, 75 decodes
+    smoothing, 20-frame sequence, castor, decoded check, cached                   39790 ms, 62 decodes
+    smoothing, 20-frame sequence, second_difference, decoded check, cached        25534 ms, 74 decodes
+    smoothing, 20-frame sequence, pinned, decoded check, cached                   39878 ms, 49 decodes
+    smoothing, 20-frame sequence, trend_cubic, decoded check, cached              34471 ms, 61 decodes
+    smoothing, 20-frame sequence, pinned, latent only                             664 ms, 1 decodes
+    smoothing, 20-frame sequence, trend_cubic, latent only                        423 ms, 1 decodes
+    smoothing, jittered 16-frame half-sequence: input                             violations 1.00, f2f Dice 0.839, Dice to clean 0.893, ED-ES area kept -0.81
+      smoothed, castor                                                            violations 0.79, f2f Dice 0.979, Dice to clean 0.919, ED-ES area kept 0.09
+      smoothed, pinned                                                            violations 0.79, f2f Dice 0.964, Dice to clean 0.907, ED-ES area kept -0.81
+      smoothed, trend_cubic                                                       violations 1.00, f2f Dice 0.947, Dice to clean 0.889, ED-ES area kept -0.96
+
+On that 16-frame sequence (LV area 256 -> 199 px from ED to ES) the one-pixel jitter moves the area by about as
+much as the whole ED -> ES change (input: kept -0.81, the trend reversed); the cubic trend's end frames have high
+leverage (a cubic least-squares fit keeps 0.4-0.5 of an end frame's jitter, a line 0.15-0.18:
+tests/test_anatomical_units.py), so trend_cubic follows the jittered ends there, while castor's free ends smooth
+the jitter away together with the trend (kept 0.09).
 
 The rejection samplers' acceptance is the theory's 1/M (checked at 1-D / 2-D in tests/test_anatomical_units.py):
 at 16 latent dims M is ~1e15, so nothing is accepted; the exact KDE draws are the default. Smoothing's cost is the
@@ -145,9 +162,9 @@ def main() -> None:
 
     model.decode = counted
     cases = [("castor", False, True), ("castor", True, True)] + [
-        (b, True, True) for b in ("second_difference", "pinned")
+        (b, True, True) for b in ("second_difference", "pinned", "trend_cubic")
     ]
-    cases.append(("pinned", True, False))
+    cases += [("pinned", True, False), ("trend_cubic", True, False)]
     for boundary, cached, decoded_check in cases:
         vae_module.smooth_latent_sequence = functools.partial(searched, cache_decodes=cached)
         model.hparams.smoothing_boundary, model.hparams.smoothing_check_decoded = boundary, decoded_check
@@ -158,6 +175,36 @@ def main() -> None:
             (f"smoothing, 20-frame sequence, {boundary}, {check}", f"{latency * 1000:.0f} ms, {calls[0]} decodes")
         )
     vae_module.smooth_latent_sequence, model.decode = searched, decode
+    model.hparams.smoothing_check_decoded = True
+    # smoothing before/after on a jittered half-sequence (each frame's LV one pixel larger or smaller at random, as
+    # tests/test_anatomical_vae.py jitters it): violations of castor's thresholds (any attribute), frame-to-frame
+    # Dice, Dice to the clean sequence, and how much of the ED -> ES LV-area change (lv_area, first to last frame) the
+    # smoothed masks keep
+    from scipy import ndimage
+
+    from echo_modules.anatomical_vae.postprocess import dice_per_class
+
+    rng = np.random.default_rng(1)
+    jittered = sequence.masks.copy()
+    for frame in jittered:
+        lv = frame == 1
+        if rng.random() < 0.5:
+            frame[ndimage.binary_dilation(lv) & (frame == 2)] = 1
+        else:
+            frame[lv & ~ndimage.binary_erosion(lv)] = 2
+
+    def summary(masks):
+        metrics = model.temporal_metrics(masks)
+        area = model.attributes_of(masks)[:, 0]
+        kept = (area[0] - area[-1]) / (clean_area[0] - clean_area[-1])
+        dice = dice_per_class(masks, sequence.masks).mean()
+        return (f"violations {metrics['violations_any']:.2f}, f2f Dice {metrics['frame_to_frame_dice']:.3f}, "
+                f"Dice to clean {dice:.3f}, ED-ES area kept {kept:.2f}")  # fmt: skip
+
+    clean_area = model.attributes_of(sequence.masks)[:, 0]
+    rows.append((f"smoothing, jittered {len(jittered)}-frame half-sequence: input", summary(jittered)))
+    for boundary in ("castor", "pinned", "trend_cubic"):
+        rows.append((f"  smoothed, {boundary}", summary(model.smooth(jittered, boundary=boundary)[0])))
 
     width = max(len(name) for name, _ in rows)
     print(f"{'measure':<{width}}  value")

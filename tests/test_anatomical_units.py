@@ -45,17 +45,71 @@ def test_kl_and_dice_against_closed_forms():
     assert soft_dice_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-4)
 
 
-def test_snake_is_the_stationary_point_of_the_momentum_descent():
-    rng = np.random.default_rng(0)
-    signal = rng.normal(size=12).cumsum()
-    weight = 7.0
+def _castor_descent(signal: np.ndarray, weight: float, steps: int = 20000) -> np.ndarray:
+    """castor's snake as castor runs it: momentum gradient descent on (x - x0) + w * (x - neighbour mean)."""
     x, velocity = signal.copy(), np.zeros_like(signal)
-    for _ in range(20000):  # castor's momentum gradient descent on (x - x0) + w * (x - neighbour mean)
+    for _ in range(steps):
         padded = np.concatenate([[x[0]], x, [x[-1]]])
         neighbours = 0.5 * (padded[:-2] + padded[2:])
         velocity = 0.9 * velocity - 0.01 * ((x - signal) + weight * (x - neighbours))
         x = x + velocity
-    np.testing.assert_allclose(snake(signal, weight, "castor"), x, atol=1e-6)
+    return x
+
+
+def test_snake_is_the_stationary_point_of_the_momentum_descent():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=12).cumsum()
+    weight = 7.0
+    np.testing.assert_allclose(snake(signal, weight, "castor"), _castor_descent(signal, weight), atol=1e-6)
+
+
+def _naive_trend(signal: np.ndarray, boundary: str) -> np.ndarray:
+    """The least-squares trend by numpy's own fits: np.polyfit of the boundary's degree, or a lstsq on 1 and the
+    half cosine cos(pi t / (T - 1))."""
+    frames = np.arange(len(signal), dtype=float)
+    if boundary == "trend_cosine":
+        design = np.stack([np.ones_like(frames), np.cos(np.pi * frames / (len(signal) - 1))], axis=1)
+        return design @ np.linalg.lstsq(design, signal, rcond=None)[0]
+    degree = {"trend_linear": 1, "trend_quadratic": 2, "trend_cubic": 3}[boundary]
+    return np.polyval(np.polyfit(frames, signal, degree), frames)
+
+
+TRENDS = ("trend_linear", "trend_quadratic", "trend_cubic", "trend_cosine")
+
+
+@pytest.mark.parametrize("boundary", TRENDS)
+def test_trend_smoother_is_its_fit_plus_castors_descent_on_the_residual(boundary):
+    rng = np.random.default_rng(3)
+    signal = np.cos(np.pi * np.arange(14) / 13) + rng.normal(scale=0.1, size=14)
+    trend = _naive_trend(signal, boundary)
+    expected = trend + _castor_descent(signal - trend, 5.0)
+    np.testing.assert_allclose(snake(signal, 5.0, boundary), expected, atol=1e-6)
+    # a (T, D) signal is smoothed column by column
+    stacked = np.stack([signal, -2 * signal], axis=1)
+    np.testing.assert_allclose(snake(stacked, 5.0, boundary)[:, 1], -2 * snake(signal, 5.0, boundary), atol=1e-9)
+
+
+def test_trend_smoothers_keep_the_ed_es_trend_and_smooth_the_end_frames():
+    """A half-sequence's ED -> ES curve (a linear ramp; a half cosine) with frame-to-frame jitter on every frame,
+    the end frames included: trend + residual keeps the trend exactly (its ends and amplitude) and removes the
+    jitter everywhere; the controls at the same weight: castor's free-ended snake shrinks the trend, the pinned
+    snake keeps the end frames' jitter."""
+    frames = np.arange(15)
+    jitter = np.where(frames % 2 == 0, 0.05, -0.05)
+    ramp, cosine = np.linspace(1.0, 0.0, 15), 0.5 + 0.5 * np.cos(np.pi * frames / 14)
+    for boundary in TRENDS:
+        trend = cosine if boundary == "trend_cosine" else ramp
+        if boundary in ("trend_cubic", "trend_cosine"):  # both bases hold the half cosine too
+            np.testing.assert_allclose(snake(cosine, 128.0, boundary), cosine, atol=0.01)
+        np.testing.assert_allclose(snake(trend, 128.0, boundary), trend, atol=1e-9)
+        smoothed = snake(trend + jitter, 128.0, boundary)
+        assert second_difference(smoothed - trend).max() < 0.1 * second_difference(jitter).max(), boundary
+        # the end frames too: what is left is the jitter's projection on the basis (measured 0.09-0.34 of it)
+        assert np.abs(smoothed - trend).max() < 0.5 * 0.05, boundary
+    shrunk = snake(cosine, 128.0, "castor")
+    assert shrunk[0] - shrunk[-1] < 0.5  # the amplitude an ED -> ES half-sequence loses
+    pinned = snake(cosine + jitter, 128.0, "pinned")
+    assert abs(pinned[0] - cosine[0]) == pytest.approx(0.05) and abs(pinned[-1] - cosine[-1]) == pytest.approx(0.05)
 
 
 def test_pinned_and_second_difference_keep_an_ed_es_trend_that_castor_shrinks():

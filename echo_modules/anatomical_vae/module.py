@@ -87,7 +87,16 @@ class AnatomicalVAE(EchoModule):
         smoothing_max_weight: float = 128.0,
         smoothing_depth: int = 5,
         smoothing_check_decoded: bool = True,
-        smoothing_boundary: Literal["pinned", "pinned_second_difference", "second_difference", "castor"] = "pinned",
+        smoothing_boundary: Literal[
+            "pinned",
+            "pinned_second_difference",
+            "second_difference",
+            "castor",
+            "trend_linear",
+            "trend_quadratic",
+            "trend_cubic",
+            "trend_cosine",
+        ] = "pinned",
         smoothing_keep_pinned: bool = True,
         erosion_ratio_min: float = 0.12,
         width_ratio_max: float = 4.15,
@@ -113,9 +122,13 @@ class AnatomicalVAE(EchoModule):
         smoothing_*: the snake's weight for non-attribute dims, the search range and depth for attribute dims;
         smoothing_check_decoded: also raise an attribute dim's weight until the attribute of the decoded masks meets
         its threshold (False: castor's latent criterion only, see :func:`smooth_latent_sequence`).
-        smoothing_boundary: the smoother's operator (:func:`snake_system`): ``pinned`` (default) castor's snake with
-        the first and last frames held, so a trend between them (ED -> ES) keeps its amplitude; ``castor`` the
-        papers' exact snake, whose free ends shrink the trend (EF -22 points on the README's phantom chain);
+        smoothing_boundary: the smoother's operator (:func:`smoothing_operator`): ``pinned`` (default) castor's snake
+        with the first and last frames held, so a trend between them (ED -> ES) keeps its amplitude (their jitter
+        kept); ``castor`` the papers' exact snake, whose free ends shrink the trend (EF -22 points on the README's
+        phantom chain); ``trend_cubic`` keeps the sequence's least-squares cubic trend exactly and smooths the
+        residual with castor's free-ended snake, so every frame loses its jitter, the end frames included
+        (``trend_linear`` / ``trend_quadratic`` / ``trend_cosine``: other trend bases; issue 12: on a 1-thread fit
+        it meets the jitter test's bars and keeps EF, on the 2-thread fit it misses epi_center_x/y);
         ``second_difference`` a Whittaker smoother that keeps linear trends but moves the ends;
         ``pinned_second_difference`` its rows on the inner frames with the ends held.
         smoothing_keep_pinned: with ``pinned``, the held frames keep their input masks (see :meth:`smooth`).
@@ -353,7 +366,7 @@ class AnatomicalVAE(EchoModule):
         the attributes of the decodings (scaled by the bank's attribute bounds) must meet the thresholds too. A
         checkpoint without bounds (built before they were stored) gets castor's latent criterion, each curve scaled by
         its own range. ``weights`` (one per latent dim) skips the search and smooths with them; ``boundary``
-        overrides ``smoothing_boundary`` (:func:`snake_system`). With the ``pinned`` boundary and
+        overrides ``smoothing_boundary`` (:func:`smoothing_operator`). With the ``pinned`` boundary and
         ``smoothing_keep_pinned`` the first and last frames (a CAMUS half-sequence's ED and ES) keep their input
         masks: their latents do not move, and their decoding would only add the VAE's reconstruction error (on the
         README's phantom chain it shrinks the ED LV: EF -5 points on ground truth)."""

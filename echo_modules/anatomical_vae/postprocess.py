@@ -10,10 +10,14 @@ Temporal smoothing (castor's snake): each latent dim over time is a 1-D signal x
 solved here directly instead of iterating momentum descent to it. castor's A = I + w (I - N), N the neighbour mean
 with an edge frame averaged with itself and its one neighbour, is the minimiser of |x - x0|^2 + w/2 |D1 x|^2: it
 penalises slope, so a trend between the first and the last frame shrinks toward its mean; a CAMUS half-sequence runs
-ED -> ES, so the frames EF is measured on are exactly those it moves most. The default ``pinned`` boundary holds the
-first and last frames (castor's rows on the inner frames only), so a linear trend between them passes unchanged and
-ED/ES keep their values; ``second_difference`` (Whittaker, free ends) keeps linear trends but moves the ends;
-``pinned_second_difference`` holds the ends with the second-difference rows on the inner frames.
+ED -> ES, so the frames EF is measured on are exactly those it moves most. The default ``pinned`` holds the first
+and last frames (castor's rows on the inner frames only), so a linear trend between them passes unchanged and ED/ES
+keep their values, jitter included; ``trend_cubic`` (trend + residual, :func:`smoothing_operator`) keeps the
+least-squares cubic trend of the whole sequence exactly and runs castor's free-ended snake on the residual only, so
+the shrinkage hits the jitter and not the ED -> ES trend and every frame is smoothed, the end frames included
+(``trend_linear`` / ``trend_quadratic`` / ``trend_cosine`` keep other trends);
+``second_difference`` (Whittaker, free ends) keeps linear trends but moves the ends; ``pinned_second_difference``
+holds the ends with the second-difference rows on the inner frames.
 For attribute dims w is the smallest value in [0, 128] (binary search, depth 5) for which every inner frame of the
 min-max scaled result satisfies |x_t - (x_{t-1} + x_{t+1}) / 2| <= tau; the other dims use w = 50.
 """
@@ -116,7 +120,19 @@ def keep_input_where_valid(
 # ---------------------------------------------------------------------------------------------------- smoothing
 
 
-SMOOTHING_BOUNDARIES = ("pinned", "pinned_second_difference", "second_difference", "castor")
+SMOOTHING_BOUNDARIES = (
+    "pinned",
+    "pinned_second_difference",
+    "second_difference",
+    "castor",
+    "trend_linear",
+    "trend_quadratic",
+    "trend_cubic",
+    "trend_cosine",
+)
+# the trend bases of the ``trend_*`` smoothers: Legendre polynomials up to this degree (``trend_cosine``: 1 and a
+# half cosine)
+TREND_DEGREES = {"trend_linear": 1, "trend_quadratic": 2, "trend_cubic": 3}
 
 
 def _neighbour_operator(length: int) -> np.ndarray:
@@ -132,6 +148,21 @@ def _neighbour_operator(length: int) -> np.ndarray:
     return operator
 
 
+def trend_basis(length: int, trend: str) -> np.ndarray:
+    """``(T, K)`` columns spanning the trend a ``trend_*`` smoother keeps: Legendre polynomials up to the boundary's
+    degree on [-1, 1] (``trend_linear`` / ``trend_quadratic`` / ``trend_cubic``), or ``trend_cosine``'s constant and
+    half cosine cos(pi t / (T - 1)), the shape of a volume curve from ED (t = 0) to ES (t = T - 1). At most ``T``
+    columns (a sequence no longer than the basis is all trend)."""
+    time = np.linspace(-1.0, 1.0, length) if length > 1 else np.zeros(1)
+    if trend == "trend_cosine":
+        columns = np.stack([np.ones(length), np.cos(np.pi * (time + 1.0) / 2.0)], axis=1)
+    elif trend in TREND_DEGREES:
+        columns = np.polynomial.legendre.legvander(time, TREND_DEGREES[trend])
+    else:
+        raise ValueError(f"no trend basis for smoothing boundary {trend!r}")
+    return columns[:, : max(length, 1)]
+
+
 def snake_system(length: int, weight: float, boundary: str = "pinned") -> np.ndarray:
     """The ``(T, T)`` matrix A of the smoother's stationary point A x = x0 (see the module docstring).
 
@@ -142,9 +173,11 @@ def snake_system(length: int, weight: float, boundary: str = "pinned") -> np.nda
     |x - x0|^2 + w/8 |D2 x|^2: linear trends lie in its null space; w/8 gives it castor's gain at frame-to-frame
     alternation (1 / (1 + 2w)), so the same w removes the same jitter. pinned_second_difference: the
     second-difference rows on the inner frames, the first and last frames held (the inner frames follow the straight
-    line between the held ends: no slope penalty and no seam at the ends)."""
-    if boundary not in SMOOTHING_BOUNDARIES:
-        raise ValueError(f"smoothing boundary must be one of {SMOOTHING_BOUNDARIES}, got {boundary!r}")
+    line between the held ends: no slope penalty and no seam at the ends). The ``trend_*`` smoothers are not of this
+    form (:func:`smoothing_operator`)."""
+    if boundary not in SMOOTHING_BOUNDARIES or boundary.startswith("trend"):
+        operators = tuple(b for b in SMOOTHING_BOUNDARIES if not b.startswith("trend"))
+        raise ValueError(f"smoothing boundary must be one of {operators}, got {boundary!r}")
     identity = np.eye(length)
     if boundary in ("second_difference", "pinned_second_difference"):
         if length < 3:
@@ -158,9 +191,30 @@ def snake_system(length: int, weight: float, boundary: str = "pinned") -> np.nda
     return system
 
 
+def smoothing_operator(length: int, weight: float, boundary: str = "pinned") -> np.ndarray:
+    """The ``(T, T)`` linear smoother S, smoothed = S x0, of every boundary.
+
+    ``trend_*`` (trend + residual): the least-squares trend P x0 in :func:`trend_basis` (P the projection onto it)
+    is kept exactly and castor's free-ended snake smooths only the residual, S = P + A_castor^-1 (I - P). The snake's
+    shrinkage toward the mean then hits the jitter and not the ED -> ES trend, and, unlike the pinned smoothers,
+    the end frames are smoothed too (their jitter is residual). As w grows S tends to P (the residual's mean is 0).
+    The other boundaries: S = A^-1 (:func:`snake_system`)."""
+    if boundary not in SMOOTHING_BOUNDARIES:
+        raise ValueError(f"smoothing boundary must be one of {SMOOTHING_BOUNDARIES}, got {boundary!r}")
+    if not boundary.startswith("trend"):
+        return np.linalg.solve(snake_system(length, weight, boundary), np.eye(length))
+    basis = trend_basis(length, boundary)
+    projection = basis @ np.linalg.pinv(basis)
+    residual = np.eye(length) - projection
+    return projection + np.linalg.solve(snake_system(length, weight, "castor"), residual)
+
+
 def snake(signal: np.ndarray, weight: float, boundary: str = "pinned") -> np.ndarray:
-    """The smoother's stationary point for a ``(T,)`` or ``(T, D)`` signal (:func:`snake_system`)."""
-    return np.linalg.solve(snake_system(len(signal), weight, boundary), signal)
+    """The smoother's result for a ``(T,)`` or ``(T, D)`` signal (:func:`smoothing_operator`)."""
+    signal = np.asarray(signal, np.float64)
+    if not boundary.startswith("trend"):
+        return np.linalg.solve(snake_system(len(signal), weight, boundary), signal)
+    return smoothing_operator(len(signal), weight, boundary) @ signal
 
 
 def second_difference(signal: np.ndarray) -> np.ndarray:
