@@ -69,6 +69,7 @@ class EchoDiffusion(EchoModule):
         ef_guidance_scale: float | None = None,
         map_drop_prob: float = 0.1,
         ef_drop_prob: float = 0.1,
+        ef_shuffle: bool = False,
         ema_decay: float | None = 0.999,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -94,6 +95,11 @@ class EchoDiffusion(EchoModule):
         sampler: ``ddpm`` / ``ddim`` / ``dpmsolver`` (DPM-Solver++ 2M) for epsilon and v, ``euler`` / ``heun`` for flow
             (default: ddim, or heun for flow). ``num_sampling_steps``: its steps (the paper samples DDPM-1000).
         guidance_scale: classifier-free guidance ``s`` (the paper: 7). map_drop_prob / ef_drop_prob: condition dropout.
+        ef_shuffle: a control, not for real use (the EF-permuted control). In ``training_step`` the batch's EFs are
+            randomly permuted across the batch (before condition dropout), so the EF pathways train on realistic EF
+            values but the EF says nothing about the video it is paired with. Validation and test are untouched. A
+            model trained so shows what the recipe gives when the EF carries no information: an EF check it passes
+            is not evidence of EF conditioning.
         ef_guidance_scale: a separate guidance scale for the EF (None: map and EF are guided together by
             ``guidance_scale``). Set, each step costs three network calls and composes
             ``pred = pred(null) + s (pred(map) - pred(null)) + s_ef (pred(map, EF) - pred(map))`` (the guidance is
@@ -110,6 +116,7 @@ class EchoDiffusion(EchoModule):
         ef_scorer: how ``test`` and ``predict`` measure the EF of generated videos (requested vs measured EF):
             ``lv_area`` (LV-area change calibrated to EF on the DataModule's training videos, see
             :mod:`echo_modules.diffusion.ef_scoring`) or the path of an EF model checkpoint (EFRegressor); None: off.
+            From Python it may also be a scorer object (``LVAreaEF``, ``RegressorEF.from_model(...)``).
         test_ef: EFs ``test`` asks for from every map (default: the source video's EF).
         """
         super().__init__()
@@ -132,6 +139,7 @@ class EchoDiffusion(EchoModule):
         self.guidance_scale = guidance_scale
         self.map_drop_prob = map_drop_prob
         self.ef_drop_prob = ef_drop_prob
+        self.ef_shuffle = ef_shuffle
         self.num_classes = int(getattr(self.network, "num_classes", 4))
         self.ef_conditioning = bool(getattr(self.network, "ef_conditioning", False))
         self.register_buffer("betas", make_betas(schedule, num_train_timesteps).float(), persistent=False)
@@ -198,6 +206,8 @@ class EchoDiffusion(EchoModule):
         return masked_mse(prediction, target, batch.get("frames_mask"))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.ef_shuffle and "ef" in batch:  # the EF-permuted control: EFs of other videos of the batch
+            batch = {**batch, "ef": batch["ef"][torch.randperm(len(batch["ef"]), device="cpu").to(batch["ef"].device)]}
         loss = self.loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["video"]))
         return loss
@@ -341,6 +351,8 @@ class EchoDiffusion(EchoModule):
         choice = self.hparams.get("ef_scorer")
         if not choice or not self.ef_conditioning:
             return None
+        if isinstance(choice, (LVAreaEF, RegressorEF)):  # a scorer built in Python (e.g. RegressorEF.from_model)
+            return choice
         if choice == "lv_area":
             datamodule = self.trainer.datamodule
             records = getattr(datamodule, "records", {}).get("TRAIN", [])
