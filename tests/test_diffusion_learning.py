@@ -41,22 +41,23 @@ from echo_modules.diffusion.schedules import flow_interpolate, flow_target, mask
 from echo_modules.ef_regressor import EFRegressor
 
 HEARTS, EFS, FRAMES, SIZE = 4, (30.0, 70.0), 8, 32
-FIT_STEPS = int(os.environ.get("ECHOLAB_DIFFUSION_FIT_STEPS", 300))  # a quick dry run of the code paths: set it low
+FIT_STEPS = int(os.environ.get("ECHOLAB_DIFFUSION_FIT_STEPS", 160))  # a quick dry run of the code paths: set it low
 EF_GUIDANCE = 3.0  # the EF checks sample with the EF guided on its own (ef_guidance_scale)
-REGRESSOR_HEARTS, REGRESSOR_SEED = 16, 11  # the EF read-out's training hearts: other hearts (seed) than the 4 above
-REGRESSOR_STEPS = int(os.environ.get("ECHOLAB_DIFFUSION_REGRESSOR_STEPS", 150))
+# the EF read-out's training data: other hearts (seed) than the 4 above, each written at every one of REGRESSOR_EFS
+REGRESSOR_HEARTS, REGRESSOR_EFS, REGRESSOR_SEED = 24, (25.0, 40.0, 55.0, 70.0), 11
+REGRESSOR_STEPS = int(os.environ.get("ECHOLAB_DIFFUSION_REGRESSOR_STEPS", 300))
 
 
-def write_same_hearts_at_two_efs(root: Path, seed: int = 3) -> Path:
-    """One CAMUS-layout dataset: patient k*HEARTS + i is heart i at EFS[k] (written by the phantom's CAMUS writer)."""
+def write_same_hearts_at_two_efs(root: Path, seed: int = 3, hearts: int = HEARTS, efs: tuple = EFS) -> Path:
+    """One CAMUS-layout dataset: patient k*hearts + i is heart i at efs[k] (written by the phantom's CAMUS writer)."""
     from datamodules.phantom.camus_writer import write_camus_dataset
 
     patients = []
-    for k, ef in enumerate(EFS):
-        part = write_camus_dataset(root.parent / f"part{k}", HEARTS, seed=seed, size=48, ef_range=(ef, ef + 1e-3), ef_distribution="uniform",
+    for k, ef in enumerate(efs):
+        part = write_camus_dataset(root.parent / f"part{k}", hearts, seed=seed, size=48, ef_range=(ef, ef + 1e-3), ef_distribution="uniform",
                                    split_fractions=(1, 0, 0))  # fmt: skip
-        for i in range(HEARTS):
-            old, new = f"patient{i + 1:04d}", f"patient{k * HEARTS + i + 1:04d}"
+        for i in range(hearts):
+            old, new = f"patient{i + 1:04d}", f"patient{k * hearts + i + 1:04d}"
             (root / new).mkdir(parents=True)
             for path in (part / old).iterdir():
                 shutil.copy(path, root / new / path.name.replace(old, new))
@@ -122,14 +123,14 @@ def ef_permuted(fitted):
 
 
 def fit_ef_regressor(root: Path, steps: int, seed: int = 0) -> RegressorEF:
-    """An EFRegressor (a small TinyVideoEncoder) fitted on REGRESSOR_HEARTS other phantom hearts, EFs uniform on
-    20-80, in the same clips (8 frames of 32 px from ED), as a scorer of diffusion videos (videos re-normalised from
-    the diffusion data's units to its own by :meth:`RegressorEF.from_model`)."""
-    from datamodules.phantom.camus_writer import write_camus_dataset
-
-    data_dir = write_camus_dataset(root / "CAMUS_regressor", REGRESSOR_HEARTS, seed=REGRESSOR_SEED, size=48,
-                                   ef_range=(20.0, 80.0), ef_distribution="uniform", split_fractions=(1, 0, 0))  # fmt: skip
-    datamodule = synthesis_data(data_dir, root / "cache_regressor", batch_size=REGRESSOR_HEARTS)
+    """An EFRegressor (a small TinyVideoEncoder) fitted on REGRESSOR_HEARTS other phantom hearts, each at every EF of
+    REGRESSOR_EFS (the same heart at several EFs: the contraction is what tells them apart; hearts at one EF each
+    are memorised by a net this small and read unseen hearts at the mean), in the same clips (8 frames of 32 px from
+    ED), as a scorer of diffusion videos (re-normalised to its units by :meth:`RegressorEF.from_model`)."""
+    data_dir = write_same_hearts_at_two_efs(
+        root / "regressor" / "CAMUS", REGRESSOR_SEED, REGRESSOR_HEARTS, REGRESSOR_EFS
+    )
+    datamodule = synthesis_data(data_dir, root / "cache_regressor", batch_size=16)
     L.seed_everything(seed)
     regressor = EFRegressor(TinyVideoEncoder(in_channels=1, width=8, depth=3, out_features=32),
                             optimizer=partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0))  # fmt: skip
@@ -250,9 +251,9 @@ def test_samples_asked_for_a_higher_ef_measure_a_higher_ef(fitted, ef_regressor,
     """EF conditioning, through ``trainer.test`` (:func:`ef_summaries`): each map sampled at EF 30 and EF 70 from the
     same noise, the EF of each sample measured by two read-outs: the phantom's own LV-area change (the dark share of
     the ED cavity lost by the most contracted frame, checked on the real videos below, calibrated to EF on the real
-    training videos) and an EFRegressor fitted on 16 other phantom hearts (``ef_regressor``). Under both, the trained
-    model passes :func:`ef_conditioning_passes` and the EF-permuted control (``ef_permuted``), asked the same, fails
-    it; each read-out reads the real videos' EF well (its own floor)."""
+    training videos) and an EFRegressor fitted on 24 other phantom hearts at 4 EFs each (``ef_regressor``). Under
+    both, the trained model passes :func:`ef_conditioning_passes` and the EF-permuted control (``ef_permuted``),
+    asked the same, fails it; each read-out reads the real videos' EF well (its own floor)."""
     datamodule = fitted["datamodule"]
     scorers = {"lv_area": "lv_area", "regressor": ef_regressor}
     summaries = {}
