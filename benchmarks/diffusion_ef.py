@@ -9,14 +9,14 @@ guidance 3) is fitted for ``--steps``; the EF-permuted control is the same seed,
 are asked for EF 30 and 70 from every training map (``trainer.test``), and each sample's EF is read by
 
 - ``lv_area``: the phantom's LV-area change, calibrated to EF on the real training videos;
-- ``regressor``: an EFRegressor (TinyVideoEncoder) fitted for ``--regressor-steps`` on 16 other phantom hearts.
+- ``regressor``: an EFRegressor (TinyVideoEncoder) fitted for ``--regressor-steps`` on 24 other phantom hearts, each at EF 25/40/55/70.
 
 Columns: ``direction`` (maps whose EF-70 sample measures higher than its EF-30 sample, of 8), ``rise`` (mean measured
 EF-70 minus EF-30, for +40 asked), ``mae`` (|measured - requested|), ``free`` (MAE of the same model sampled without
 an EF), ``constant`` (a generator whose every video measures the mean asked EF: always 20), ``real`` (the read-out's
 MAE on the real videos of the 8 maps: its floor), ``pass`` (the test's ``ef_conditioning_passes``).
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 nice -n 10 python benchmarks/diffusion_ef.py --seeds 0 1 2 --steps 160
+    PYTHONPATH=. OMP_NUM_THREADS=1 nice -n 10 python benchmarks/diffusion_ef.py --seeds 0 1 2 --steps 200
 
 Measured (2026-12-01): the multi-seed table has NOT been run to completion yet. The shared 2-core box was at load
 8-13 all session (3 helpers + CI): a 1-thread smoke run (``--steps 2 --regressor-steps 2``, one seed) took 1116 s,
@@ -33,6 +33,10 @@ one measured seed is the test's own fixture (seed 0, torch's default 2 threads, 
 The permuted control is consistently wrong here (0/8, ef_corr -0.89): its EF pathway trained on uninformative EFs
 still maps EF to some motion, and EF guidance 3 amplifies it; its sign is a property of the fit, so over seeds it
 may land on the right side of the direction half, which is why the check also asks for closeness.
+
+The test now fits 200 steps (the margin of its denoising-error check was 0.3 % at 160); its fixture there (seed 0,
+2 threads, idle box): trained lv_area 8/8, rise +63.6, MAE 12.5; trained regressor 8/8, +36.4, 5.8; EF-permuted
+lv_area 0/8, -21.2, 30.6; regressor 0/8, -12.1, 26.0 (constant 20.0; read-outs on the real videos 5.6 / 7.0).
 """
 
 from __future__ import annotations
@@ -121,8 +125,8 @@ def table(results: dict[int, dict[tuple[str, str], dict]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=300, help="diffusion fit steps (trained and EF-permuted)")
-    parser.add_argument("--regressor-steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=200, help="diffusion fit steps (trained and EF-permuted)")
+    parser.add_argument("--regressor-steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)

@@ -41,10 +41,11 @@ from echo_modules.diffusion.schedules import flow_interpolate, flow_target, mask
 from echo_modules.ef_regressor import EFRegressor
 
 HEARTS, EFS, FRAMES, SIZE = 4, (30.0, 70.0), 8, 32
-# 160 steps (was 300 + 50 for an EF-blind control): the trained model and its EF-permuted control, 2 x 160 in all.
-# Margins at 160 (2 threads, 2026-12-01): guided SSIM 0.550 vs 0.478 best control, pooled MSE 0.112 vs 0.160; EF
-# check MAE 11.6 (LV area) / 8.9 (regressor) vs 18 needed; the denoising error with the true EF 0.330 vs 0.336 none.
-FIT_STEPS = int(os.environ.get("ECHOLAB_DIFFUSION_FIT_STEPS", 160))  # a quick dry run of the code paths: set it low
+# 200 steps (was 300 + 50 for an EF-blind control): the trained model and its EF-permuted control, 2 x 200 in all.
+# Margins at 200 (2 threads, 2026-12-01): guided SSIM 0.579 vs 0.499 wrong map, 0.478 another heart's video, 0.398
+# unguided; EF check MAE 12.5 (LV area) / 5.8 (regressor) vs 18 needed, the control 30.6 / 26.0 (direction 0/8); the
+# denoising error with the true EF 0.306 vs 0.313 none (0.975 of it; at 160 steps 0.330 vs 0.336, 0.982: too thin).
+FIT_STEPS = int(os.environ.get("ECHOLAB_DIFFUSION_FIT_STEPS", 200))  # a quick dry run of the code paths: set it low
 EF_GUIDANCE = 3.0  # the EF checks sample with the EF guided on its own (ef_guidance_scale)
 # the EF read-out's training data: other hearts (seed) than the 4 above, each written at every one of REGRESSOR_EFS
 REGRESSOR_HEARTS, REGRESSOR_EFS, REGRESSOR_SEED = 24, (25.0, 40.0, 55.0, 70.0), 11
