@@ -112,6 +112,42 @@ def test_condition_dropout_is_applied_in_training_only():
     assert (network.calls[-1]["seg_map"].flatten(1).sum(1) > 0).all() and not torch.isnan(network.calls[-1]["ef"]).any()
 
 
+def test_ef_shuffle_permutes_the_efs_across_the_batch_in_training_step_only():
+    """The EF-permuted control: ``training_step`` hands the network the batch's EFs in another order (the maps stay
+    with their videos, the batch itself is not changed, condition dropout still applies); ``loss`` called directly,
+    validation and a model without ``ef_shuffle`` see every EF with its own video."""
+    batch = tiny_batch(64) | {"ef": torch.arange(64.0) + 10}
+    maps = one_hot(batch["ed_mask"])
+
+    def seen_by_the_network(model, step):
+        network = model.network
+        step(batch, 0)
+        call = network.calls[-1]
+        assert torch.equal(call["seg_map"], maps)  # no map dropout here: the maps in batch order
+        return call["ef"]
+
+    torch.manual_seed(0)
+    shuffled = EchoDiffusion(RecordingNetwork(), map_drop_prob=0.0, ef_drop_prob=0.0, ef_shuffle=True, ema_decay=None)
+    shuffled.train()
+    ef = seen_by_the_network(shuffled, shuffled.training_step)
+    assert torch.equal(ef.sort().values, batch["ef"])  # the same EFs ...
+    assert (ef == batch["ef"]).float().mean() < 0.2  # ... paired with other videos
+    assert not torch.equal(seen_by_the_network(shuffled, shuffled.training_step), ef)  # a new permutation each step
+    assert torch.equal(batch["ef"], torch.arange(64.0) + 10)  # the batch is left as it was
+    assert torch.equal(seen_by_the_network(shuffled, lambda b, i: shuffled.loss(b)), batch["ef"])  # training_step only
+    shuffled.eval()
+    assert torch.equal(seen_by_the_network(shuffled, shuffled.validation_step), batch["ef"])
+    plain = EchoDiffusion(RecordingNetwork(), map_drop_prob=0.0, ef_drop_prob=0.0, ema_decay=None).train()
+    assert torch.equal(seen_by_the_network(plain, plain.training_step), batch["ef"])
+    # EF dropout after the permutation: a quarter dropped, the rest are EFs of the batch, mostly of other videos
+    dropping = EchoDiffusion(RecordingNetwork(), map_drop_prob=0.0, ef_drop_prob=0.25, ef_shuffle=True, ema_decay=None)
+    dropping.train()
+    ef = seen_by_the_network(dropping, dropping.training_step)
+    kept = ~torch.isnan(ef)
+    assert 0.1 < 1 - kept.float().mean() < 0.4 and torch.isin(ef[kept], batch["ef"]).all()
+    assert (ef[kept] == batch["ef"][kept]).float().mean() < 0.2
+
+
 @pytest.mark.parametrize("objective", ["epsilon", "flow"])
 def test_guidance_is_applied_at_sampling(objective):
     """With a network predicting a*x (conditional) and b*x (null), one guided step must use a + s(a - b)."""

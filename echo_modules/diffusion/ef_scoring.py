@@ -7,9 +7,10 @@ Two scorers, both ``(videos (B, C, T, H, W) in the diffusion data's normalised u
   known EF (the training split). It needs no trained network, so it cannot share a trained model's blind spots, and on
   the phantom it is calibrated against exact ground truth. It sees only what a clip shows: a clip that stops before
   end-systole under-reads, which the calibration absorbs when real and generated clips cover the same frames.
-- :class:`RegressorEF`: an EF model (an ``EFRegressor`` or any EF module) from its checkpoint, as EchoNet-Synthetic
-  and EchoFlow score their synthetic videos. Videos are taken back to the 0-255 scale and normalised as that model was
-  trained (the ``normalisation`` its checkpoint carries), resized to its frame size and channel count.
+- :class:`RegressorEF`: an EF model (an ``EFRegressor`` or any EF module) from its checkpoint, or one in memory
+  (:meth:`RegressorEF.from_model`), as EchoNet-Synthetic and EchoFlow score their synthetic videos. Videos are taken
+  back to the 0-255 scale and normalised as that model was trained (the ``normalisation`` its checkpoint carries),
+  resized to its frame size and channel count.
 """
 
 from __future__ import annotations
@@ -56,11 +57,13 @@ class LVAreaEF:
 
 
 class RegressorEF:
-    """An EF module's checkpoint scoring generated videos (its clip prediction; the clip is the whole video).
+    """An EF module scoring generated videos (its clip prediction; the clip is the whole video).
 
     Args:
         checkpoint_path: a Lightning checkpoint of an EF module written by ``echolab fit`` (EFRegressor, CoReEcho).
         source_mean / source_std: the 0-255 normalisation of the videos to score (the diffusion data's).
+
+    :meth:`from_model` builds one from an EF module in memory instead (e.g. one fitted a moment ago in a test).
     """
 
     def __init__(self, checkpoint_path: str, source_mean: float, source_std: float) -> None:
@@ -72,13 +75,57 @@ class RegressorEF:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         if "_instantiator" not in checkpoint.get("hyper_parameters", {}):
             raise ConfigError(f"{checkpoint_path}: not an EF model checkpoint written by echolab fit")
-        self.model = EFModule.load_from_checkpoint(path, map_location="cpu").eval().requires_grad_(False)
-        if not isinstance(self.model, EFModule):
-            raise ConfigError(f"{checkpoint_path}: a {type(self.model).__name__} checkpoint, not an EF model")
+        model = EFModule.load_from_checkpoint(path, map_location="cpu")
+        if not isinstance(model, EFModule):
+            raise ConfigError(f"{checkpoint_path}: a {type(model).__name__} checkpoint, not an EF model")
         stats = checkpoint.get("normalisation") or {"mean": 0.0, "std": 1.0}
-        self.target_mean, self.target_std = float(stats["mean"]), float(stats["std"])
+        self._attach(model, stats, *_input_geometry(checkpoint), source_mean, source_std)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        source_mean: float,
+        source_std: float,
+        normalisation: dict[str, float] | None = None,
+        frame_size: int | None = None,
+        channels: int | None = None,
+    ) -> RegressorEF:
+        """A scorer from an EF module in memory (an ``EFModule``: EFRegressor, CoReEcho).
+
+        ``normalisation``: the 0-255 ``{"mean", "std"}`` the model was trained on; default: the one its checkpoint
+        carried (a model loaded from one), else its trainer's DataModule's (a model fitted in this process), else an
+        error. ``frame_size``: the frame size it expects (default: score at the videos' own size). ``channels``: its
+        input channels (default: those of its first 3D convolution).
+        """
+        from echo_modules.common.ef import EFModule
+
+        if not isinstance(model, EFModule):
+            raise ConfigError(f"RegressorEF.from_model needs an EF model (EFModule), got {type(model).__name__}")
+        if normalisation is None:
+            normalisation = getattr(model, "_checkpoint_normalisation", None)
+        if normalisation is None:
+            datamodule = getattr(model._trainer, "datamodule", None) if model._trainer is not None else None
+            if getattr(datamodule, "norm_mean", None) is not None:
+                normalisation = {"mean": float(datamodule.norm_mean), "std": float(datamodule.norm_std)}
+        if normalisation is None:
+            raise ConfigError(
+                f"RegressorEF.from_model: the intensity normalisation {type(model).__name__} was trained on is unknown "
+                "(no checkpoint, no DataModule); pass normalisation={'mean': ..., 'std': ...} (0-255 scale)"
+            )
+        if channels is None:
+            weights = [p for name, p in model.named_parameters() if p.ndim == 5 and name.endswith("weight")]
+            channels = int(weights[0].shape[1]) if weights else 3
+        scorer = cls.__new__(cls)
+        scorer._attach(model, normalisation, frame_size, channels, source_mean, source_std)
+        return scorer
+
+    def _attach(self, model, normalisation: dict[str, float], frame_size: int | None, channels: int,
+                source_mean: float, source_std: float) -> None:  # fmt: skip
+        self.model = model.eval().requires_grad_(False)
+        self.target_mean, self.target_std = float(normalisation["mean"]), float(normalisation["std"])
         self.source_mean, self.source_std = float(source_mean), float(source_std)
-        self.frame_size, self.channels = _input_geometry(checkpoint)
+        self.frame_size, self.channels = frame_size, int(channels)
 
     def __repr__(self) -> str:
         return f"RegressorEF({type(self.model).__name__}, frame_size={self.frame_size}, channels={self.channels})"

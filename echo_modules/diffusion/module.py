@@ -69,6 +69,7 @@ class EchoDiffusion(EchoModule):
         ef_guidance_scale: float | None = None,
         map_drop_prob: float = 0.1,
         ef_drop_prob: float = 0.1,
+        ef_shuffle: bool = False,
         ema_decay: float | None = 0.999,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -94,6 +95,11 @@ class EchoDiffusion(EchoModule):
         sampler: ``ddpm`` / ``ddim`` / ``dpmsolver`` (DPM-Solver++ 2M) for epsilon and v, ``euler`` / ``heun`` for flow
             (default: ddim, or heun for flow). ``num_sampling_steps``: its steps (the paper samples DDPM-1000).
         guidance_scale: classifier-free guidance ``s`` (the paper: 7). map_drop_prob / ef_drop_prob: condition dropout.
+        ef_shuffle: a control, not for real use (the EF-permuted control). In ``training_step`` the batch's EFs are
+            randomly permuted across the batch (before condition dropout), so the EF pathways train on realistic EF
+            values but the EF says nothing about the video it is paired with. Validation and test are untouched. A
+            model trained so shows what the recipe gives when the EF carries no information: an EF check it passes
+            is not evidence of EF conditioning.
         ef_guidance_scale: a separate guidance scale for the EF (None: map and EF are guided together by
             ``guidance_scale``). Set, each step costs three network calls and composes
             ``pred = pred(null) + s (pred(map) - pred(null)) + s_ef (pred(map, EF) - pred(map))`` (the guidance is
@@ -110,6 +116,9 @@ class EchoDiffusion(EchoModule):
         ef_scorer: how ``test`` and ``predict`` measure the EF of generated videos (requested vs measured EF):
             ``lv_area`` (LV-area change calibrated to EF on the DataModule's training videos, see
             :mod:`echo_modules.diffusion.ef_scoring`) or the path of an EF model checkpoint (EFRegressor); None: off.
+            From Python it may also be a scorer object (``LVAreaEF``, ``RegressorEF.from_model(...)``), or a dict
+            ``{name: scorer}`` of several read-outs of the same samples: ``test`` then writes each one's summary
+            under ``name_``-prefixed keys, and ``predict``'s MeasuredEF is the first one's.
         test_ef: EFs ``test`` asks for from every map (default: the source video's EF).
         """
         super().__init__()
@@ -132,6 +141,7 @@ class EchoDiffusion(EchoModule):
         self.guidance_scale = guidance_scale
         self.map_drop_prob = map_drop_prob
         self.ef_drop_prob = ef_drop_prob
+        self.ef_shuffle = ef_shuffle
         self.num_classes = int(getattr(self.network, "num_classes", 4))
         self.ef_conditioning = bool(getattr(self.network, "ef_conditioning", False))
         self.register_buffer("betas", make_betas(schedule, num_train_timesteps).float(), persistent=False)
@@ -140,7 +150,8 @@ class EchoDiffusion(EchoModule):
         self._val_examples: list[dict[str, torch.Tensor]] = []
         self.privacy: PrivacyFilter | None = None
         self.privacy_counts = {"generated": 0, "rejected": 0, "dropped": 0}
-        self.ef_scorer: LVAreaEF | RegressorEF | None = None
+        self.ef_scorer: LVAreaEF | RegressorEF | None = None  # the first of ef_scorers
+        self.ef_scorers: dict[str, LVAreaEF | RegressorEF] = {}
         self._test_rows: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ callbacks and optimiser
@@ -198,6 +209,8 @@ class EchoDiffusion(EchoModule):
         return masked_mse(prediction, target, batch.get("frames_mask"))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.ef_shuffle and "ef" in batch:  # the EF-permuted control: EFs of other videos of the batch
+            batch = {**batch, "ef": batch["ef"][torch.randperm(len(batch["ef"]), device="cpu").to(batch["ef"].device)]}
         loss = self.loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["video"]))
         return loss
@@ -336,11 +349,18 @@ class EchoDiffusion(EchoModule):
 
     # ------------------------------------------------------------------ requested vs measured EF (test)
 
-    def _build_ef_scorer(self) -> LVAreaEF | RegressorEF | None:
-        """The EF measurement of generated videos (``ef_scorer``), or None when off or the network ignores EF."""
+    def _build_ef_scorers(self) -> dict[str, LVAreaEF | RegressorEF]:
+        """The EF measurements of generated videos (``ef_scorer``: ``{"": scorer}`` for one, else its dict), empty
+        when off or the network ignores EF."""
         choice = self.hparams.get("ef_scorer")
         if not choice or not self.ef_conditioning:
-            return None
+            return {}
+        choices = dict(choice) if isinstance(choice, dict) else {"": choice}
+        return {name: self._build_ef_scorer(value) for name, value in choices.items()}
+
+    def _build_ef_scorer(self, choice: Any) -> LVAreaEF | RegressorEF:
+        if isinstance(choice, (LVAreaEF, RegressorEF)):  # a scorer built in Python (e.g. RegressorEF.from_model)
+            return choice
         if choice == "lv_area":
             datamodule = self.trainer.datamodule
             records = getattr(datamodule, "records", {}).get("TRAIN", [])
@@ -356,38 +376,50 @@ class EchoDiffusion(EchoModule):
         rank_zero_info(f"EF of generated videos measured by {scorer}")
         return scorer
 
+    def _set_ef_scorers(self) -> None:
+        self.ef_scorers = self._build_ef_scorers()
+        self.ef_scorer = next(iter(self.ef_scorers.values()), None)
+
     def on_test_start(self) -> None:
         super().on_test_start()
-        self.ef_scorer = self._build_ef_scorer()
+        self._set_ef_scorers()
         self._test_rows: list[dict[str, float]] = []
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Samples from the batch's ED maps at the requested EFs (``test_ef``, else the source EF; the same noise for
         each), scored by SSIM against the real video and, with an ``ef_scorer``, by measured vs requested EF; the
-        EF-blind control is the same noise sampled with the EF left out."""
+        EF-blind control is the same noise sampled with the EF left out. Several scorers read the same samples."""
         real, ed_mask = batch["video"], batch["ed_mask"]
         source_ef = batch["ef"].float() if "ef" in batch else torch.full((len(real),), math.nan, device=real.device)
         requests = self.hparams.get("test_ef") or [None]
         # the same noise for every requested EF, so the EFs are compared sample by sample
         seeds = [int(self.hparams.predict_seed) + batch_idx * len(real) + i for i in range(len(real))]
         maps = [f"{self.global_rank}:{batch_idx}:{i}" for i in range(len(real))]
-        if self.ef_scorer is not None:
+        controls = {}
+        if self.ef_scorers:
             blind = self.generate(ed_mask, None, num_frames=real.shape[2], seeds=seeds)
-            measured_blind = self.ef_scorer(blind, ed_mask).tolist()
-            measured_real = self.ef_scorer(real, ed_mask).tolist()
+            controls = {name: (scorer(blind, ed_mask).tolist(), scorer(real, ed_mask).tolist())
+                        for name, scorer in self.ef_scorers.items()}  # fmt: skip
         for requested in requests:
             ef = source_ef if requested is None else torch.full_like(source_ef, float(requested))
             videos = self.generate(ed_mask, ef, num_frames=real.shape[2], seeds=seeds)
             rows = [{"map": m, "ssim": float(v), "requested": float(e), "source": float(s)} for m, v, e, s in
                     zip(maps, per_frame_ssim(videos, real), ef, source_ef)]  # fmt: skip
-            if self.ef_scorer is not None:
-                for row, m, b, r in zip(rows, self.ef_scorer(videos, ed_mask).tolist(), measured_blind, measured_real):
-                    row.update(measured=m, measured_ef_blind=b, measured_real=r)
+            for name, scorer in self.ef_scorers.items():
+                prefix = f"{name}:" if name else ""
+                measured_blind, measured_real = controls[name]
+                for row, m, b, r in zip(rows, scorer(videos, ed_mask).tolist(), measured_blind, measured_real):
+                    row.update({f"{prefix}measured": m, f"{prefix}measured_ef_blind": b, f"{prefix}measured_real": r})
             self._test_rows.extend(rows)
 
     def test_summary(self) -> dict[str, Any] | None:
         rows = gather_lists(self._test_rows)
         summary = ef_agreement(rows)
+        for name in (name for name in self.ef_scorers if name):  # several read-outs: one summary each, prefixed
+            keys = ("measured", "measured_ef_blind", "measured_real")
+            renamed = [{**row, **{key: row[f"{name}:{key}"] for key in keys}} for row in rows]
+            summary |= {f"{name}_{key}": value for key, value in ef_agreement(renamed).items()
+                        if key not in ("videos", "ssim")}  # fmt: skip
         for key, value in summary.items():
             self.log(f"test/{key}", float(value), rank_zero_only=True)
         return summary
@@ -398,7 +430,7 @@ class EchoDiffusion(EchoModule):
         super().on_predict_start()
         self.privacy_counts = {"generated": 0, "rejected": 0, "dropped": 0}
         self.privacy = self._build_privacy_filter() if self.hparams.privacy_filter else None
-        self.ef_scorer = self._build_ef_scorer()
+        self._set_ef_scorers()
 
     def _build_privacy_filter(self) -> PrivacyFilter:
         """Features of every training video of the DataModule (the patients the model may have memorised)."""
