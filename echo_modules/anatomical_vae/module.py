@@ -29,6 +29,7 @@ from echo_modules.anatomical_vae.networks import SegmentationDecoder, Segmentati
 from echo_modules.anatomical_vae.pipeline import VALIDITY_HEADER, FileResult, log_overlays, process_masks, write_tables
 from echo_modules.anatomical_vae.postprocess import (
     ATTRIBUTE_THRESHOLDS,
+    SmoothingBoundary,
     correct_latents,
     dice_per_class,
     keep_input_where_valid,
@@ -87,16 +88,7 @@ class AnatomicalVAE(EchoModule):
         smoothing_max_weight: float = 128.0,
         smoothing_depth: int = 5,
         smoothing_check_decoded: bool = True,
-        smoothing_boundary: Literal[
-            "pinned",
-            "pinned_second_difference",
-            "second_difference",
-            "castor",
-            "trend_linear",
-            "trend_quadratic",
-            "trend_cubic",
-            "trend_cosine",
-        ] = "pinned",
+        smoothing_boundary: SmoothingBoundary = "pinned",
         smoothing_keep_pinned: bool = True,
         erosion_ratio_min: float = 0.12,
         width_ratio_max: float = 4.15,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -120,7 +121,7 @@ def keep_input_where_valid(
 # ---------------------------------------------------------------------------------------------------- smoothing
 
 
-SMOOTHING_BOUNDARIES = (
+SmoothingBoundary = Literal[
     "pinned",
     "pinned_second_difference",
     "second_difference",
@@ -129,7 +130,8 @@ SMOOTHING_BOUNDARIES = (
     "trend_quadratic",
     "trend_cubic",
     "trend_cosine",
-)
+]
+SMOOTHING_BOUNDARIES: tuple[str, ...] = get_args(SmoothingBoundary)
 # the trend bases of the ``trend_*`` smoothers: Legendre polynomials up to this degree (``trend_cosine``: 1 and a
 # half cosine)
 TREND_DEGREES = {"trend_linear": 1, "trend_quadratic": 2, "trend_cubic": 3}
