@@ -16,10 +16,14 @@ Protocol (the test process <-> this server, one JSON object per line on its stdi
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
+import shutil
 import sys
+import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 PRELOAD = ("cli", "echo_modules", "datamodules", "wandb", "lightning.pytorch.loggers", "tests.helpers")
 
 
-def _child(request: dict) -> int:
+def _own_temporary_directories(folders: list[tempfile.TemporaryDirectory]) -> None:
+    """Give this child its own copy of each temporary folder a library made at import (W&B's media folder): the
+    server's are shared by every child, and the first child to exit would delete them under the next ones."""
+    for folder in folders:
+        folder._finalizer.detach()  # never delete the server's folder from here
+        folder.name = tempfile.mkdtemp(suffix=Path(folder.name).name[-16:])
+        atexit.register(shutil.rmtree, folder.name, True)
+
+
+def _child(request: dict, folders: list[tempfile.TemporaryDirectory]) -> int:
     """Run one command in this (forked) process and return its exit code, as ``python cli.py ARGS`` would."""
+    _own_temporary_directories(folders)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -71,6 +85,9 @@ def serve() -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    with warnings.catch_warnings():  # isinstance() on some lazy module attributes warns of their deprecation
+        warnings.simplefilter("ignore")
+        folders = [item for item in gc.get_objects() if isinstance(item, tempfile.TemporaryDirectory)]
     requests, replies = sys.stdin, os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stray prints of the server must not reach the protocol pipe
     replies.write(json.dumps({"ready": True}) + "\n")
@@ -83,7 +100,7 @@ def serve() -> None:
         if pid == 0:
             code = 1
             try:
-                code = _child(request)
+                code = _child(request, folders)
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)

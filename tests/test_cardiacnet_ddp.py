@@ -136,7 +136,7 @@ def test_lightning_ddp_fit_keeps_identical_banks_on_both_ranks(cardiacnet_pah_ph
     predict_config["trainer"].update(strategy="ddp", devices=2)
     predict_config["trainer"]["logger"]["init_args"]["version"] = "ddp_predict"
     path = write_config(tmp_path / "ddp_predict.yaml", predict_config)
-    predict = run_echolab("predict", "--config", str(path), "--ckpt_path", str(checkpoint_path), timeout=300)
+    predict = run_echolab("predict", "--config", str(path), "--ckpt_path", str(checkpoint_path))
     assert predict.returncode == 0, predict.stderr[-3000:]
     table = pd.read_csv(run_dir / "logs" / "ddp_predict" / "predictions.csv")
     assert len(table) == table["FileName"].nunique() == 48
