@@ -30,7 +30,7 @@ lint: install
 	$(PY) -m ruff format --check .
 
 test: install lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 bench: install
 	$(PY) benchmarks/data_loading.py
