@@ -37,6 +37,11 @@ may land on the right side of the direction half, which is why the check also as
 The test now fits 200 steps (the margin of its denoising-error check was 0.3 % at 160); its fixture there (seed 0,
 2 threads, idle box): trained lv_area 8/8, rise +63.6, MAE 12.5; trained regressor 8/8, +36.4, 5.8; EF-permuted
 lv_area 0/8, -21.2, 30.6; regressor 0/8, -12.1, 26.0 (constant 20.0; read-outs on the real videos 5.6 / 7.0).
+
+2026-12-02: the test's network now has temporal attention at the coarse level only (``tiny_model``, which this
+benchmark imports). Its fixture (seed 0, 2 threads, 200 steps): trained lv_area 8/8, rise +59.1, MAE 10.2; trained
+regressor 8/8, +34.4, 5.9; EF-permuted lv_area 1/8, -13.6, 26.8; regressor 0/8, -9.5, 24.7. Seeds 1 and 2 at this
+setting are still unmeasured (the box was at load 5-7; one 2-fit seed took ~15 min).
 """
 
 from __future__ import annotations

@@ -77,6 +77,54 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         assert torch.allclose(a.grad, b.grad, atol=1e-6)
 
 
+def test_factorised_spade_condition_computes_the_dense_convolution():
+    """SPADE's shared convolution of the factorised condition (per-video maps + per-frame codes, see SpadeCondition)
+    gives the outputs and gradients of the convolution of the dense (B, K, T, H, W) condition, at every level
+    (the nearest-downsampled maps), with and without EF, null EF included."""
+    from echo_modules.diffusion.networks import SPADE, SpadeCondition
+
+    dense_forward = SPADE.forward
+
+    def as_dense(self, features, condition):
+        return dense_forward(self, features, condition.dense() if isinstance(condition, SpadeCondition) else condition)
+
+    for ef_conditioning, ef in ((True, torch.tensor([30.0, math.nan])), (False, None)):
+        network = perturbed(tiny_network(ef_conditioning=ef_conditioning)).train()
+        x, time, seg_map = torch.randn(2, 1, 4, 16, 16), torch.tensor([3.0, 700.0]), one_hot(random_map())
+        condition = network.condition(seg_map, 4, ef)
+        channels = network.middle[0].block.norm1.shared[0].in_channels  # SPADE's condition channels
+        assert condition.dense().shape == (2, channels, 4, 16, 16)
+        assert sorted(condition.static_index + condition.temporal_index) == list(range(channels))
+        outputs, grads = [], []
+        for patched in (False, True):
+            network.zero_grad()
+            if patched:
+                SPADE.forward = as_dense
+            try:
+                out = network(x, time, seg_map, ef)
+                out.square().mean().backward()
+            finally:
+                SPADE.forward = dense_forward
+            outputs.append(out)
+            grads.append([p.grad.clone() for p in network.parameters() if p.grad is not None])
+        torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-4)
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_temporal_attention_levels_choose_where_frames_attend():
+    from echo_modules.diffusion.networks import TemporalAttention
+
+    def count(network):
+        return sum(isinstance(m, TemporalAttention) for m in network.modules())
+
+    every, coarse = tiny_network(), tiny_network(temporal_attention_levels=[1])
+    assert count(every) == 8 and count(coarse) == 5  # down 1 + 1, middle 2, up 2 + 2 -> down1, middle, up1
+    assert count(tiny_network(temporal_attention=False)) == 0
+    out = perturbed(coarse)(torch.randn(1, 1, 4, 16, 16), torch.tensor([5.0]), one_hot(random_map(1)))
+    assert out.shape == (1, 1, 4, 16, 16)
+
+
 class RecordingNetwork(torch.nn.Module):
     """Stands in for the UNet to see what the module feeds it: predicts ``k * x`` per condition."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +39,35 @@ def _groups(channels: int, groups: int) -> int:
     return math.gcd(channels, groups)
 
 
+class SpadeCondition(NamedTuple):
+    """SPADE's condition in factorised form: ``static`` ``(B, S, H, W)`` holds the channels that are the same in
+    every frame (the one-hot map, the EF on the cavity), ``temporal`` ``(B, D, T)`` those that are the same at every
+    pixel (frame time, the EF code, EF x frame time); ``static_index`` / ``temporal_index`` are their positions among
+    the ``S + D`` channels of the dense condition (:meth:`dense`), i.e. of SPADE's first convolution's input.
+
+    SPADE's shared convolution is linear, so its output is the convolution of the static channels, computed once per
+    video and broadcast over time, plus that of the temporal channels, which for a spatially constant input is the
+    per-frame code times the kernel sums over the taps that fall inside the frame (zero padding): the same numbers
+    as the convolution of the dense ``(B, S + D, T, H, W)`` tensor, at a fraction of its cost."""
+
+    static: torch.Tensor
+    temporal: torch.Tensor
+    static_index: tuple[int, ...]
+    temporal_index: tuple[int, ...]
+
+    def dense(self) -> torch.Tensor:
+        """The ``(B, S + D, T, H, W)`` tensor: every channel at every frame and pixel."""
+        b, _, h, w = self.static.shape
+        t = self.temporal.shape[2]
+        parts = {i: self.static[:, k : k + 1, None].expand(-1, -1, t, -1, -1) for k, i in enumerate(self.static_index)}
+        for k, i in enumerate(self.temporal_index):
+            parts[i] = self.temporal[:, k : k + 1, :, None, None].expand(-1, -1, -1, h, w)
+        return torch.cat([parts[i] for i in sorted(parts)], dim=1)
+
+
 class SPADE(nn.Module):
-    """Spatially-adaptive normalisation: parameter-free GroupNorm modulated per pixel and frame by the condition."""
+    """Spatially-adaptive normalisation: parameter-free GroupNorm modulated per pixel and frame by the condition
+    (a dense ``(B, K, T, H, W)`` tensor, or a :class:`SpadeCondition`: the same maths, factorised)."""
 
     def __init__(self, channels: int, condition_channels: int, hidden: int = 32, groups: int = 8) -> None:
         super().__init__()
@@ -48,10 +76,32 @@ class SPADE(nn.Module):
         self.gamma = nn.Conv3d(hidden, channels, (1, 3, 3), padding=(0, 1, 1))
         self.beta = nn.Conv3d(hidden, channels, (1, 3, 3), padding=(0, 1, 1))
 
-    def forward(self, features: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        condition = F.interpolate(condition, size=features.shape[2:], mode="nearest")
-        hidden = self.shared(condition.to(features.dtype))
-        return self.norm(features) * (1 + self.gamma(hidden)) + self.beta(hidden)
+    def _shared(self, condition: SpadeCondition, size: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        """The shared convolution (before its SiLU) of the factorised condition at ``size`` ``(T, H, W)``."""
+        conv = self.shared[0]
+        weight = conv.weight[:, :, 0].to(dtype)  # (hidden, K, 3, 3)
+        static = F.interpolate(condition.static, size=tuple(size[1:]), mode="nearest").to(dtype)
+        out = F.conv2d(static, weight[:, list(condition.static_index)], conv.bias.to(dtype), padding=1)
+        temporal_weight = weight[:, list(condition.temporal_index)]  # (hidden, D, 3, 3)
+        hidden, d = temporal_weight.shape[:2]
+        ones = torch.ones(1, 1, *size[1:], device=static.device, dtype=dtype)
+        # per (hidden, D) kernel: the sum of its taps that land inside the frame, at each pixel
+        tap_sums = F.conv2d(ones, temporal_weight.reshape(hidden * d, 1, 3, 3), padding=1)
+        tap_sums = rearrange(tap_sums, "1 (o d) h w -> o d h w", o=hidden)
+        moving = torch.einsum("bdt,odhw->bothw", condition.temporal.to(dtype), tap_sums)
+        return out[:, :, None] + moving
+
+    def forward(self, features: torch.Tensor, condition: torch.Tensor | SpadeCondition) -> torch.Tensor:
+        if isinstance(condition, SpadeCondition):
+            hidden = self.shared[1](self._shared(condition, features.shape[2:], features.dtype))
+        else:
+            condition = F.interpolate(condition, size=features.shape[2:], mode="nearest")
+            hidden = self.shared(condition.to(features.dtype))
+        # gamma and beta read the same input: one convolution with both kernels
+        weight = torch.cat([self.gamma.weight, self.beta.weight]).to(hidden.dtype)
+        bias = torch.cat([self.gamma.bias, self.beta.bias]).to(hidden.dtype)
+        gamma, beta = F.conv3d(hidden, weight, bias, padding=(0, 1, 1)).chunk(2, dim=1)
+        return self.norm(features) * (1 + gamma) + beta
 
 
 class ResBlock3D(nn.Module):
@@ -85,10 +135,12 @@ class ResBlock3D(nn.Module):
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
 
-    def _norm(self, norm: nn.Module, x: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+    def _norm(self, norm: nn.Module, x: torch.Tensor, condition: SpadeCondition | None) -> torch.Tensor:
         return norm(x, condition) if self.spade else norm(x)
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, embedding: torch.Tensor, condition: SpadeCondition | None = None
+    ) -> torch.Tensor:
         h = self.conv1(F.silu(self._norm(self.norm1, x, condition)))
         scale, shift = rearrange(self.embed(embedding), "b (two c) -> two b c 1 1 1", two=2)
         h = self._norm(self.norm2, h, condition) * (1 + scale) + shift
@@ -144,7 +196,7 @@ class _Stage(nn.Module):
         self.spatial = SpatialAttention(channels, heads, groups) if spatial else nn.Identity()
         self.temporal = TemporalAttention(channels, heads, groups) if temporal else nn.Identity()
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor, condition: SpadeCondition | None) -> torch.Tensor:
         return self.temporal(self.spatial(self.block(x, embedding, condition)))
 
 
@@ -158,7 +210,10 @@ class SpadeUNet3D(nn.Module):
         num_classes: channels of the one-hot map (CAMUS: 4 = background, LV, myocardium, LA).
         spatial_attention_levels: levels (0 = full resolution) with spatial attention; full-resolution attention
             over 112 x 112 pixels is what makes video UNets slow, so the default uses it at the coarsest level only.
-        temporal_attention: temporal attention after every block.
+        temporal_attention: temporal attention after every block (of the levels in ``temporal_attention_levels``).
+        temporal_attention_levels: levels with temporal attention (None: every level). At full resolution it attends
+            over the frames of every pixel (the most sequences; at 32 px a third of a training step's attention time);
+            ``[levels - 1]`` keeps it where motion is coarse and the sequences few.
         frame_embed_dim: channels of the cosine frame-time embedding given to SPADE beside the map.
         spade_hidden: channels of SPADE's shared convolution (at full resolution it dominates the cost).
         ef_conditioning: condition on a requested EF (see :meth:`ef_code`): in the time embedding of every block, in
@@ -177,6 +232,7 @@ class SpadeUNet3D(nn.Module):
         num_classes: int = 4,
         spatial_attention_levels: Sequence[int] | None = None,
         temporal_attention: bool = True,
+        temporal_attention_levels: Sequence[int] | None = None,
         heads: int = 4,
         frame_embed_dim: int = 16,
         ef_conditioning: bool = False,
@@ -196,6 +252,7 @@ class SpadeUNet3D(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
         levels = len(channel_mults)
         attention = set(spatial_attention_levels if spatial_attention_levels is not None else [levels - 1])
+        temporal_levels = set(temporal_attention_levels if temporal_attention_levels is not None else range(levels))
         embed_dim = 4 * base_channels
         self.base_channels = base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
@@ -211,7 +268,8 @@ class SpadeUNet3D(nn.Module):
         def stage(cin: int, cout: int, level: int, spade: bool) -> _Stage:
             block = ResBlock3D(cin, cout, embed_dim, condition_channels if spade else None, temporal_kernel, groups,
                                dropout, spade_hidden)  # fmt: skip
-            return _Stage(block, cout, level in attention, temporal_attention, heads, groups)
+            temporal = temporal_attention and min(level, levels - 1) in temporal_levels  # the middle: the coarsest
+            return _Stage(block, cout, level in attention, temporal, heads, groups)
 
         # with EF conditioning the encoder sees the EF too: the stem also reads the EF painted on the LV cavity
         stem_channels = in_channels + (1 if ef_conditioning else 0)
@@ -264,24 +322,28 @@ class SpadeUNet3D(nn.Module):
     def _ef_or_null(self, ef: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
         return torch.full((batch,), math.nan, device=device) if ef is None else ef
 
-    def condition(self, seg_map: torch.Tensor, num_frames: int, ef: torch.Tensor | None = None) -> torch.Tensor:
+    def condition(self, seg_map: torch.Tensor, num_frames: int, ef: torch.Tensor | None = None) -> SpadeCondition:
         """SPADE's input: the one-hot map duplicated over time beside the cosine frame-time embedding; with EF
         conditioning also the EF code, the standardised EF on the LV cavity (label 1) and the EF times each frame-time
         channel (how far the walls have moved at frame t scales with the EF: a product SPADE's one conv cannot form);
-        the EF channels are all zero for the null EF."""
-        b, _, h, w = seg_map.shape
+        the EF channels are all zero for the null EF. Channels in that order (``.dense()``), kept factorised into the
+        per-frame-constant and per-pixel-constant ones (:class:`SpadeCondition`)."""
+        b, k = seg_map.shape[:2]
         frames = torch.arange(num_frames, device=seg_map.device, dtype=torch.float32)
-        frame_time = cosine_embedding(frames, self.frame_embed_dim, max_period=100.0)  # (T, E)
-        duplicated = seg_map.float()[:, :, None].expand(-1, -1, num_frames, -1, -1)
-        parts = [duplicated, frame_time.T[None, :, :, None, None].expand(b, -1, -1, h, w)]
+        frame_time = cosine_embedding(frames, self.frame_embed_dim, max_period=100.0).T  # (E, T)
+        e = self.frame_embed_dim
+        static, temporal = [seg_map.float()], [frame_time[None].expand(b, -1, -1)]
+        static_index, temporal_index = list(range(k)), list(range(k, k + e))
         if self.ef_conditioning:
             code = self.ef_code(self._ef_or_null(ef, b, seg_map.device))  # (B, D)
             z = code[:, 0]
-            parts.append(code[:, :, None, None, None].expand(-1, -1, num_frames, h, w))
-            parts.append(self.ef_on_cavity(seg_map, z)[:, :, None].expand(-1, -1, num_frames, -1, -1))
-            ef_time = z[:, None, None] * frame_time.T[None]  # (B, E, T)
-            parts.append(ef_time[:, :, :, None, None].expand(-1, -1, -1, h, w))
-        return torch.cat(parts, dim=1)
+            temporal.append(code[:, :, None].expand(-1, -1, num_frames))
+            static.append(self.ef_on_cavity(seg_map, z))
+            temporal.append(z[:, None, None] * frame_time[None])  # (B, E, T)
+            d = code.shape[1]
+            temporal_index += list(range(k + e, k + e + d)) + list(range(k + e + d + 1, k + 2 * e + d + 1))
+            static_index.append(k + e + d)
+        return SpadeCondition(torch.cat(static, 1), torch.cat(temporal, 1), tuple(static_index), tuple(temporal_index))
 
     def ef_on_cavity(self, seg_map: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)``: the standardised EF where the ED map is LV cavity (label 1), zero elsewhere."""
@@ -296,7 +358,7 @@ class SpadeUNet3D(nn.Module):
             embedding = embedding + torch.where(known, ef_embedding, self.null_ef.to(ef_embedding.dtype))
         return embedding
 
-    def _run(self, stage: _Stage, x: torch.Tensor, embedding: torch.Tensor, condition: torch.Tensor | None):
+    def _run(self, stage: _Stage, x: torch.Tensor, embedding: torch.Tensor, condition: SpadeCondition | None):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(stage, x, embedding, condition, use_reentrant=False)
         return stage(x, embedding, condition)
