@@ -203,7 +203,7 @@ def main() -> None:
 
     clean_area = model.attributes_of(sequence.masks)[:, 0]
     rows.append((f"smoothing, jittered {len(jittered)}-frame half-sequence: input", summary(jittered)))
-    for boundary in ("castor", "pinned", "trend_cubic"):
+    for boundary in ("castor", "pinned", "trend_cubic", "volume_trend"):
         rows.append((f"  smoothed, {boundary}", summary(model.smooth(jittered, boundary=boundary)[0])))
 
     width = max(len(name) for name, _ in rows)

@@ -112,6 +112,43 @@ def test_trend_smoothers_keep_the_ed_es_trend_and_smooth_the_end_frames():
     assert abs(pinned[0] - cosine[0]) == pytest.approx(0.05) and abs(pinned[-1] - cosine[-1]) == pytest.approx(0.05)
 
 
+def test_volume_trend_keeps_the_volume_dims_trend_and_flattens_the_pose_dims():
+    """The per-dim smoother on a 16-dim trajectory (an ED -> ES half cosine with frame-to-frame jitter in every dim):
+    each dim is what the naive references give at the weight its search found, the volume dims (lv_area,
+    lv_base_width, lv_length) and the unnamed dims by their cubic trend (np.polyfit) plus castor's descent on the
+    residual, the pose dims (lv_orientation, myo_area, epi_center_x/y) by castor's descent; the volume dims keep
+    the ED -> ES amplitude that castor's snake (the control, at the same weights) shrinks."""
+    from echo_modules.anatomical_vae.postprocess import ATTRIBUTE_THRESHOLDS, dim_boundaries
+
+    frames = np.arange(15)
+    cosine = 0.5 + 0.5 * np.cos(np.pi * frames / 14)
+    jitter = np.where(frames % 2 == 0, 0.05, -0.05)
+    codes = np.stack([cosine * (1 + d / 16) + jitter for d in range(16)], axis=1)
+    thresholds = tuple(ATTRIBUTE_THRESHOLDS.values())
+    smoothed, weights = smooth_latent_sequence(codes, thresholds, other_weight=50.0, boundary="volume_trend")
+    volume = (0, 1, 2, *range(7, 16))
+    assert dim_boundaries("volume_trend", tuple(ATTRIBUTE_THRESHOLDS), 16) == tuple(
+        "trend_cubic" if d in volume else "castor" for d in range(16)
+    )
+    for d in range(16):
+        signal = codes[:, d]
+        if d in volume:
+            trend = _naive_trend(signal, "trend_cubic")
+            expected = trend + _castor_descent(signal - trend, weights[d])
+        else:
+            expected = _castor_descent(signal, weights[d])
+        np.testing.assert_allclose(smoothed[:, d], expected, atol=1e-5, err_msg=f"dim {d}")
+    castor = snake(codes, 50.0, "castor")  # the control: castor's snake at the unnamed dims' weight
+    amplitude = codes[0] - codes[-1]
+    kept = (smoothed[0] - smoothed[-1]) / amplitude
+    assert (kept[list(volume)] > 0.95).all(), kept  # measured 1.00: the trend passes
+    assert ((castor[0] - castor[-1]) / amplitude).max() < 0.6  # measured 0.49: castor's shrinkage
+    # every dim loses its jitter (the cosine's own curvature stays)
+    assert (second_difference(smoothed).max(axis=0) < 0.5 * second_difference(codes).max(axis=0)).all()
+    with pytest.raises(ValueError, match="boundary"):
+        snake(codes[:, 0], 1.0, "volume_trend")  # a per-dim name is not one operator
+
+
 def test_pinned_and_second_difference_keep_an_ed_es_trend_that_castor_shrinks():
     """A straight ED -> ES ramp with frame-to-frame jitter on the inner frames: the pinned and second-difference
     smoothers keep the ramp (its ends and amplitude) and remove the jitter; castor's free-ended snake (the control)

@@ -32,6 +32,7 @@ from echo_modules.anatomical_vae.postprocess import (
     SmoothingBoundary,
     correct_latents,
     dice_per_class,
+    dim_boundaries,
     keep_input_where_valid,
     smooth_latent_sequence,
     snake,
@@ -88,7 +89,7 @@ class AnatomicalVAE(EchoModule):
         smoothing_max_weight: float = 128.0,
         smoothing_depth: int = 5,
         smoothing_check_decoded: bool = True,
-        smoothing_boundary: SmoothingBoundary = "pinned",
+        smoothing_boundary: SmoothingBoundary = "trend_cubic",
         smoothing_keep_pinned: bool = True,
         erosion_ratio_min: float = 0.12,
         width_ratio_max: float = 4.15,
@@ -114,13 +115,14 @@ class AnatomicalVAE(EchoModule):
         smoothing_*: the snake's weight for non-attribute dims, the search range and depth for attribute dims;
         smoothing_check_decoded: also raise an attribute dim's weight until the attribute of the decoded masks meets
         its threshold (False: castor's latent criterion only, see :func:`smooth_latent_sequence`).
-        smoothing_boundary: the smoother's operator (:func:`smoothing_operator`): ``pinned`` (default) castor's snake
-        with the first and last frames held, so a trend between them (ED -> ES) keeps its amplitude (their jitter
-        kept); ``castor`` the papers' exact snake, whose free ends shrink the trend (EF -22 points on the README's
-        phantom chain); ``trend_cubic`` keeps the sequence's least-squares cubic trend exactly and smooths the
-        residual with castor's free-ended snake, so every frame loses its jitter, the end frames included
-        (``trend_linear`` / ``trend_quadratic`` / ``trend_cosine``: other trend bases; issue 12: on a 1-thread fit
-        it meets the jitter test's bars and keeps EF, on the 2-thread fit it misses epi_center_x/y);
+        smoothing_boundary: the smoother's operator (:func:`smoothing_operator`): ``trend_cubic`` (default) keeps
+        the sequence's least-squares cubic trend exactly and smooths the residual with castor's free-ended snake, so
+        every frame loses its jitter, the end frames included, and the ED -> ES trend keeps its amplitude
+        (``trend_linear`` / ``trend_quadratic`` / ``trend_cosine``: other trend bases); ``pinned`` castor's snake
+        with the first and last frames held, so a trend between them keeps its amplitude (their jitter kept);
+        ``castor`` the papers' exact snake, whose free ends shrink the trend (EF -22 points on the README's phantom
+        chain); ``volume_trend`` a boundary per dim (:func:`dim_boundaries`): trend_cubic on the volume and unnamed
+        dims, castor on the pose dims;
         ``second_difference`` a Whittaker smoother that keeps linear trends but moves the ends;
         ``pinned_second_difference`` its rows on the inner frames with the ends held.
         smoothing_keep_pinned: with ``pinned``, the held frames keep their input masks (see :meth:`smooth`).
@@ -350,7 +352,7 @@ class AnatomicalVAE(EchoModule):
         masks: np.ndarray,
         spacing: tuple[float, float] | None = None,
         weights: np.ndarray | None = None,
-        boundary: str | None = None,
+        boundary: str | tuple[str, ...] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """A temporally smoothed ``(T, H, W)`` sequence (decoded smoothed latents) and the weight used per dim.
 
@@ -367,7 +369,8 @@ class AnatomicalVAE(EchoModule):
         thresholds = tuple(ATTRIBUTE_THRESHOLDS[name] for name in self.hparams.attributes)
         if weights is not None:
             weights = np.asarray(weights, np.float64)
-            smoothed = np.stack([snake(codes[:, d], w, boundary) for d, w in enumerate(weights)], axis=1)
+            boundaries = dim_boundaries(boundary, tuple(self.hparams.attributes), codes.shape[1])
+            smoothed = np.stack([snake(codes[:, d], w, boundaries[d]) for d, w in enumerate(weights)], axis=1)
         else:
             measure = None
             if self.hparams.smoothing_check_decoded and self.attribute_bounds is not None:
@@ -387,10 +390,12 @@ class AnatomicalVAE(EchoModule):
                 code_bounds=self.code_bounds,
                 measure=measure,
                 boundary=boundary,
+                attributes=tuple(self.hparams.attributes),
             )
         decoded = self.decode(torch.as_tensor(smoothed, dtype=torch.float32, device=self.device)).cpu().numpy()
         decoded = decoded.astype(np.uint8)
-        if boundary.startswith("pinned") and self.hparams.smoothing_keep_pinned and len(decoded) >= 2:
+        pinned = isinstance(boundary, str) and boundary.startswith("pinned")
+        if pinned and self.hparams.smoothing_keep_pinned and len(decoded) >= 2:
             decoded[[0, -1]] = np.asarray(masks)[[0, -1]]
         return decoded, weights
 

@@ -10,12 +10,14 @@ Temporal smoothing (castor's snake): each latent dim over time is a 1-D signal x
 solved here directly instead of iterating momentum descent to it. castor's A = I + w (I - N), N the neighbour mean
 with an edge frame averaged with itself and its one neighbour, is the minimiser of |x - x0|^2 + w/2 |D1 x|^2: it
 penalises slope, so a trend between the first and the last frame shrinks toward its mean; a CAMUS half-sequence runs
-ED -> ES, so the frames EF is measured on are exactly those it moves most. The default ``pinned`` holds the first
-and last frames (castor's rows on the inner frames only), so a linear trend between them passes unchanged and ED/ES
-keep their values, jitter included; ``trend_cubic`` (trend + residual, :func:`smoothing_operator`) keeps the
-least-squares cubic trend of the whole sequence exactly and runs castor's free-ended snake on the residual only, so
-the shrinkage hits the jitter and not the ED -> ES trend and every frame is smoothed, the end frames included
-(``trend_linear`` / ``trend_quadratic`` / ``trend_cosine`` keep other trends);
+ED -> ES, so the frames EF is measured on are exactly those it moves most. The default ``trend_cubic`` (trend +
+residual, :func:`smoothing_operator`) keeps the least-squares cubic trend of the whole sequence exactly and runs
+castor's free-ended snake on the residual only, so the shrinkage hits the jitter and not the ED -> ES trend and every
+frame is smoothed, the end frames included (``trend_linear`` / ``trend_quadratic`` / ``trend_cosine`` keep other
+trends); ``pinned`` holds the first and last frames (castor's rows on the inner frames only), so a linear trend
+between them passes unchanged and ED/ES keep their values, jitter included; ``volume_trend`` is a boundary per dim
+(:func:`dim_boundaries`): trend_cubic on the volume dims (lv_area, lv_base_width, lv_length) and the unnamed dims,
+castor's free ends on the pose dims (lv_orientation, myo_area, epi_center_x, epi_center_y);
 ``second_difference`` (Whittaker, free ends) keeps linear trends but moves the ends; ``pinned_second_difference``
 holds the ends with the second-difference rows on the inner frames.
 For attribute dims w is the smallest value in [0, 128] (binary search, depth 5) for which every inner frame of the
@@ -122,6 +124,7 @@ def keep_input_where_valid(
 
 
 SmoothingBoundary = Literal[
+    "volume_trend",
     "pinned",
     "pinned_second_difference",
     "second_difference",
@@ -135,6 +138,25 @@ SMOOTHING_BOUNDARIES: tuple[str, ...] = get_args(SmoothingBoundary)
 # the trend bases of the ``trend_*`` smoothers: Legendre polynomials up to this degree (``trend_cosine``: 1 and a
 # half cosine)
 TREND_DEGREES = {"trend_linear": 1, "trend_quadratic": 2, "trend_cubic": 3}
+# ``volume_trend``: a boundary per latent dim. The volume dims (what EF is measured from) and the unnamed dims (the
+# rest of the shape) keep their cubic trend and lose the residual jitter; the pose dims, which have no ED -> ES
+# trend EF needs, get castor's free ends (the most smoothing at a weight, the end frames included)
+VOLUME_ATTRIBUTES = ("lv_area", "lv_base_width", "lv_length")
+PER_DIM_BOUNDARIES = {"volume_trend": {"volume": "trend_cubic", "pose": "castor", "other": "trend_cubic"}}
+
+
+def dim_boundaries(boundary: str | tuple[str, ...], attributes: tuple[str, ...], latent_dim: int) -> tuple[str, ...]:
+    """The boundary of each of ``latent_dim`` dims, the first ``len(attributes)`` regularised on ``attributes``: a
+    per-dim boundary (:data:`PER_DIM_BOUNDARIES`) by each dim's kind, any other name for every dim, a tuple as is."""
+    if not isinstance(boundary, str):
+        if len(boundary) != latent_dim:
+            raise ValueError(f"{len(boundary)} smoothing boundaries for {latent_dim} latent dims")
+        return tuple(boundary)
+    if boundary not in PER_DIM_BOUNDARIES:
+        return (boundary,) * latent_dim
+    kinds = PER_DIM_BOUNDARIES[boundary]
+    named = tuple(kinds["volume" if name in VOLUME_ATTRIBUTES else "pose"] for name in attributes)
+    return named + (kinds["other"],) * (latent_dim - len(attributes))
 
 
 def _neighbour_operator(length: int) -> np.ndarray:
@@ -177,8 +199,8 @@ def snake_system(length: int, weight: float, boundary: str = "pinned") -> np.nda
     second-difference rows on the inner frames, the first and last frames held (the inner frames follow the straight
     line between the held ends: no slope penalty and no seam at the ends). The ``trend_*`` smoothers are not of this
     form (:func:`smoothing_operator`)."""
-    if boundary not in SMOOTHING_BOUNDARIES or boundary.startswith("trend"):
-        operators = tuple(b for b in SMOOTHING_BOUNDARIES if not b.startswith("trend"))
+    if boundary not in SMOOTHING_BOUNDARIES or boundary.startswith("trend") or boundary in PER_DIM_BOUNDARIES:
+        operators = tuple(b for b in SMOOTHING_BOUNDARIES if not b.startswith("trend") and b not in PER_DIM_BOUNDARIES)
         raise ValueError(f"smoothing boundary must be one of {operators}, got {boundary!r}")
     identity = np.eye(length)
     if boundary in ("second_difference", "pinned_second_difference"):
@@ -201,8 +223,9 @@ def smoothing_operator(length: int, weight: float, boundary: str = "pinned") -> 
     shrinkage toward the mean then hits the jitter and not the ED -> ES trend, and, unlike the pinned smoothers,
     the end frames are smoothed too (their jitter is residual). As w grows S tends to P (the residual's mean is 0).
     The other boundaries: S = A^-1 (:func:`snake_system`)."""
-    if boundary not in SMOOTHING_BOUNDARIES:
-        raise ValueError(f"smoothing boundary must be one of {SMOOTHING_BOUNDARIES}, got {boundary!r}")
+    if boundary not in SMOOTHING_BOUNDARIES or boundary in PER_DIM_BOUNDARIES:
+        operators = tuple(b for b in SMOOTHING_BOUNDARIES if b not in PER_DIM_BOUNDARIES)
+        raise ValueError(f"smoothing boundary must be one of {operators}, got {boundary!r} (per dim: dim_boundaries)")
     if not boundary.startswith("trend"):
         return np.linalg.solve(snake_system(length, weight, boundary), np.eye(length))
     basis = trend_basis(length, boundary)
@@ -289,8 +312,9 @@ def smooth_latent_sequence(
     code_bounds: np.ndarray | None = None,
     measure: Callable[[np.ndarray], np.ndarray] | None = None,
     passes: int = 2,
-    boundary: str = "pinned",
+    boundary: str | tuple[str, ...] = "pinned",
     cache_decodes: bool = True,
+    attributes: tuple[str, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Smooth a ``(T, D)`` latent trajectory: dims ``0..A-1`` under their thresholds, the rest with ``other_weight``.
     Returns the smoothed codes and the weight used per dim.
@@ -303,17 +327,21 @@ def smooth_latent_sequence(
     that passes can decode to one that does not. ``passes`` repeats that pass (a later dim's smoothing moves an
     earlier dim's attribute); weights only grow. cache_decodes: measure each trajectory once (a search's first
     check is the trajectory the previous one ended on; the same result, fewer decodes); False decodes every check
-    (the search before the cache, kept for benchmarks/anatomical_vae.py)."""
+    (the search before the cache, kept for benchmarks/anatomical_vae.py). boundary: one for every dim, a per-dim
+    name or a tuple (:func:`dim_boundaries`; ``attributes``: the names of the attribute dims, default the first
+    of :data:`ATTRIBUTES`)."""
     codes = np.asarray(codes, np.float64)
+    attributes = ATTRIBUTES[: len(attribute_thresholds)] if attributes is None else tuple(attributes)
+    boundaries = dim_boundaries(boundary, attributes, codes.shape[1])
     out, weights = np.empty_like(codes), np.empty(codes.shape[1])
     for dim in range(codes.shape[1]):
         if dim < len(attribute_thresholds):
             bounds = None if code_bounds is None else (code_bounds[0, dim], code_bounds[1, dim])
             out[:, dim], weights[dim] = smooth_attribute_dim(
-                codes[:, dim], attribute_thresholds[dim], max_weight, depth, bounds, boundary=boundary
+                codes[:, dim], attribute_thresholds[dim], max_weight, depth, bounds, boundary=boundaries[dim]
             )
         else:
-            out[:, dim], weights[dim] = snake(codes[:, dim], other_weight, boundary), other_weight
+            out[:, dim], weights[dim] = snake(codes[:, dim], other_weight, boundaries[dim]), other_weight
     if measure is None or len(codes) < 3:
         return out, weights
     cache: dict[bytes, np.ndarray] = {}  # decoded attribute curves by latent trajectory: a search's first check
@@ -333,7 +361,7 @@ def smooth_latent_sequence(
             return measure_cached(trial)[:, dim]
 
         out[:, dim], weights[dim] = smooth_attribute_dim(
-            codes[:, dim], threshold, max_weight, depth, measure=measured, lowest=weights[dim], boundary=boundary
+            codes[:, dim], threshold, max_weight, depth, measure=measured, lowest=weights[dim], boundary=boundaries[dim]
         )
     return out, weights
 
