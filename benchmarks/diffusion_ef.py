@@ -41,7 +41,23 @@ lv_area 0/8, -21.2, 30.6; regressor 0/8, -12.1, 26.0 (constant 20.0; read-outs o
 2026-12-02: the test's network now has temporal attention at the coarse level only (``tiny_model``, which this
 benchmark imports). Its fixture (seed 0, 2 threads, 200 steps): trained lv_area 8/8, rise +59.1, MAE 10.2; trained
 regressor 8/8, +34.4, 5.9; EF-permuted lv_area 1/8, -13.6, 26.8; regressor 0/8, -9.5, 24.7. Seeds 1 and 2 at this
-setting are still unmeasured (the box was at load 5-7; one 2-fit seed took ~15 min).
+setting (``--seeds 1 2 --steps 200 --threads 2``, idle box, ~6 min per seed):
+
+    seed  model        read-out   direction   rise    mae   free  constant  real  pass
+       1  trained      lv_area       8/8      +69.7  14.8   20.0    20.0     5.6   yes
+       1  trained      regressor     8/8      +41.6   8.4   20.0    20.0    10.2   yes
+       1  ef_permuted  lv_area       0/8      -12.6  26.3   20.8    20.0     5.6   no
+       1  ef_permuted  regressor     1/8       -5.5  22.7   20.4    20.0    10.2   no
+       2  trained      lv_area       8/8      +80.2  20.1   20.0    20.0     5.6   NO
+       2  trained      regressor     8/8      +41.2   5.2   20.0    20.0     8.6   yes
+       2  ef_permuted  lv_area       0/8      -21.8  30.9   20.2    20.0     5.6   no
+       2  ef_permuted  regressor     0/8      -18.9  29.5   20.0    20.0     8.6   no
+
+Over seeds 0/1/2 the direction is robust (the trained model 8/8 under both read-outs on every seed, the EF-permuted
+control 0-1/8 and never passing), but the size is not: on seed 2 the LV-area read-out measures a rise of +80 for +40
+asked (EF guidance 3 overshoots), so its MAE 20.1 misses the closeness bar (0.9 x 20 = 18) although the regressor
+read-out of the same samples passes (5.2). The test's seed 0 passes both; a calibrated EF magnitude (guidance scale
+chosen on validation, or no separate EF guidance) is open (issue 13).
 """
 
 from __future__ import annotations
