@@ -113,7 +113,8 @@ def synthesis_data(data_dir: Path, cache_dir: Path, batch_size: int = 8) -> Camu
                            predict_split="TRAIN")  # fmt: skip
 
 
-def fit(model: EchoDiffusion, datamodule, steps: int, root: Path) -> EchoDiffusion:
+def fit(model: L.LightningModule, datamodule, steps: int, root: Path) -> L.LightningModule:
+    """``steps`` training steps on the CPU, no validation, logging or checkpoints; returns the model in eval mode."""
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         default_root_dir=str(root))  # fmt: skip
@@ -132,7 +133,7 @@ def ef_permuted(fitted):
     return fit(model, fitted["datamodule"], FIT_STEPS, fitted["root"] / "run_ef_permuted")
 
 
-def fit_ef_regressor(root: Path, steps: int, seed: int = 0) -> RegressorEF:
+def fit_ef_regressor(root: Path, steps: int, seed: int = 0) -> EFRegressor:
     """An EFRegressor (a small TinyVideoEncoder) fitted on REGRESSOR_HEARTS other phantom hearts, each at every EF of
     REGRESSOR_EFS (the same heart at several EFs: the contraction is what tells them apart; hearts at one EF each
     are memorised by a net this small and read unseen hearts at the mean), in the same clips (8 frames of 32 px from
@@ -144,11 +145,7 @@ def fit_ef_regressor(root: Path, steps: int, seed: int = 0) -> RegressorEF:
     L.seed_everything(seed)
     regressor = EFRegressor(TinyVideoEncoder(in_channels=1, width=8, depth=3, out_features=32),
                             optimizer=partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0))  # fmt: skip
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        default_root_dir=str(root / "run_regressor"))  # fmt: skip
-    trainer.fit(regressor, datamodule=datamodule)
-    return regressor
+    return fit(regressor, datamodule, steps, root / "run_regressor")  # eval mode, as RegressorEF sets it anyway
 
 
 @pytest.fixture(scope="module")
