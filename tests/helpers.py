@@ -77,7 +77,6 @@ class _CliServer:
         if not ready:
             raise RuntimeError(f"tests/cli_server.py did not start (exit code {self.process.wait()})")
         self.lock = threading.Lock()
-        self.count = 0
         atexit.register(self.close)
 
     @classmethod
